@@ -1,0 +1,227 @@
+"""convert.py against things we did not write: transformers' logits and the real stories260K model."""
+
+import functools
+import http.server
+import json
+import shutil
+import threading
+
+import pytest
+import torch
+
+from conftest import STORIES_BIN, STORIES_TOK, STORY_START, assert_user_error, hf_tokenizer_files, run
+from model import load_checkpoint
+from tokenizer import load_tokenizer
+
+
+def tiny_gpt2(directory, **save_kwargs):
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    model.save_pretrained(directory, **save_kwargs)
+    hf_tokenizer_files(directory, "gpt2")
+    return model
+
+
+def tiny_llama(directory, **save_kwargs):
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=32000, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=False, rms_norm_eps=1e-5,
+                                   rope_parameters={"rope_type": "default", "rope_theta": 50000.0})
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # random init leaves norms at 1: perturb them so they are really tested
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(directory, **save_kwargs)
+    hf_tokenizer_files(directory, "llama")
+    return model
+
+
+def max_logit_diff(reference, ckpt):
+    ours, meta = load_checkpoint(ckpt)
+    vocab = reference.config.vocab_size
+    idx = torch.randint(0, vocab, (2, 48), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return (reference(idx).logits - ours(idx, attn="causal")[..., :vocab]).abs().max().item(), ours, meta
+
+
+@pytest.mark.parametrize("save_kwargs", [{}, {"max_shard_size": "300KB"}], ids=["single", "sharded"])
+def test_gpt2_parity_with_transformers(tmp_path, save_kwargs):
+    ref = tiny_gpt2(tmp_path / "hf", **save_kwargs)
+    run("convert.py", tmp_path / "hf", tmp_path / "out")
+    diff, ours, meta = max_logit_diff(ref, tmp_path / "out")
+    assert diff < 1e-4
+    assert meta["mask_token_id"] == 50257 and ours.cfg.vocab_size == 50258 and meta["objective"] == "ar"
+    assert meta["bos_token_id"] == meta["eos_token_id"] == 50256
+    # the new mask row is the mean of the others
+    emb = ours.tok_emb.weight
+    torch.testing.assert_close(emb[50257], emb[:50257].mean(0))
+
+
+@pytest.mark.parametrize("save_kwargs", [{}, {"max_shard_size": "1MB"}], ids=["single", "sharded"])
+def test_llama_parity_with_transformers(tmp_path, save_kwargs):
+    ref = tiny_llama(tmp_path / "hf", **save_kwargs)
+    run("convert.py", tmp_path / "hf", tmp_path / "out")
+    diff, ours, meta = max_logit_diff(ref, tmp_path / "out")
+    assert diff < 1e-4
+    assert ours.cfg.n_kv_head == 2 and not ours.cfg.tie_embeddings and ours.cfg.rope_theta == 50000.0
+    torch.testing.assert_close(ours.lm_head.weight[32000], ours.lm_head.weight[:32000].mean(0))
+
+
+def test_llama_from_pytorch_bin_and_check_flag(tmp_path):
+    ref = tiny_llama(tmp_path / "hf")
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    torch.save(ref.state_dict(), tmp_path / "hf" / "pytorch_model.bin")
+    proc = run("convert.py", tmp_path / "hf", tmp_path / "out", "--check")
+    diff = float(proc.stdout.split("=")[-1])
+    assert diff < 1e-4
+
+
+def test_stories260k_greedy_story(stories_ckpt):
+    model, meta = load_checkpoint(stories_ckpt)
+    tok = load_tokenizer(stories_ckpt)
+    ids = [meta["bos_token_id"]]
+    with torch.no_grad():
+        for _ in range(40):
+            ids.append(model(torch.tensor([ids]), attn="causal")[0, -1, : tok.n_vocab].argmax().item())
+    assert tok.decode(ids).startswith(STORY_START)
+
+
+def test_diffugpt_layout_and_reused_mask(tmp_path):
+    """A DiffuGPT-S-style directory: embed_tokens / denoise_model / lm_head keys, mask 10541."""
+    from safetensors.torch import load_file, save_file
+
+    ref = tiny_gpt2(tmp_path / "hf")
+    state = load_file(tmp_path / "hf" / "model.safetensors")
+    wrapped = {"embed_tokens.weight": state["transformer.wte.weight"].clone()}
+    wrapped |= {"denoise_model." + k.removeprefix("transformer."): v for k, v in state.items() if k != "transformer.wte.weight"}
+    wrapped["lm_head.weight"] = state["transformer.wte.weight"].clone()
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    save_file(wrapped, tmp_path / "hf" / "model.safetensors")
+    proc = run("convert.py", tmp_path / "hf", tmp_path / "out", "--check")
+    assert float(proc.stdout.split("=")[-1]) < 1e-4
+    diff, ours, meta = max_logit_diff(ref, tmp_path / "out")
+    assert diff < 1e-4
+    assert meta["objective"] == "diffusion" and meta["mask_token_id"] == 10541 and ours.cfg.vocab_size == 50257
+
+
+def test_text_never_encodes_to_a_reused_mask_token(tmp_path):
+    tiny_gpt2(tmp_path / "hf")
+    run("convert.py", tmp_path / "hf", tmp_path / "out", "--mask-token", "10541")
+    tok = load_tokenizer(tmp_path / "out")
+    text = "a ------------ b ------------------------"
+    assert 10541 in tok.enc.encode_ordinary(text)
+    ids = tok.encode(text)
+    assert 10541 not in ids and tok.decode(ids) == text
+    assert tok.decode([64, 10541, 65], mask_glyph="_") == "a_b"
+
+
+def test_sentencepiece_reused_mask_is_respelled(tmp_path):
+    tiny_llama(tmp_path / "hf")
+    run("convert.py", tmp_path / "hf", tmp_path / "out", "--mask-token", "811")
+    tok = load_tokenizer(tmp_path / "out")
+    text = "Привет мати кити"
+    assert 811 in tok.sp.encode(text)
+    ids = tok.encode(text)
+    assert 811 not in ids and tok.decode(ids) == text
+
+
+def test_hub_download_from_local_server(tmp_path):
+    """The hub URL layout served on 127.0.0.1: download, cache, resume a partial file, convert."""
+    tiny_gpt2(tmp_path / "site" / "org" / "tiny" / "resolve" / "main")
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            requests.append((self.path, self.headers.get("Range"), self.headers.get("Authorization")))
+            rng = self.headers.get("Range")
+            path = tmp_path / "site" / self.path.lstrip("/")
+            if rng and path.is_file():
+                start = int(rng.split("=")[1].rstrip("-"))
+                data = path.read_bytes()[start:]
+                self.send_response(206)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=tmp_path / "site"))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cache = tmp_path / "cache"
+        weights = tmp_path / "site" / "org" / "tiny" / "resolve" / "main" / "model.safetensors"
+        (cache / "org--tiny").mkdir(parents=True)  # a download cut off half way
+        (cache / "org--tiny" / "model.safetensors.part").write_bytes(weights.read_bytes()[:1000])
+        env = {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "DIFFU_CACHE": str(cache), "HF_TOKEN": "secret"}
+        run("convert.py", "org/tiny", tmp_path / "out", env=env)
+        assert (cache / "org--tiny" / "model.safetensors").read_bytes() == weights.read_bytes()
+        assert ("/org/tiny/resolve/main/model.safetensors", "bytes=1000-", "Bearer secret") in requests
+        load_checkpoint(tmp_path / "out")
+        n = len(requests)
+        run("convert.py", "org/tiny", tmp_path / "out2", env=env)  # cached: nothing fetched again
+        assert len(requests) == n
+        proc = run("convert.py", "org/missing", tmp_path / "out3", env=env, check=False)
+        assert_user_error(proc, "HTTP 404")
+        assert not (tmp_path / "out3").exists()
+    finally:
+        server.shutdown()
+
+
+def test_bad_inputs_fail_cleanly(tmp_path):
+    out = tmp_path / "out"
+    assert_user_error(run("convert.py", tmp_path / "nope", out, check=False), "does not exist")
+    (tmp_path / "empty").mkdir()
+    assert_user_error(run("convert.py", tmp_path / "empty", out, check=False), "config.json")
+    tiny_gpt2(tmp_path / "hf")
+
+    def variant(name, edit):
+        d = tmp_path / name
+        shutil.copytree(tmp_path / "hf", d)
+        edit(d)
+        return d
+
+    bert = variant("bert", lambda d: (d / "config.json").write_text(json.dumps({"model_type": "bert"})))
+    assert_user_error(run("convert.py", bert, out, check=False), "unsupported model_type", "bert")
+
+    def truncate(d):
+        data = (d / "model.safetensors").read_bytes()
+        (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+    assert_user_error(run("convert.py", variant("trunc", truncate), out, check=False), "corrupted or truncated")
+
+    def garble(d):
+        (d / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+
+    assert_user_error(run("convert.py", variant("garbled", garble), out, check=False), "corrupted or truncated")
+
+    def wrong_shape(d):
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["n_embd"] = 64
+        (d / "config.json").write_text(json.dumps(cfg))
+
+    assert_user_error(run("convert.py", variant("shape", wrong_shape), out, check=False), "shape")
+    assert_user_error(run("convert.py", tmp_path / "hf", out, "--mask-token", "60000", check=False), "outside the vocabulary")
+    assert_user_error(run("convert.py", tmp_path / "hf", out, "--mask-token", "x", check=False), "--mask-token")
+    truncated_bin = tmp_path / "s.bin"
+    truncated_bin.write_bytes(STORIES_BIN.read_bytes()[:5000])
+    assert_user_error(run("convert.py", truncated_bin, out, "--tokenizer", STORIES_TOK, check=False), "truncated")
+    assert_user_error(run("convert.py", STORIES_BIN, out, check=False), "tokenizer")
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp dirs left
+
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert_user_error(run("convert.py", tmp_path / "hf", out, check=False), "already exists")
+    assert (out / "keep.txt").read_text() == "mine"
+    run("convert.py", tmp_path / "hf", out, "--force")
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()

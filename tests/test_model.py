@@ -1,0 +1,82 @@
+"""model.py: attention modes, logits at chosen positions, the KV cache, checkpoint round trip."""
+
+import json
+
+import pytest
+import torch
+
+from model import ModelConfig, Transformer, UserError, load_checkpoint, save_checkpoint
+
+CONFIGS = {
+    "gpt2": ModelConfig(arch="gpt2", vocab_size=97, block_size=32, n_layer=2, n_head=4, n_embd=32),
+    "llama": ModelConfig(arch="llama", vocab_size=97, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                         ffn_dim=48, tie_embeddings=False, rope_theta=500.0),
+}
+
+
+@pytest.fixture(params=sorted(CONFIGS))
+def model(request):
+    torch.manual_seed(0)
+    return Transformer(CONFIGS[request.param]).eval()
+
+
+def test_causal_mode_ignores_the_future(model):
+    idx = torch.randint(0, 97, (2, 16))
+    changed = idx.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 97
+    a, b = model(idx, attn="causal"), model(changed, attn="causal")
+    torch.testing.assert_close(a[:, :10], b[:, :10])
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+    full_a, full_b = model(idx, attn="full"), model(changed, attn="full")
+    assert not torch.allclose(full_a[:, :10], full_b[:, :10])  # bidirectional sees the change
+
+
+def test_boolean_masks_reproduce_causal_and_full(model):
+    idx = torch.randint(0, 97, (2, 16))
+    tril = torch.ones(16, 16, dtype=torch.bool).tril()
+    torch.testing.assert_close(model(idx, attn=tril), model(idx, attn="causal"), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(idx, attn=torch.ones(16, 16, dtype=torch.bool)), model(idx, attn="full"), atol=1e-5, rtol=1e-5)
+
+
+def test_logits_at_chosen_positions(model):
+    idx = torch.randint(0, 97, (3, 16))
+    where = torch.rand(3, 16) < 0.3
+    torch.testing.assert_close(model(idx, attn="full", where=where), model(idx, attn="full")[where])
+
+
+def test_kv_cache_matches_full_recompute(model):
+    idx = torch.randint(0, 97, (2, 12))
+    cache = model.make_cache(2, 12)
+    steps = [model(idx[:, :5], cache=cache, start=0)]
+    steps += [model(idx[:, t : t + 1], cache=cache, start=t) for t in range(5, 12)]
+    torch.testing.assert_close(torch.cat(steps, 1), model(idx, attn="causal"), atol=1e-5, rtol=1e-5)
+
+
+def test_flops_per_token_counts_matmuls():
+    m = Transformer(CONFIGS["gpt2"])
+    cfg = m.cfg
+    per_layer = 4 * cfg.n_embd**2 + 2 * cfg.n_embd * cfg.ffn_dim  # qkv + out + mlp weights
+    forward = 2 * (cfg.n_layer * per_layer + cfg.vocab_size * cfg.n_embd) + 4 * cfg.n_layer * 16 * cfg.n_embd
+    # biases and norm weights are a rounding error, and num_params counts them
+    assert abs(m.flops_per_token(16) - 3 * forward) / (3 * forward) < 0.05
+
+
+def test_checkpoint_round_trip_and_atomicity(tmp_path, model):
+    meta = {"objective": "ar", "mask_token_id": 96, "bos_token_id": 1, "eos_token_id": 2,
+            "tokenizer": {"type": "sentencepiece", "files": []}}
+    save_checkpoint(tmp_path / "ck", model, meta, tokenizer_from=tmp_path)
+    loaded, meta2 = load_checkpoint(tmp_path / "ck")
+    idx = torch.randint(0, 97, (1, 8))
+    torch.testing.assert_close(loaded(idx), model(idx))
+    assert meta2["model"]["arch"] == model.cfg.arch
+    assert loaded.cfg.tie_embeddings == (loaded.lm_head.weight is loaded.tok_emb.weight)
+    with pytest.raises(UserError, match="already exists"):
+        save_checkpoint(tmp_path / "ck", model, meta, tokenizer_from=tmp_path)
+
+    def crash(path):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):  # a failed overwrite leaves the old checkpoint intact
+        save_checkpoint(tmp_path / "ck", model, meta, tokenizer_from=tmp_path, overwrite=True, extra={"x": crash})
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["mask_token_id"] == 96
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]

@@ -1,0 +1,109 @@
+"""Tokenizers read from a checkpoint's own files, never from the network.
+
+gpt2-bpe:      GPT-2's byte-level BPE (encoder.json + vocab.bpe) through tiktoken.
+sentencepiece: LLaMA / llama2.c tokenizer.model through sentencepiece.
+
+Text never encodes to the mask token. Released checkpoints sometimes reuse an ordinary
+token as the mask (DiffuGPT-S: 10541 = "------------", DiffuLLaMA: 811 = "ти"); where text
+would produce it, we spell the same bytes with smaller tokens instead.
+"""
+
+import json
+from pathlib import Path
+
+from model import UserError, read_meta
+
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+GPT2_FILES = ["encoder.json", "vocab.bpe"]
+SENTENCEPIECE_FILES = ["tokenizer.model"]
+MASK_GLYPH = "█"
+
+
+def gpt2_byte_decoder():
+    """GPT-2 stores byte-level tokens as printable unicode strings: map each char back to its byte."""
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    others = [b for b in range(256) if b not in printable]
+    table = {chr(b): b for b in printable}
+    table.update({chr(256 + i): b for i, b in enumerate(others)})
+    return table
+
+
+class Tokenizer:
+    def __init__(self, directory, meta):
+        directory, spec = Path(directory), meta["tokenizer"]
+        self.kind = spec["type"]
+        self.mask_id, self.bos_id, self.eos_id = meta["mask_token_id"], meta.get("bos_token_id"), meta["eos_token_id"]
+        if self.kind == "gpt2-bpe":
+            import tiktoken
+
+            byte_of = gpt2_byte_decoder()
+            try:
+                encoder = json.loads((directory / "encoder.json").read_text())
+            except (OSError, ValueError) as e:
+                raise UserError(f"cannot read GPT-2 vocabulary {directory / 'encoder.json'}: {e}") from None
+            eot = encoder.pop("<|endoftext|>", None)
+            # GPT-2's token ids are its merge ranks, which is what tiktoken needs.
+            ranks = {bytes(byte_of[c] for c in token): i for token, i in encoder.items()}
+            specials = {"<|endoftext|>": eot} if eot is not None else {}
+            self.enc = tiktoken.Encoding("gpt2-local", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+            self.n_vocab = self.enc.n_vocab
+        elif self.kind == "sentencepiece":
+            import sentencepiece
+
+            file = directory / "tokenizer.model"
+            try:
+                self.sp = sentencepiece.SentencePieceProcessor(model_file=str(file))
+            except (OSError, RuntimeError) as e:
+                raise UserError(f"cannot load SentencePiece model {file}: {e}") from None
+            self.n_vocab = self.sp.get_piece_size()
+        else:
+            raise UserError(f"unknown tokenizer type {self.kind!r}")
+        self.mask_spelling = self._respell(self.mask_id) if self.mask_id < self.n_vocab else None
+
+    def _respell(self, token):
+        """The same text as `token`, in tokens other than it."""
+        if self.kind == "gpt2-bpe":  # every single byte is a GPT-2 token
+            return [self.enc.encode_single_token(bytes([b])) for b in self.enc.decode_single_token_bytes(token)]
+        ids = []
+        for ch in self.sp.id_to_piece(token):
+            i = self.sp.piece_to_id(ch)
+            if i == self.sp.unk_id() or i == token:  # byte fallback, as LLaMA's tokenizer has
+                i = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in ch.encode()]
+                if self.sp.unk_id() in i:
+                    raise UserError(f"the mask token {token} cannot be spelled another way by this tokenizer")
+                ids += i
+            else:
+                ids.append(i)
+        return ids
+
+    def encode(self, text):
+        """Text -> token ids, without BOS/EOS and never containing the mask token."""
+        ids = self.enc.encode_ordinary(text) if self.kind == "gpt2-bpe" else self.sp.encode(text)
+        if self.mask_spelling is not None and self.mask_id in ids:
+            ids = [j for i in ids for j in (self.mask_spelling if i == self.mask_id else [i])]
+        return ids
+
+    def decode(self, ids, mask_glyph=""):
+        """Token ids -> text. The mask token is drawn as mask_glyph; ids the tokenizer lacks are dropped."""
+        text, run = [], []
+        for i in ids:
+            if i == self.mask_id or not 0 <= i < self.n_vocab:
+                text.append(self._decode_run(run))
+                run = []
+                if i == self.mask_id:
+                    text.append(mask_glyph)
+            else:
+                run.append(i)
+        text.append(self._decode_run(run))
+        return "".join(text)
+
+    def _decode_run(self, ids):
+        if not ids:
+            return ""
+        if self.kind == "gpt2-bpe":
+            return self.enc.decode(ids, errors="replace")
+        return self.sp.decode(ids)
+
+
+def load_tokenizer(path, meta=None):
+    return Tokenizer(path, meta or read_meta(path))
