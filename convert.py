@@ -255,56 +255,64 @@ def tokenizer_size_and_ids(spec, files):
 # Hub download: plain HTTPS in the hub's URL layout, resumable, no huggingface_hub needed
 
 
-def download(repo_id, cache_dir=None):
-    """Fetch the files of a hub model into a cache directory and return it."""
+def download_file(url, target, required=True, token=None):
+    """Fetch url into target with a progress bar, resuming a partial .part file.
+
+    Returns False if the file is absent (404) and not required. token: a bearer token (HF_TOKEN).
+    """
     from tqdm import tqdm
 
+    target = Path(target)
+    if target.is_file():
+        return True
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url)
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as e:
+        if e.code == 404 and not required:
+            return False
+        if e.code == 416 and have:  # the .part is already whole
+            part.rename(target)
+            return True
+        hint = " (a gated model? set HF_TOKEN)" if e.code in (401, 403) else ""
+        raise UserError(f"cannot download {url}: HTTP {e.code}{hint}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise UserError(f"cannot download {url}: {e}") from None
+    with response:
+        if response.status != 206:  # the server ignored the range: start over
+            have = 0
+        size = response.headers.get("Content-Length")
+        total = have + int(size) if size else None
+        with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
+                                                           desc=target.name, file=sys.stderr) as bar:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+    part.rename(target)
+    return True
+
+
+def download(repo_id):
+    """Fetch the files of a hub model into the cache and return its directory (offline once complete)."""
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    cache = Path(cache_dir or os.environ.get("DIFFU_CACHE", Path.home() / ".cache" / "diffu")) / repo_id.replace("/", "--")
-    manifest = cache / "downloaded.json"  # written last: the cached copy is complete, no network needed
+    cache = Path(os.environ.get("DIFFU_CACHE", Path.home() / ".cache" / "diffu")) / repo_id.replace("/", "--")
+    manifest = cache / "downloaded.json"  # written last: the cached copy is complete
     if manifest.is_file() and all((cache / f).is_file() for f in json.loads(manifest.read_text())):
         return cache
-    cache.mkdir(parents=True, exist_ok=True)
     got = []
 
     def fetch(name, required=True):
-        target = cache / name
-        if target.is_file():
+        ok = download_file(f"{endpoint}/{repo_id}/resolve/main/{name}", cache / name, required, os.environ.get("HF_TOKEN"))
+        if ok:
             got.append(name)
-            return True
-        part = target.with_name(target.name + ".part")
-        have = part.stat().st_size if part.exists() else 0
-        request = urllib.request.Request(f"{endpoint}/{repo_id}/resolve/main/{name}")
-        if have:
-            request.add_header("Range", f"bytes={have}-")
-        if os.environ.get("HF_TOKEN"):
-            request.add_header("Authorization", f"Bearer {os.environ['HF_TOKEN']}")
-        try:
-            response = urllib.request.urlopen(request, timeout=60)
-        except urllib.error.HTTPError as e:
-            if e.code == 404 and not required:
-                return False
-            if e.code == 416 and have:  # the .part is already whole
-                part.rename(target)
-                got.append(name)
-                return True
-            hint = " (a gated model? set HF_TOKEN)" if e.code in (401, 403) else ""
-            raise UserError(f"cannot download {name} of {repo_id}: HTTP {e.code}{hint}") from None
-        except (urllib.error.URLError, OSError) as e:
-            raise UserError(f"cannot reach {endpoint} to download {repo_id}: {e}") from None
-        with response:
-            if response.status != 206:  # the server ignored the range: start over
-                have = 0
-            size = response.headers.get("Content-Length")
-            total = have + int(size) if size else None
-            with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                                               desc=name, file=sys.stderr) as bar:
-                while chunk := response.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-        part.rename(target)
-        got.append(name)
-        return True
+        return ok
 
     fetch("config.json")
     for index, single in (("model.safetensors.index.json", "model.safetensors"), ("pytorch_model.bin.index.json", "pytorch_model.bin")):

@@ -8,6 +8,7 @@ token as the mask (DiffuGPT-S: 10541 = "------------", DiffuLLaMA: 811 = "ти")
 would produce it, we spell the same bytes with smaller tokens instead.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -107,3 +108,11 @@ class Tokenizer:
 
 def load_tokenizer(path, meta=None):
     return Tokenizer(path, meta or read_meta(path))
+
+
+def fingerprint(path, meta):
+    """A hash of the tokenizer files: data and checkpoint must agree on it, not only on vocabulary size."""
+    h = hashlib.sha256(meta["tokenizer"]["type"].encode())
+    for name in sorted(meta["tokenizer"]["files"]):
+        h.update((Path(path) / name).read_bytes())
+    return h.hexdigest()[:16]

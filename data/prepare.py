@@ -1,0 +1,242 @@
+"""Text -> token memmaps for train.py.
+
+    python data/prepare.py --tokenizer CKPT --out DIR INPUT...          # pre-training text
+    python data/prepare.py --tokenizer CKPT --out DIR --sft INPUT...    # prompt/response pairs
+    python data/prepare.py --tokenizer CKPT --out DIR --recipe NAME [--source PATH]
+
+INPUT: .txt (documents separated by blank lines), .jsonl / .json with a "text" field, or
+folders of them. Each document becomes [BOS] tokens [EOS] (just tokens + EOS where BOS and
+EOS are the same token, as in GPT-2). Every N-th document (N = 1 / --val-fraction, starting
+with the first) goes to val.bin, the rest to train.bin; a stream, so corpora need not fit
+in memory. meta.json records the tokenizer's fingerprint, which train.py checks.
+
+--sft: records {"prompt", "response"} (also "instruction"/"output", "src"/"trg"), each one
+row of --block-size tokens: [BOS] prompt response [EOS], padded with EOS, plus a source mask
+(train_src.bin, 1 = prompt token, never noised), as DiffuSeq and the paper's GSM8K finetune.
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from model import UserError, atomic_dir, read_meta  # noqa: E402
+from tokenizer import fingerprint, load_tokenizer  # noqa: E402
+
+SUFFIXES = (".txt", ".jsonl", ".json")
+
+# Public sources of the paper's corpora (and two small ones). Each is downloaded into the cache
+# when online; --source PATH points at a local copy instead.
+RECIPES = {
+    "tinystories": {"url": "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-valid.txt",
+                    "split": "<|endoftext|>"},
+    "shakespeare": {"url": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"},
+    "fineweb": {"url": "https://huggingface.co/datasets/HuggingFaceFW/fineweb/resolve/main/sample/10BT/000_00000.parquet"},
+    "slimpajama": {"url": "https://huggingface.co/datasets/cerebras/SlimPajama-627B/resolve/main/train/chunk1/example_train_0.jsonl.zst"},
+    "starcoder": {"url": "https://huggingface.co/datasets/bigcode/starcoderdata/resolve/main/python/train-00000-of-00059.parquet",
+                  "field": "content"},
+}
+
+
+def read_text(path):
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (undecodable byte at offset {e.start})") from None
+
+
+def records(path, field="text", split=None):
+    """Yield the records (dicts for JSON, {"text": ...} for text) of a file or a folder of files."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES + (".parquet", ".zst")))
+        if not files:
+            raise UserError(f"{path} holds no {', '.join(SUFFIXES)} files")
+        for f in files:
+            yield from records(f, field, split)
+    elif not path.is_file():
+        raise UserError(f"input {path} does not exist")
+    elif path.name.endswith(".parquet"):  # the hub's datasets (FineWeb, StarCoder); pyarrow only when needed
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(columns=[field], batch_size=1024):
+            yield from ({"text": t} for t in batch.column(0).to_pylist())
+    elif path.name.endswith(".zst"):  # SlimPajama ships zstd-compressed jsonl
+        import io
+
+        import zstandard
+
+        with open(path, "rb") as f:
+            for line in io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(f), encoding="utf-8"):
+                yield json.loads(line)
+    elif path.suffix == ".txt":
+        pattern = re.escape(split) if split else r"\n\s*\n"
+        for doc in re.split(pattern, read_text(path)):
+            if doc.strip():
+                yield {"text": doc.strip()}
+    elif path.suffix == ".jsonl":
+        for n, line in enumerate(read_text(path).splitlines(), 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    raise UserError(f"{path}:{n} is not valid JSON") from None
+    elif path.suffix == ".json":
+        try:
+            data = json.loads(read_text(path))
+        except ValueError as e:
+            raise UserError(f"{path} is not valid JSON: {e}") from None
+        yield from data if isinstance(data, list) else [data]
+    else:
+        raise UserError(f"{path}: unsupported file type (expected {', '.join(SUFFIXES)} or a folder)")
+
+
+def texts(inputs, field="text", split=None):
+    for path in inputs:
+        for n, rec in enumerate(records(path, field, split)):
+            text = rec.get(field) if isinstance(rec, dict) else None
+            if not isinstance(text, str):
+                raise UserError(f"{path}: record {n} has no {field!r} string field")
+            yield text
+
+
+def pairs(inputs):
+    for path in inputs:
+        for n, rec in enumerate(records(path)):
+            for p, r in (("prompt", "response"), ("instruction", "output"), ("src", "trg")):
+                if isinstance(rec, dict) and isinstance(rec.get(p), str) and isinstance(rec.get(r), str):
+                    yield rec[p], rec[r]
+                    break
+            else:
+                raise UserError(f"{path}: record {n} has no prompt/response (or instruction/output, src/trg) fields")
+
+
+_tok = None
+
+
+def _init_worker(ckpt):
+    global _tok
+    _tok = load_tokenizer(ckpt)
+
+
+def _encode_document(text):
+    ids = _tok.encode(text)
+    head = [_tok.bos_id] if _tok.bos_id is not None and _tok.bos_id != _tok.eos_id else []
+    return np.array(head + ids + [_tok.eos_id], dtype=np.int64)
+
+
+def _encode_pair(pair):
+    prompt, response = pair
+    head = [_tok.bos_id] if _tok.bos_id is not None else []
+    src = head + _tok.encode(prompt)
+    return np.array(src + _tok.encode(response) + [_tok.eos_id], dtype=np.int64), len(src)
+
+
+def encoded(items, fn, ckpt, workers):
+    """Encode items in order, in worker processes when there are several."""
+    if workers <= 1:
+        _init_worker(ckpt)
+        yield from map(fn, items)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(str(ckpt),)) as pool:
+        yield from pool.imap(fn, items, chunksize=64)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="*", type=Path, help=".txt / .jsonl / .json files or folders")
+    p.add_argument("--tokenizer", required=True, type=Path, help="a checkpoint directory (its tokenizer is used)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--sft", action="store_true", help="prompt/response pairs with a source mask")
+    p.add_argument("--block-size", type=int, default=512, help="row length for --sft")
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="a public corpus, downloaded unless --source is given")
+    p.add_argument("--source", type=Path, help="local copy of the recipe's corpus")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    args = p.parse_args(argv)
+    if not 0 < args.val_fraction < 1:
+        raise UserError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if args.out.exists() and not args.force:
+        raise UserError(f"{args.out} already exists (pass --force to overwrite it)")
+    meta = read_meta(args.tokenizer)
+    inputs, field, split = list(args.inputs), "text", None
+    if args.recipe:
+        recipe = RECIPES[args.recipe]
+        field, split = recipe.get("field", "text"), recipe.get("split")
+        inputs.append(args.source or download_url(recipe["url"]))
+    if not inputs:
+        raise UserError("no input given (files, folders or --recipe)")
+    vocab = meta["model"]["vocab_size"]
+    dtype = np.uint16 if vocab <= 2**16 else np.uint32
+    every = max(1, round(1 / args.val_fraction))
+    counts = {"train": [0, 0], "val": [0, 0]}  # documents, tokens
+
+    with atomic_dir(args.out, overwrite=args.force) as tmp:
+        files = {s: open(tmp / f"{s}.bin", "wb") for s in counts}
+        src_files = {s: open(tmp / f"{s}_src.bin", "wb") for s in counts} if args.sft else {}
+        skipped = 0
+        items = pairs(inputs) if args.sft else texts(inputs, field, split)
+        fn = _encode_pair if args.sft else _encode_document
+        for i, item in enumerate(tqdm(encoded(items, fn, args.tokenizer, args.workers), desc="tokenizing", unit="doc", file=sys.stderr)):
+            split_name = "val" if i % every == 0 else "train"
+            ids = item
+            if args.sft:
+                ids, n_src = item
+                if len(ids) > args.block_size:
+                    skipped += 1
+                    continue
+                src = np.zeros(args.block_size, dtype=np.uint8)
+                src[:n_src] = 1
+                ids = np.concatenate([ids, np.full(args.block_size - len(ids), meta["eos_token_id"])])
+                src_files[split_name].write(src.tobytes())
+            files[split_name].write(ids.astype(dtype).tobytes())
+            counts[split_name][0] += 1
+            counts[split_name][1] += len(ids)
+        for f in [*files.values(), *src_files.values()]:
+            f.close()
+        for s in ("train", "val"):
+            if counts[s][1] == 0:
+                raise UserError(f"no {s} data: the input is empty or too small (got {sum(c[0] for c in counts.values())} documents)")
+        if skipped:
+            print(f"skipped {skipped} pairs longer than --block-size {args.block_size}", file=sys.stderr)
+        info = {
+            "tokenizer_fingerprint": fingerprint(args.tokenizer, meta),
+            "tokenizer": meta["tokenizer"]["type"],
+            "vocab_size": vocab,
+            "dtype": np.dtype(dtype).name,
+            "train_tokens": counts["train"][1],
+            "val_tokens": counts["val"][1],
+            "documents": {s: c[0] for s, c in counts.items()},
+            "bos_token_id": meta.get("bos_token_id"),
+            "eos_token_id": meta["eos_token_id"],
+            "sft": args.sft,
+            "sources": [str(x) for x in inputs],
+        }
+        if args.sft:
+            info["block_size"] = args.block_size
+        (tmp / "meta.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"wrote {args.out}: {info['train_tokens']:,} train and {info['val_tokens']:,} val tokens ({info['dtype']})", file=sys.stderr)
+
+
+def download_url(url):
+    """Fetch url into the cache once (resumable), and return the local path."""
+    from convert import download_file
+
+    target = Path(os.environ.get("DIFFU_CACHE", Path.home() / ".cache" / "diffu")) / "data" / url.rsplit("/", 1)[-1]
+    download_file(url, target, token=os.environ.get("HF_TOKEN") if "huggingface.co" in url else None)
+    return target
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,242 @@
+"""train.py and data/prepare.py: the loss by hand, annealing, SFT source masks, DDP/FSDP, resume, bad input."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from conftest import ASSETS, ROOT, assert_user_error, run
+from model import load_checkpoint
+from train import EPS, Data, anneal_ratio, attention_at, diffusion_loss, lr_at, parse_args
+
+STORIES_TXT = ASSETS / "text" / "tinystories_val.txt"
+TINY = ["--max-iters", "6", "--eval-interval", "3", "--batch-size", "4", "--block-size", "64", "--eval-iters", "2"]
+
+
+@pytest.fixture(scope="module")
+def stories_data(stories_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "tinystories"
+    run("data/prepare.py", "--tokenizer", stories_ckpt, "--out", out, STORIES_TXT)
+    return out
+
+
+class TableModel:
+    """A stub denoiser: fixed logits per position; records what it was given."""
+
+    def __init__(self, logits):
+        self.logits = logits
+
+    def __call__(self, xt, attn, where):
+        self.xt, self.attn, self.where = xt, attn, where
+        return self.logits.expand(xt.shape[0], -1, -1)[where]
+
+
+def test_diffusion_loss_by_hand():
+    torch.manual_seed(0)
+    V, M = 7, 6
+    logits = torch.randn(1, 4, V)
+    x = torch.tensor([[1, 2, 3, 4]])
+    maskable = torch.tensor([[False, True, True, True]])
+    t = torch.tensor([0.5])
+    noise = torch.tensor([[0.0, 0.1, 0.7, 0.2]])  # position 0 is below t but not maskable
+    stub = TableModel(logits)
+    weighted, ce, n = diffusion_loss(stub, x, maskable, t, noise, M)
+    assert stub.xt.tolist() == [[1, M, 3, M]] and n.item() == 2
+    # shift: the logit at 0 predicts token 1, the logit at 2 predicts token 3
+    ce0 = F.cross_entropy(logits[0, 0], torch.tensor(2))
+    ce2 = F.cross_entropy(logits[0, 2], torch.tensor(4))
+    torch.testing.assert_close(ce, ce0 + ce2)
+    torch.testing.assert_close(weighted / n, (ce0 + ce2) / 0.5 / 2)
+    # no shift: the logit at i predicts token i
+    weighted, ce, n = diffusion_loss(stub, x, maskable, t, noise, M, shift=False)
+    expected = F.cross_entropy(logits[0, 1], torch.tensor(2)) + F.cross_entropy(logits[0, 3], torch.tensor(4))
+    torch.testing.assert_close(ce, expected)
+    torch.testing.assert_close(weighted, expected * 2)
+
+
+def test_loss_normalised_over_the_batch_with_per_sequence_weights():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 5, 9)
+    x = torch.tensor([[0, 1, 2, 3, 4], [0, 5, 6, 7, 8]])
+    maskable = torch.ones(2, 5, dtype=torch.bool)
+    maskable[:, 0] = False
+    t = torch.tensor([0.25, 0.5])
+    noise = torch.tensor([[0, 0.1, 0.9, 0.9, 0.9], [0, 0.1, 0.2, 0.3, 0.9]])  # 1 and 3 masked targets
+    weighted, ce, n = diffusion_loss(TableModel(logits), x, maskable, t, noise, 8)
+    per = [F.cross_entropy(logits[0, i - 1], x[b, i]) for b, i in [(0, 1), (1, 1), (1, 2), (1, 3)]]
+    assert n.item() == 4
+    torch.testing.assert_close(weighted / n, (per[0] / 0.25 + sum(per[1:]) / 0.5) / 4)
+
+
+def test_annealing_schedule():
+    assert anneal_ratio(0, 10) == pytest.approx(0.1) and anneal_ratio(4, 10) == pytest.approx(0.5)
+    assert anneal_ratio(9, 10) == 1.0 and anneal_ratio(5000, 10) == 1.0 and anneal_ratio(0, 0) == 1.0
+    assert attention_at(9, 10, 64, 0, "cpu") == "full" and attention_at(0, 0, 64, 0, "cpu") == "full"
+    L = 256
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    for step, ratio in [(0, 0.01), (29, 0.3), (69, 0.7)]:
+        m = attention_at(step, 100, L, seed=3, device="cpu")
+        assert m.dtype == torch.bool and m.shape == (L, L)
+        assert m[causal].all()  # causal is always allowed
+        assert abs(m[~causal].float().mean().item() - ratio) < 0.02
+        assert torch.equal(m, attention_at(step, 100, L, seed=3, device="cpu"))  # reproducible
+    assert not torch.equal(attention_at(30, 100, L, 3, "cpu"), attention_at(31, 100, L, 3, "cpu"))
+
+
+def test_lr_schedule():
+    args = parse_args(["--init-from", "x", "--data-dir", "d", "--out-dir", "o", "--lr", "1.0", "--warmup-iters", "10",
+                       "--max-iters", "110"])
+    assert lr_at(0, args) == pytest.approx(1 / 11) and lr_at(10, args) == pytest.approx(1.0)
+    assert lr_at(60, args) == pytest.approx(0.55) and lr_at(110, args) == pytest.approx(0.1)
+
+
+def test_presets_parse():
+    for preset in sorted((ROOT / "config").glob("*.json")):
+        args = parse_args(["--config", str(preset), "--init-from", "x", "--data-dir", "d", "--out-dir", "o"])
+        assert args.lr > 0
+    gpt = parse_args(["--config", str(ROOT / "config" / "diffugpt-s.json"), "--init-from", "x", "--data-dir", "d",
+                      "--out-dir", "o", "--lr", "1e-4"])
+    assert gpt.anneal_steps == 10000 and gpt.warmup_iters == 2000 and gpt.lr == 1e-4  # the command line wins
+    llama = parse_args(["--config", str(ROOT / "config" / "diffullama-7b.json"), "--init-from", "x", "--data-dir", "d", "--out-dir", "o"])
+    assert llama.anneal_steps == 0 and llama.lr == 2e-5 and llama.lr_schedule == "constant" and llama.block_size == 2048
+
+
+def test_sft_source_tokens_are_never_noised(stories_ckpt, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Tom had {i} apples.", "response": f"He ate {i}."}) + "\n" for i in range(40)))
+    run("data/prepare.py", "--tokenizer", stories_ckpt, "--out", tmp_path / "sft", "--sft", "--block-size", "32", pairs)
+    data = Data(tmp_path / "sft", "train", 32)
+    x, maskable, _, noise = data.train_batch(0, 0, 0, 16, "cpu")
+    src = torch.from_numpy(data.src[:].astype(bool))
+    assert src.any() and (~src).any()
+    stub = TableModel(torch.zeros(1, 32, 513))
+    diffusion_loss(stub, x, maskable, torch.ones(16), noise, 512)  # t = 1: every maskable token is masked
+    for row, xt in zip(x, stub.xt):
+        i = next(k for k in range(len(data.tokens)) if torch.equal(torch.from_numpy(data.tokens[k].astype("int64")), row))
+        keep = src[i].clone()
+        keep[0] = True
+        assert torch.equal(xt[keep], row[keep])  # the prompt (and BOS) untouched
+        assert (xt[~keep] == 512).all()  # everything else noised
+
+
+def test_ddp_and_fsdp_match_one_process(stories_ckpt, stories_data, tmp_path):
+    common = ["--init-from", stories_ckpt, "--data-dir", stories_data, *TINY, "--grad-accum", "2", "--anneal-steps", "4"]
+    run("train.py", *common, "--out-dir", tmp_path / "one")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *map(str, common)]
+    for name, extra in [("ddp", []), ("fsdp", ["--fsdp"])]:
+        proc = subprocess.run([*torchrun, "--out-dir", str(tmp_path / name), *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / name / "model.safetensors")
+        assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5, name
+    model, meta = load_checkpoint(tmp_path / "fsdp")  # the sharded run's checkpoint loads in one process
+    assert meta["objective"] == "diffusion" and meta["training"]["step"] == 6
+
+
+def test_sigkill_then_resume_equals_uninterrupted(stories_ckpt, stories_data, tmp_path):
+    common = ["--init-from", stories_ckpt, "--data-dir", stories_data, "--batch-size", "4", "--block-size", "64",
+              "--eval-iters", "2", "--eval-interval", "5", "--max-iters", "40", "--anneal-steps", "20", "--warmup-iters", "5"]
+    run("train.py", *common, "--out-dir", tmp_path / "whole")
+    cmd = [sys.executable, "train.py", *map(str, common), "--out-dir", str(tmp_path / "cut")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config = tmp_path / "cut" / "config.json"
+    while proc.poll() is None and not (config.is_file() and json.loads(config.read_text())["training"]["step"] >= 10):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads(config.read_text())["training"]["step"] < 40
+    run("train.py", *[c if c != stories_ckpt else "resume" for c in common], "--out-dir", tmp_path / "cut")
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    curve = lambda d: [(m["iter"], m["val_loss"]) for m in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]  # noqa: E731
+    whole, cut = curve(tmp_path / "whole"), curve(tmp_path / "cut")
+    assert [i for i, _ in whole] == [i for i, _ in cut] == list(range(0, 41, 5))
+    assert all(math.isclose(x, y, rel_tol=1e-6) for (_, x), (_, y) in zip(whole, cut))
+
+
+def test_sigterm_saves_before_exit(stories_ckpt, stories_data, tmp_path):
+    cmd = [sys.executable, "train.py", "--init-from", str(stories_ckpt), "--data-dir", str(stories_data), "--batch-size", "4",
+           "--block-size", "64", "--eval-iters", "1", "--eval-interval", "100000", "--max-iters", "100000"]
+    proc = subprocess.Popen([*cmd, "--out-dir", str(tmp_path / "run")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait until it is training (the step-0 eval is printed first)
+        line = proc.stderr.readline()
+        if line.startswith("step 0"):
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    step = json.loads((tmp_path / "run" / "config.json").read_text())["training"]["step"]
+    assert 0 < step < 100000 and "stopped by signal" in err
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(stories_ckpt, stories_data, tmp_path):
+    proc = run("train.py", "--init-from", stories_ckpt, "--data-dir", stories_data, "--batch-size", "4", "--block-size", "64",
+               "--eval-iters", "1", "--eval-interval", "1", "--max-iters", "20", "--lr", "1e30", "--grad-clip", "0",
+               "--out-dir", tmp_path / "run", check=False)
+    assert proc.returncode != 0 and "loss is" in proc.stderr
+    load_checkpoint(tmp_path / "run")  # still a valid checkpoint
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(m.get("train_loss", 0)) for m in metrics)
+
+
+def test_bad_inputs(stories_ckpt, stories_data, tmp_path):
+    base = ["train.py", "--init-from", stories_ckpt, *TINY]
+    out = ["--out-dir", tmp_path / "out"]
+    assert_user_error(run(*base, "--data-dir", tmp_path / "missing", *out, check=False), "meta.json")
+    (tmp_path / "empty").mkdir()
+    assert_user_error(run(*base, "--data-dir", tmp_path / "empty", *out, check=False), "meta.json")
+    assert_user_error(run(*base, "--data-dir", stories_data, "--bogus", *out, check=False), "unrecognized arguments")
+    assert_user_error(run(*base, "--data-dir", stories_data, "--batch-size", "0", *out, check=False), "--batch-size")
+    gpt2_tok = tmp_path / "gpt2data"
+    run("data/prepare.py", "--tokenizer", stories_ckpt, "--out", gpt2_tok, STORIES_TXT)
+    meta = json.loads((gpt2_tok / "meta.json").read_text())
+    meta["tokenizer_fingerprint"] = "0" * 16  # as data/prepare.py writes for another tokenizer
+    (gpt2_tok / "meta.json").write_text(json.dumps(meta))
+    assert_user_error(run(*base, "--data-dir", gpt2_tok, *out, check=False), "another tokenizer")
+    assert_user_error(run("train.py", "--init-from", stories_ckpt, "--data-dir", stories_data, "--block-size", "1024", *out,
+                          check=False), "beyond the model")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("keep")
+    assert_user_error(run(*base, "--data-dir", stories_data, *out, check=False), "already exists")
+    assert (tmp_path / "out" / "mine.txt").read_text() == "keep"
+
+
+def test_prepare_bad_inputs(stories_ckpt, tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    assert_user_error(run("data/prepare.py", "--tokenizer", stories_ckpt, "--out", tmp_path / "o", tmp_path / "empty.txt",
+                          check=False), "no train data")
+    (tmp_path / "bad.txt").write_bytes(b"hello \xff\xfe world\n\nmore")
+    assert_user_error(run("data/prepare.py", "--tokenizer", stories_ckpt, "--out", tmp_path / "o", tmp_path / "bad.txt",
+                          check=False), "not UTF-8")
+    assert not (tmp_path / "o").exists()
+
+
+def test_prepare_formats_and_workers(stories_ckpt, tmp_path):
+    docs = [f"Lily saw a {w} dog." for w in ("big", "small", "red", "happy", "sad", "tall")]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("\n\n".join(docs[:2]))
+    (tmp_path / "in" / "b.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[2:4]))
+    (tmp_path / "in" / "c.json").write_text(json.dumps([{"text": d} for d in docs[4:]]))
+    for workers in ("1", "2"):
+        run("data/prepare.py", "--tokenizer", stories_ckpt, "--out", tmp_path / workers, "--workers", workers,
+            "--val-fraction", "0.3", tmp_path / "in")
+    assert (tmp_path / "1" / "train.bin").read_bytes() == (tmp_path / "2" / "train.bin").read_bytes()
+    info = json.loads((tmp_path / "1" / "meta.json").read_text())
+    assert info["documents"] == {"train": 4, "val": 2} and info["dtype"] == "uint16"
+    from tokenizer import load_tokenizer
+    import numpy as np
+
+    tok = load_tokenizer(stories_ckpt)
+    val = np.fromfile(tmp_path / "1" / "val.bin", dtype=np.uint16).tolist()
+    assert val == [1, *tok.encode(docs[0]), 2, 1, *tok.encode(docs[3]), 2]  # documents 0 and 3: every 3rd
