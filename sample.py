@@ -1,0 +1,271 @@
+"""Iterative diffusion decoding (and plain AR sampling for comparison).
+
+    python sample.py --ckpt DIR --prompt "Once upon a time" --length 64 --steps 64 --show
+    python sample.py --ckpt DIR --prompt "Lily went to the park." --suffix "She was happy." --length 24
+    python sample.py --ckpt DIR --ar --greedy
+
+Every generated position starts as the mask token; prompt and suffix are kept. Each of at most
+T steps predicts the still-masked positions and reveals some of them:
+    random      each masked token with probability 1/k when k steps are left (the paper's sampler)
+    confidence  the most probable tokens first (the official top-k variant)
+    margin      largest gap between the two most probable tokens first (Dream)
+    entropy     lowest predictive entropy first (Dream)
+--threshold X also reveals every token whose probability exceeds X (Fast-dLLM), and
+--block-length B decodes B tokens at a time left to right (LLaDA's semi-autoregressive blocks).
+As in training, the logit at position i predicts token i+1 (shift), and position 0 is BOS.
+
+Two exact speed-ups: logits only at still-masked positions, and no forward pass in a step where
+nothing was revealed since the last one (the model has no time input: its output would repeat).
+Standard output carries only the samples; progress, speed and --show go to standard error.
+"""
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from model import UserError, load_checkpoint
+from tokenizer import MASK_GLYPH, load_tokenizer
+
+STRATEGIES = ("random", "confidence", "margin", "entropy")
+
+
+def sample_tokens(logits, temperature=1.0, top_k=0, top_p=1.0, greedy=False, generator=None):
+    """logits (N, V) -> (tokens (N,), probabilities (N, V) they were drawn from)."""
+    if temperature != 1.0 and not greedy:
+        logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix reaching top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = logits.softmax(-1)
+    if greedy:
+        return probs.argmax(-1), probs
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1), probs
+
+
+def scores_for(strategy, probs, tokens):
+    """Higher = reveal first."""
+    if strategy == "margin":
+        top2 = probs.topk(2, dim=-1).values
+        return top2[:, 0] - top2[:, 1]
+    if strategy == "entropy":
+        return (probs * probs.clamp_min(1e-30).log()).sum(-1)  # negative entropy
+    return probs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def valid_logits(logits, mask_id, vocab):
+    """Never produce the mask token or ids beyond the tokenizer (vocabulary padding)."""
+    logits = logits[:, :vocab].clone() if vocab else logits.clone()
+    if mask_id < logits.shape[-1]:
+        logits[:, mask_id] = float("-inf")
+    return logits
+
+
+@torch.no_grad()
+def generate(model, prefix, length, *, mask_id, suffix=(), steps=None, strategy="random", temperature=1.0, top_k=0,
+             top_p=1.0, greedy=False, threshold=None, block_length=0, num_samples=1, seed=0, shift=True, vocab=None,
+             on_step=None):
+    """Diffusion decoding -> (tokens (num_samples, len(prefix) + length + len(suffix)), forward passes).
+
+    prefix: token ids starting with BOS; suffix: ids kept after the generated part (infilling).
+    on_step(tokens, step): called after every step (the --show display).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}")
+    device = model.tok_emb.weight.device
+    P, N, steps = len(prefix), length, steps or length
+    x = torch.tensor([list(prefix) + [mask_id] * N + list(suffix)], device=device).repeat(num_samples, 1)
+    masked = torch.zeros_like(x, dtype=torch.bool)
+    masked[:, P : P + N] = True
+    block = block_length or N
+    blocks = [(lo, min(lo + block, P + N)) for lo in range(P, P + N, block)]
+    if steps < len(blocks):
+        raise ValueError(f"{steps} steps cannot decode {len(blocks)} blocks")
+    budgets = [steps // len(blocks) + (i < steps % len(blocks)) for i in range(len(blocks))]
+    generator = torch.Generator(device=device).manual_seed(seed)
+    forwards, logits, step_count = 0, None, 0
+    for (lo, hi), budget in zip(blocks, budgets):
+        in_block = torch.zeros_like(masked)
+        in_block[:, lo:hi] = True
+        for k in range(budget, 0, -1):  # k steps left in this block
+            eligible = masked & in_block
+            if not eligible.any():
+                break
+            if logits is None:  # something was revealed since the last forward pass
+                where = torch.nn.functional.pad(eligible[:, 1:], (0, 1)) if shift else eligible
+                logits = valid_logits(model(x, attn="full", where=where), mask_id, vocab)
+                forwards += 1
+            tokens, probs = sample_tokens(logits, temperature, top_k, top_p, greedy, generator)
+            score = torch.full(x.shape, float("-inf"), device=device)
+            score[eligible] = scores_for(strategy, probs, tokens).float()
+            if strategy == "random":
+                reveal = eligible & (torch.rand(x.shape, generator=generator, device=device) < 1 / k)
+            else:  # keep the floor(n·(k-1)/budget) lowest-scoring tokens masked
+                keep = (hi - lo) * (k - 1) // budget
+                n_reveal = (eligible.sum(1) - keep).clamp(min=0)
+                rank = score.argsort(dim=1, descending=True).argsort(dim=1)
+                reveal = eligible & (rank < n_reveal[:, None])
+            if threshold is not None:
+                confident = torch.zeros_like(eligible)
+                confident[eligible] = probs.gather(-1, tokens[:, None]).squeeze(-1) > threshold
+                best = score.argmax(1, keepdim=True)
+                at_least_one = torch.zeros_like(eligible).scatter(1, best, True) & eligible
+                reveal |= confident | at_least_one
+            if reveal.any():
+                proposal = torch.full_like(x, mask_id)
+                proposal[eligible] = tokens
+                x = torch.where(reveal, proposal, x)
+                masked &= ~reveal
+                logits = None
+            step_count += 1
+            if on_step:
+                on_step(x, step_count)
+    return x, forwards
+
+
+@torch.no_grad()
+def generate_ar(model, prefix, length, *, mask_id, eos_id=None, temperature=1.0, top_k=0, top_p=1.0, greedy=False,
+                num_samples=1, seed=0, vocab=None, use_cache=True):
+    """Autoregressive sampling with a KV cache -> (tokens (num_samples, len(prefix) + generated), forward passes)."""
+    device = model.tok_emb.weight.device
+    x = torch.tensor([list(prefix)], device=device).repeat(num_samples, 1)
+    cache = model.make_cache(num_samples, len(prefix) + length) if use_cache else None
+    generator = torch.Generator(device=device).manual_seed(seed)
+    last = torch.zeros_like(x, dtype=torch.bool)
+    last[:, -1] = True
+    logits = model(x, attn="causal", where=last, cache=cache)
+    done = torch.zeros(num_samples, dtype=torch.bool, device=device)
+    for i in range(length):
+        token, _ = sample_tokens(valid_logits(logits, mask_id, vocab), temperature, top_k, top_p, greedy, generator)
+        x = torch.cat([x, token[:, None]], dim=1)
+        done |= token == eos_id
+        if done.all() or i == length - 1:
+            return x, i + 1
+        if use_cache:
+            logits = model(token[:, None], attn="causal", cache=cache, start=x.shape[1] - 1)[:, -1]
+        else:
+            logits = model(x, attn="causal")[:, -1]
+    return x, length
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def render(tok, ids, start, end, eos_id):
+    """Text of one sample: prompt, generated part up to its first EOS, suffix."""
+    ids = ids.tolist()
+    generated = ids[start:end]
+    if eos_id in generated:
+        generated = generated[: generated.index(eos_id)]
+    prompt = [i for i in ids[:start] if i != tok.bos_id]
+    return tok.decode(prompt) + tok.decode(generated) + tok.decode(ids[end:])
+
+
+class Show:
+    """Draw the first sample at every step, masks as a glyph: in place on a terminal, line by line when piped."""
+
+    def __init__(self, tok, total_steps):
+        self.tok, self.total, self.lines = tok, total_steps, 0
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, x, step):
+        ids = [i for i in x[0].tolist() if i != self.tok.bos_id]
+        text = self.tok.decode(ids, mask_glyph=MASK_GLYPH)
+        if not self.tty:
+            print(f"[step {step}/{self.total}] {text}", file=sys.stderr)
+            return
+        if self.lines:  # move up over the previous frame and clear it
+            sys.stderr.write(f"\x1b[{self.lines}F\x1b[J")
+        frame = f"[step {step}/{self.total}]\n{text}"
+        width = shutil.get_terminal_size().columns
+        self.lines = sum(max(1, -(-len(line) // width)) for line in frame.split("\n"))
+        sys.stderr.write(frame + "\n")
+        sys.stderr.flush()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--ckpt", required=True, type=Path, help="checkpoint directory")
+    a("--prompt", default="", help="text before the generated part")
+    a("--prompt-file", type=Path, help="read the prompt from a file")
+    a("--suffix", default="", help="text after the generated part (infilling)")
+    a("--length", type=int, default=128, help="tokens to generate")
+    a("--steps", type=int, default=0, help="denoising steps T (default: --length)")
+    a("--strategy", choices=STRATEGIES, default="random")
+    a("--temperature", type=float, default=1.0)
+    a("--top-k", type=int, default=0)
+    a("--top-p", type=float, default=1.0)
+    a("--greedy", action="store_true", help="always the most probable token")
+    a("--threshold", type=float, help="also reveal every token with probability above this (0, 1]")
+    a("--block-length", type=int, default=0, help="semi-autoregressive blocks of this many tokens")
+    a("--num-samples", type=int, default=1)
+    a("--seed", type=int, default=0)
+    a("--show", action="store_true", help="draw the denoising as it happens (standard error)")
+    a("--ar", action="store_true", help="plain autoregressive sampling with a KV cache")
+    a("--device", default="cpu")
+    args = p.parse_args(argv)
+    steps = args.steps or args.length
+    if args.length < 1 or steps < 1 or args.num_samples < 1:
+        raise UserError("--length, --steps and --num-samples must be at least 1")
+    if args.threshold is not None and not 0 < args.threshold <= 1:
+        raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
+    if not 0 < args.top_p <= 1 or args.top_k < 0 or args.temperature <= 0:
+        raise UserError("--top-p must be in (0, 1], --top-k at least 0, --temperature positive")
+    if args.block_length < 0:
+        raise UserError("--block-length must not be negative")
+    if args.ar and args.suffix:
+        raise UserError("--suffix needs diffusion decoding (drop --ar)")
+    if args.prompt_file:
+        try:
+            args.prompt = args.prompt_file.read_text()
+        except OSError as e:
+            raise UserError(f"cannot read --prompt-file: {e}") from None
+
+    model, meta = load_checkpoint(args.ckpt, device=args.device)
+    tok = load_tokenizer(args.ckpt, meta)
+    prefix = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(args.prompt)
+    suffix = tok.encode(args.suffix)
+    total = len(prefix) + args.length + len(suffix)
+    if total > model.cfg.block_size:
+        raise UserError(f"prompt ({len(prefix)}) + length ({args.length}) + suffix ({len(suffix)}) = {total} tokens "
+                        f"exceeds the model's context of {model.cfg.block_size}")
+    blocks = -(-args.length // args.block_length) if args.block_length else 1
+    if not args.ar and steps < blocks:
+        raise UserError(f"--steps {steps} is fewer than the {blocks} blocks of --block-length {args.block_length}")
+    if args.ar != (meta["objective"] == "ar"):
+        print(f"note: {args.ckpt} was trained with the {meta['objective']} objective, decoding "
+              f"{'autoregressively' if args.ar else 'by diffusion'}", file=sys.stderr)
+
+    common = dict(mask_id=meta["mask_token_id"], temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                  greedy=args.greedy, num_samples=args.num_samples, seed=args.seed, vocab=tok.n_vocab)
+    t0 = time.perf_counter()
+    if args.ar:
+        x, forwards = generate_ar(model, prefix, args.length, eos_id=tok.eos_id, **common)
+    else:
+        x, forwards = generate(model, prefix, args.length, suffix=suffix, steps=steps, strategy=args.strategy,
+                               threshold=args.threshold, block_length=args.block_length, shift=meta.get("shift", True),
+                               on_step=Show(tok, steps) if args.show else None, **common)
+    elapsed = time.perf_counter() - t0
+    end = x.shape[1] - len(suffix)
+    texts = [render(tok, row, len(prefix), end, tok.eos_id) for row in x]
+    print(("\n\n" + "-" * 40 + "\n\n").join(texts))
+    generated = args.num_samples * (end - len(prefix))
+    print(f"{generated} tokens in {elapsed:.2f} s ({generated / elapsed:,.1f} tokens/s), {forwards} forward passes",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")

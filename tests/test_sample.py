@@ -1,0 +1,136 @@
+"""sample.py: shift handling pinned by a stub, strategies, the exact speed-ups, AR with a KV cache, bad input."""
+
+import itertools
+
+import pytest
+import torch
+
+from conftest import STORY_START, assert_user_error, run
+from model import ModelConfig, Transformer, load_checkpoint
+from sample import STRATEGIES, generate, generate_ar
+
+V, MASK, BOS = 50, 49, 0
+
+
+class Oracle:
+    """Logits that put all mass on a known target, shifted as a trained model's are: the logit at i is target[i+1].
+
+    It checks it is asked only for logits that predict still-masked positions, and counts its calls.
+    """
+
+    def __init__(self, target, shift=True):
+        self.target, self.shift, self.calls = target, shift, 0
+        self.tok_emb = torch.nn.Embedding(1, 1)
+
+    def __call__(self, x, attn, where):
+        assert attn == "full"
+        self.calls += 1
+        predicted = torch.nn.functional.pad(x[:, 1:], (0, 1), value=-1) if self.shift else x
+        assert (predicted[where] == MASK).all(), "logits requested for a position that is not masked"
+        nxt = torch.nn.functional.pad(self.target[1:], (0, 1)) if self.shift else self.target
+        logits = torch.full((*x.shape, V), -30.0)
+        logits.scatter_(-1, nxt.expand(x.shape[0], -1)[..., None], 30.0)
+        return logits[where]
+
+
+CASES = {  # (prefix length incl. BOS, generated length, suffix length)
+    "unconditional": (1, 12, 0),
+    "prefix": (5, 10, 0),
+    "infill": (4, 8, 5),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("threshold,block", [(None, 0), (None, 4), (0.9, 0), (0.9, 3)])
+def test_oracle_is_reproduced_exactly(case, strategy, threshold, block):
+    P, N, S = CASES[case]
+    target = torch.randint(1, MASK, (P + N + S,), generator=torch.Generator().manual_seed(P * N))
+    target[0] = BOS
+    oracle = Oracle(target)
+    steps = 6
+    x, forwards = generate(oracle, target[:P].tolist(), N, mask_id=MASK, suffix=target[P + N :].tolist(), steps=steps,
+                           strategy=strategy, threshold=threshold, block_length=block, num_samples=3, seed=1)
+    assert torch.equal(x, target.expand(3, -1))  # prompt and suffix unchanged, every mask replaced correctly
+    assert forwards == oracle.calls <= steps
+
+
+def test_no_shift_checkpoints_decode_unshifted():
+    target = torch.randint(1, MASK, (10,))
+    target[0] = BOS
+    x, _ = generate(Oracle(target, shift=False), [BOS], 9, mask_id=MASK, steps=9, shift=False, strategy="confidence")
+    assert torch.equal(x[0], target)
+
+
+def test_no_forward_pass_when_nothing_was_revealed():
+    """random with many steps: most steps reveal nothing and must cost no forward pass."""
+    target = torch.randint(1, MASK, (9,))
+    target[0] = BOS
+    oracle = Oracle(target)
+    x, forwards = generate(oracle, [BOS], 8, mask_id=MASK, steps=200, strategy="random", seed=0)
+    assert torch.equal(x[0], target) and forwards == oracle.calls <= 8
+
+
+def test_threshold_decodes_in_fewer_passes():
+    target = torch.randint(1, MASK, (33,))
+    target[0] = BOS
+    oracle = Oracle(target)
+    generate(oracle, [BOS], 32, mask_id=MASK, steps=32, strategy="confidence", threshold=0.9)
+    assert oracle.calls == 1  # the oracle is sure of everything at once
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return Transformer(ModelConfig(arch="llama", vocab_size=V, block_size=64, n_layer=2, n_head=2, n_embd=16)).eval()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_real_model_same_seed_same_text(tiny_model, strategy):
+    kw = dict(mask_id=MASK, steps=5, strategy=strategy, num_samples=2, top_p=0.9, temperature=0.8)
+    a, _ = generate(tiny_model, [BOS, 3, 4], 10, seed=7, suffix=[5, 6], **kw)
+    b, _ = generate(tiny_model, [BOS, 3, 4], 10, seed=7, suffix=[5, 6], **kw)
+    c, _ = generate(tiny_model, [BOS, 3, 4], 10, seed=8, suffix=[5, 6], **kw)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not (a == MASK).any() and a[:, :3].eq(torch.tensor([BOS, 3, 4])).all() and a[:, -2:].eq(torch.tensor([5, 6])).all()
+
+
+def test_ar_cache_equals_no_cache(tiny_model):
+    for greedy, seed in [(True, 0), (False, 3)]:
+        a, _ = generate_ar(tiny_model, [BOS, 7], 20, mask_id=MASK, greedy=greedy, seed=seed, num_samples=2)
+        b, _ = generate_ar(tiny_model, [BOS, 7], 20, mask_id=MASK, greedy=greedy, seed=seed, num_samples=2, use_cache=False)
+        assert torch.equal(a, b)
+        assert not (a == MASK).any()
+
+
+def test_ar_greedy_reproduces_the_stories260k_story(stories_ckpt):
+    proc = run("sample.py", "--ckpt", stories_ckpt, "--ar", "--greedy", "--length", "40")
+    assert proc.stdout.startswith(STORY_START)
+    assert "tokens/s" in proc.stderr and "forward passes" in proc.stderr
+
+
+def test_cli_samples_infill_and_show(stories_ckpt):
+    proc = run("sample.py", "--ckpt", stories_ckpt, "--prompt", "Once upon a time", "--suffix", "The end.",
+               "--length", "12", "--steps", "6", "--num-samples", "2", "--seed", "3", "--show", "--strategy", "confidence")
+    samples = proc.stdout.strip().split("\n\n" + "-" * 40 + "\n\n")
+    assert len(samples) == 2 and all(s.startswith("Once upon a time") and s.endswith("The end.") for s in samples)
+    frames = [line for line in proc.stderr.splitlines() if line.startswith("[step ")]
+    assert len(frames) == 6 and "█" in frames[0] and "█" not in frames[-1]
+    again = run("sample.py", "--ckpt", stories_ckpt, "--prompt", "Once upon a time", "--suffix", "The end.",
+                "--length", "12", "--steps", "6", "--num-samples", "2", "--seed", "3", "--strategy", "confidence")
+    assert again.stdout == proc.stdout
+
+
+def test_bad_inputs(stories_ckpt, tmp_path):
+    ck = ["sample.py", "--ckpt", stories_ckpt]
+    assert_user_error(run(*ck, "--length", "600", check=False), "exceeds the model's context")
+    assert_user_error(run(*ck, "--steps", "-1", check=False), "--steps")
+    assert_user_error(run(*ck, "--strategy", "bogus", check=False), "invalid choice")
+    assert_user_error(run(*ck, "--threshold", "1.5", check=False), "--threshold")
+    assert_user_error(run(*ck, "--threshold", "0", check=False), "--threshold")
+    assert_user_error(run("sample.py", "--ckpt", tmp_path / "none", check=False), "does not exist")
+    import shutil
+
+    shutil.copytree(stories_ckpt, tmp_path / "notok")
+    (tmp_path / "notok" / "tokenizer.model").unlink()
+    assert_user_error(run("sample.py", "--ckpt", tmp_path / "notok", check=False), "tokenizer")
