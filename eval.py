@@ -1,0 +1,245 @@
+"""Evaluate AR and diffusion checkpoints in the same units.
+
+    python eval.py --ckpt DIR --task nll --data text.txt [--mc 16 | --t-grid 16]
+    python eval.py --ckpt DIR --task lambada --data lambada_test.txt
+    python eval.py --ckpt DIR --task choice --data items.jsonl        # {"context", "choices", "label"}
+    python eval.py --ckpt DIR --task infill --data stories.txt
+    python eval.py --ckpt DIR --task genppl --judge AR_DIR --steps 64 --length 128
+
+Each task shows a progress bar and ends with one JSON line on standard output.
+
+nll: AR checkpoints give the exact NLL per token. Diffusion checkpoints give the ELBO,
+E_t[(1/t) Σ_masked CE] per token, an upper bound on the NLL ("bound": true), estimated over
+t ~ U(1e-3, 1) with --mc samples (stratified, fixed seed) or on a fixed --t-grid of levels.
+"""
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from model import UserError, load_checkpoint
+from sample import generate, generate_ar
+from tokenizer import load_tokenizer
+from train import EPS, ar_loss, diffusion_loss, mix
+
+# ---------------------------------------------------------------------------------------------
+# Scores
+
+
+@torch.no_grad()
+def elbo(model, x, maskable, mask_id, ts, seed, shift=True):
+    """Σ over levels t of Σ_masked CE/t for one sequence x (1, L), averaged over the levels."""
+    total = 0.0
+    for j, t in enumerate(ts):
+        noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(mix(seed, j))).to(x.device)
+        weighted, _, _ = diffusion_loss(model, x, maskable, torch.tensor([t], device=x.device), noise, mask_id, "full", shift)
+        total += weighted.item()
+    return total / len(ts)
+
+
+def noise_levels(n, grid, seed):
+    """n levels of t over (EPS, 1): a fixed grid, or stratified Monte Carlo samples."""
+    u = [0.5] * n if grid else torch.rand(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return [EPS + (1 - EPS) * (j + u[j]) / n for j in range(n)]
+
+
+@torch.no_grad()
+def sequence_nll(model, meta, x, maskable, levels, seed):
+    """Σ NLL (AR, exact) or Σ ELBO (diffusion) of the maskable tokens of x (1, L), as targets of the shift."""
+    if meta["objective"] == "ar":
+        logits = model(x, attn="causal")[0, :-1]
+        ce = torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="none")
+        return ce[maskable[0, 1:]].sum().item()
+    return elbo(model, x, maskable, meta["mask_token_id"], levels, seed, meta.get("shift", True))
+
+
+def distinct_n(samples, n=2):
+    """Distinct n-grams / all n-grams over all samples (token ids)."""
+    grams = [tuple(s[i : i + n]) for s in samples for i in range(len(s) - n + 1)]
+    return len(set(grams)) / max(1, len(grams))
+
+
+def rouge(predictions, references):
+    """ROUGE-1/2/L F-measures × 100, from Google's rouge-score (the ROUGE-1.5.5 reimplementation the field uses)."""
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError:
+        raise UserError("the infill task needs rouge-score: pip install rouge-score") from None
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
+    return {k: 100 * sum(s[k].fmeasure for s in scores) / max(1, len(scores)) for k in ("rouge1", "rouge2", "rougeL")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks
+
+
+def documents(path):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read --data {path}: {e}") from None
+    return [d.strip() for d in re.split(r"\n\s*\n", text) if d.strip()]
+
+
+def task_nll(model, meta, tok, args):
+    """Windows of --block-size over the documents ([BOS] doc [EOS], as data/prepare.py); the first token is context."""
+    ids = []
+    for doc in documents(args.data):
+        head = [tok.bos_id] if tok.bos_id is not None and tok.bos_id != tok.eos_id else []
+        ids += head + tok.encode(doc) + [tok.eos_id]
+    L = args.block_size or min(model.cfg.block_size, 512)
+    windows = [ids[i : i + L] for i in range(0, len(ids) - 1, L)][: args.limit or None]
+    levels = noise_levels(args.mc, args.t_grid, args.seed)
+    total, count = 0.0, 0
+    for k, w in enumerate(tqdm(windows, desc="nll", file=sys.stderr)):
+        x = torch.tensor([w], device=args.device)
+        maskable = torch.ones_like(x, dtype=torch.bool)
+        maskable[:, 0] = False
+        total += sequence_nll(model, meta, x, maskable, levels, mix(args.seed, k))
+        count += len(w) - 1
+    nll = total / count
+    return {"nll": nll, "ppl": math.exp(nll), "bound": meta["objective"] != "ar", "tokens": count}
+
+
+def task_lambada(model, meta, tok, args):
+    """Last-word accuracy; the diffusion model fills the word's masked tokens in as many steps, greedily."""
+    lines = [line.strip() for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = lines[: args.limit or None]
+    correct = 0
+    for line in tqdm(lines, desc="lambada", file=sys.stderr):
+        context, word = line.rsplit(" ", 1)
+        prefix = [tok.bos_id] + tok.encode(context)
+        n = len(tok.encode(" " + word))
+        common = dict(mask_id=meta["mask_token_id"], greedy=True, vocab=tok.n_vocab)
+        if meta["objective"] == "ar":
+            x, _ = generate_ar(model, prefix, n, **common)
+        else:
+            x, _ = generate(model, prefix, n, steps=n, strategy=args.strategy, shift=meta.get("shift", True), **common)
+        correct += tok.decode(x[0, len(prefix) :].tolist()).strip() == word  # each passage counted once
+    return {"accuracy": correct / max(1, len(lines)), "n": len(lines)}
+
+
+def task_choice(model, meta, tok, args):
+    """Multiple choice: the choice with the lowest NLL (AR) or ELBO (diffusion, only the choice masked) per token."""
+    items = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
+    items = items[: args.limit or None]
+    levels = noise_levels(args.mc, True, args.seed)  # the paper: 32 fixed noise levels
+    correct = 0
+    for k, item in enumerate(tqdm(items, desc="choice", file=sys.stderr)):
+        context = [tok.bos_id] + tok.encode(item["context"])
+        scores = []
+        for choice in item["choices"]:
+            ids = tok.encode(" " + choice.strip())
+            x = torch.tensor([context + ids], device=args.device)
+            maskable = torch.zeros_like(x, dtype=torch.bool)
+            maskable[:, len(context) :] = True
+            scores.append(sequence_nll(model, meta, x, maskable, levels, mix(args.seed, k)) / len(ids))
+        correct += min(range(len(scores)), key=scores.__getitem__) == item["label"]
+    return {"accuracy": correct / max(1, len(items)), "n": len(items)}
+
+
+def task_infill(model, meta, tok, args):
+    """Stories with the middle sentence removed: generate it between the sentences before and after."""
+    predictions, references = [], []
+    stories = [re.split(r"(?<=[.!?])\s+", d.replace("\n", " ")) for d in documents(args.data)]
+    stories = [s for s in stories if len(s) >= 3][: args.limit or None]
+    for s in tqdm(stories, desc="infill", file=sys.stderr):
+        mid = len(s) // 2
+        prefix = [tok.bos_id] + tok.encode(" ".join(s[:mid]))
+        suffix = tok.encode(" " + " ".join(s[mid + 1 :]))
+        n = len(tok.encode(" " + s[mid]))
+        common = dict(mask_id=meta["mask_token_id"], vocab=tok.n_vocab, seed=args.seed, greedy=args.greedy)
+        if meta["objective"] == "ar":  # AR models cannot see the suffix: they continue the prefix
+            x, _ = generate_ar(model, prefix, n, **common)
+        else:
+            x, _ = generate(model, prefix, n, suffix=suffix, steps=args.steps or n, strategy=args.strategy,
+                            shift=meta.get("shift", True), **common)
+        predictions.append(tok.decode(x[0, len(prefix) : len(prefix) + n].tolist()).strip())
+        references.append(s[mid])
+    return {**rouge(predictions, references), "n": len(predictions)}
+
+
+def task_genppl(model, meta, tok, args):
+    """Unconditional samples scored by an AR judge (perplexity of the text), with distinct-2 diversity."""
+    if not args.judge:
+        raise UserError("--task genppl needs --judge DIR (an AR checkpoint)")
+    judge, judge_meta = load_checkpoint(args.judge, device=args.device)
+    judge_tok = load_tokenizer(args.judge, judge_meta)
+    if judge_meta["objective"] != "ar":
+        raise UserError(f"--judge {args.judge} is not an AR checkpoint")
+    n, samples = args.limit or 16, []
+    steps = args.steps or args.length
+    for start in tqdm(range(0, n, args.batch_size), desc="genppl", file=sys.stderr):
+        k = min(args.batch_size, n - start)
+        common = dict(mask_id=meta["mask_token_id"], vocab=tok.n_vocab, num_samples=k, seed=mix(args.seed, start),
+                      top_p=args.top_p)
+        if meta["objective"] == "ar":
+            x, _ = generate_ar(model, [tok.bos_id], args.length, **common)
+        else:
+            x, _ = generate(model, [tok.bos_id], args.length, steps=steps, strategy=args.strategy,
+                            threshold=args.threshold, block_length=args.block_length, shift=meta.get("shift", True), **common)
+        samples += [row[1:].tolist() for row in x]
+    total, count = 0.0, 0
+    for ids in samples:
+        text = tok.decode(ids[: ids.index(tok.eos_id)] if tok.eos_id in ids else ids)
+        judged = ([judge_tok.bos_id] + judge_tok.encode(text))[: judge.cfg.block_size]
+        if len(judged) < 2:
+            continue
+        x = torch.tensor([judged], device=args.device)
+        with torch.no_grad():
+            total += torch.nn.functional.cross_entropy(judge(x, attn="causal")[0, :-1], x[0, 1:], reduction="sum").item()
+        count += len(judged) - 1
+    return {"gen_ppl": math.exp(total / max(1, count)), "distinct2": distinct_n(samples), "n": len(samples),
+            "steps": steps, "length": args.length}
+
+
+TASKS = {"nll": task_nll, "lambada": task_lambada, "choice": task_choice, "infill": task_infill, "genppl": task_genppl}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--ckpt", required=True, type=Path)
+    a("--task", required=True, choices=sorted(TASKS))
+    a("--data", type=Path, help="the task's data file")
+    a("--limit", type=int, default=0, help="evaluate only the first N items (windows for nll, samples for genppl)")
+    a("--steps", type=int, default=0, help="decoding steps (infill: default the middle's length; genppl: --length)")
+    a("--seed", type=int, default=0)
+    a("--mc", type=int, default=32, help="noise levels for the ELBO (nll: Monte Carlo samples; choice: grid)")
+    a("--t-grid", action="store_true", help="nll: a fixed grid of levels instead of Monte Carlo")
+    a("--block-size", type=int, default=0, help="nll window (default: the model's, at most 512)")
+    a("--strategy", default="confidence", help="diffusion decoding strategy (sample.py)")
+    a("--greedy", action="store_true", help="infill: greedy decoding")
+    a("--judge", type=Path, help="genppl: AR checkpoint that scores the samples")
+    a("--length", type=int, default=128, help="genppl: tokens per sample")
+    a("--top-p", type=float, default=1.0, help="genppl: nucleus sampling")
+    a("--threshold", type=float, help="genppl: parallel decoding threshold (sample.py)")
+    a("--block-length", type=int, default=0, help="genppl: semi-autoregressive blocks (sample.py)")
+    a("--batch-size", type=int, default=8, help="genppl: samples decoded together")
+    a("--device", default="cpu")
+    args = p.parse_args(argv)
+    if args.task != "genppl" and not args.data:
+        raise UserError(f"--task {args.task} needs --data")
+    if args.data and not args.data.is_file():
+        raise UserError(f"--data {args.data} does not exist")
+    if args.mc < 1 or args.limit < 0 or args.steps < 0 or args.length < 1 or args.batch_size < 1:
+        raise UserError("--mc, --length and --batch-size must be at least 1; --limit and --steps not negative")
+    model, meta = load_checkpoint(args.ckpt, device=args.device)
+    tok = load_tokenizer(args.ckpt, meta)
+    result = TASKS[args.task](model, meta, tok, args)
+    print(json.dumps({"task": args.task, **result}))
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")
