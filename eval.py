@@ -76,6 +76,11 @@ def rouge(predictions, references):
     return {k: 100 * sum(s[k].fmeasure for s in scores) / max(1, len(scores)) for k in ("rouge1", "rouge2", "rougeL")}
 
 
+def with_bos(tok, context, room):
+    """[BOS] + the end of the context: as much as fits in `room` tokens (long passages lose their start)."""
+    return [tok.bos_id] + context[len(context) - (room - 1) :] if room > 1 else [tok.bos_id]
+
+
 # ---------------------------------------------------------------------------------------------
 # Tasks
 
@@ -115,8 +120,8 @@ def task_lambada(model, meta, tok, args):
     correct = 0
     for line in tqdm(lines, desc="lambada", file=sys.stderr):
         context, word = line.rsplit(" ", 1)
-        prefix = [tok.bos_id] + tok.encode(context)
         n = len(tok.encode(" " + word))
+        prefix = with_bos(tok, tok.encode(context), model.cfg.block_size - n)
         common = dict(mask_id=meta["mask_token_id"], greedy=True, vocab=tok.n_vocab)
         if meta["objective"] == "ar":
             x, _ = generate_ar(model, prefix, n, **common)
@@ -133,10 +138,10 @@ def task_choice(model, meta, tok, args):
     levels = noise_levels(args.mc, True, args.seed)  # the paper: 32 fixed noise levels
     correct = 0
     for k, item in enumerate(tqdm(items, desc="choice", file=sys.stderr)):
-        context = [tok.bos_id] + tok.encode(item["context"])
         scores = []
         for choice in item["choices"]:
-            ids = tok.encode(" " + choice.strip())
+            ids = tok.encode(" " + choice.strip())[: model.cfg.block_size - 1]
+            context = with_bos(tok, tok.encode(item["context"]), model.cfg.block_size - len(ids))
             x = torch.tensor([context + ids], device=args.device)
             maskable = torch.zeros_like(x, dtype=torch.bool)
             maskable[:, len(context) :] = True
@@ -152,14 +157,15 @@ def task_infill(model, meta, tok, args):
     stories = [s for s in stories if len(s) >= 3][: args.limit or None]
     for s in tqdm(stories, desc="infill", file=sys.stderr):
         mid = len(s) // 2
-        prefix = [tok.bos_id] + tok.encode(" ".join(s[:mid]))
-        suffix = tok.encode(" " + " ".join(s[mid + 1 :]))
-        n = len(tok.encode(" " + s[mid]))
+        n = min(len(tok.encode(" " + s[mid])), model.cfg.block_size // 2)
+        suffix = tok.encode(" " + " ".join(s[mid + 1 :]))[: (model.cfg.block_size - n) // 2]
+        prefix = with_bos(tok, tok.encode(" ".join(s[:mid])), model.cfg.block_size - n - len(suffix))
         common = dict(mask_id=meta["mask_token_id"], vocab=tok.n_vocab, seed=args.seed, greedy=args.greedy)
         if meta["objective"] == "ar":  # AR models cannot see the suffix: they continue the prefix
             x, _ = generate_ar(model, prefix, n, **common)
         else:
             x, _ = generate(model, prefix, n, suffix=suffix, steps=args.steps or n, strategy=args.strategy,
+                            threshold=args.threshold, block_length=args.block_length, cache=args.cache,
                             shift=meta.get("shift", True), **common)
         predictions.append(tok.decode(x[0, len(prefix) : len(prefix) + n].tolist()).strip())
         references.append(s[mid])
@@ -184,7 +190,8 @@ def task_genppl(model, meta, tok, args):
             x, _ = generate_ar(model, [tok.bos_id], args.length, **common)
         else:
             x, _ = generate(model, [tok.bos_id], args.length, steps=steps, strategy=args.strategy,
-                            threshold=args.threshold, block_length=args.block_length, shift=meta.get("shift", True), **common)
+                            threshold=args.threshold, block_length=args.block_length, cache=args.cache,
+                            shift=meta.get("shift", True), **common)
         samples += [row[1:].tolist() for row in x]
     total, count = 0.0, 0
     for ids in samples:
@@ -220,9 +227,10 @@ def main(argv=None):
     a("--judge", type=Path, help="genppl: AR checkpoint that scores the samples")
     a("--length", type=int, default=128, help="genppl: tokens per sample")
     a("--top-p", type=float, default=1.0, help="genppl: nucleus sampling")
-    a("--threshold", type=float, help="genppl: parallel decoding threshold (sample.py)")
-    a("--block-length", type=int, default=0, help="genppl: semi-autoregressive blocks (sample.py)")
+    a("--threshold", type=float, help="genppl, infill: parallel decoding threshold (sample.py)")
+    a("--block-length", type=int, default=0, help="genppl, infill: semi-autoregressive blocks (sample.py)")
     a("--batch-size", type=int, default=8, help="genppl: samples decoded together")
+    a("--cache", action="store_true", help="genppl, infill: approximate key/value cache (sample.py)")
     a("--device", default="cpu")
     args = p.parse_args(argv)
     if args.task != "genppl" and not args.data:

@@ -76,7 +76,7 @@ def main(argv=None):
     a("--iters", type=int, default=600, help="training steps per run")
     a("--batch-size", type=int, default=8)
     a("--block-size", type=int, default=256)
-    a("--lr", type=float, default=2e-3)
+    a("--lr", type=float, default=1e-3)
     a("--anneal-steps", type=int, default=150)
     a("--test-stories", type=int, default=200)
     a("--eval-windows", type=int, default=40, help="512-token windows of test text for the NLL column")
@@ -120,10 +120,11 @@ def main(argv=None):
     tokens = curves[RUNS["adapt"][0]][-1]["tokens"]
 
     gen = []
-    for steps in map(int, args.gen_steps.split(",")):
-        gen.append(evaluate.main(["--ckpt", str(args.out / "adapt"), "--task", "genppl", "--judge", str(base),
-                                  "--steps", str(steps), "--length", str(args.gen_length), "--limit", str(args.gen_samples),
-                                  "--strategy", "random"]))
+    for strategy in ("random", "confidence"):
+        for steps in map(int, args.gen_steps.split(",")):
+            result = evaluate.main(["--ckpt", str(args.out / "adapt"), "--task", "genppl", "--judge", str(base), "--steps",
+                                    str(steps), "--length", str(args.gen_length), "--limit", str(args.gen_samples), "--strategy", strategy])
+            gen.append({**result, "strategy": strategy})
     ar_gen = evaluate.main(["--ckpt", str(base), "--task", "genppl", "--judge", str(base), "--length", str(args.gen_length),
                             "--limit", str(args.gen_samples)])
 
@@ -143,7 +144,7 @@ def main(argv=None):
     lines += [f"| {d} | {'≤ ' if r['bound'] else ''}{r['nll']:.3f} | {'≤ ' if r['bound'] else ''}{r['ppl']:.1f} |" for d, r in rows]
     lines += ["", f"Generation perplexity of {args.gen_samples} unconditional {args.gen_length}-token samples, judged by stories260K:",
               "", "| decoder | steps | Gen PPL | distinct-2 |", "|---|---|---|---|"]
-    lines += [f"| diffusion (adapted, random) | {g['steps']} | {g['gen_ppl']:.1f} | {g['distinct2']:.3f} |" for g in gen]
+    lines += [f"| diffusion (adapted), {g['strategy']} | {g['steps']} | {g['gen_ppl']:.1f} | {g['distinct2']:.3f} |" for g in gen]
     lines += [f"| stories260K, AR sampling | {args.gen_length} | {ar_gen['gen_ppl']:.1f} | {ar_gen['distinct2']:.3f} |", ""]
     lines += [f"Sample ({'infill' if s['suffix'] else 'prefix'}): {s['text']}" for s in samples]
     table = "\n".join(lines)

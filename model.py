@@ -75,6 +75,31 @@ def apply_rope(x, cos, sin):
     return (x * cos + rotated * sin).to(x.dtype)
 
 
+def anneal_hash(q, k, seed):
+    """A 32-bit integer hash of (seed, query, key): the annealing mask's Bernoulli draw.
+
+    The same numbers whether the mask is materialised for SDPA or computed inside FlexAttention's
+    mask_mod, which never builds an L×L tensor on the GPU.
+    """
+    x = (q.long() * 65537 + k.long() + seed * 0x9E3779B1) % 2**32
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) % 2**32
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) % 2**32
+    return x ^ (x >> 16)
+
+
+_flex_attention = None
+
+
+def flex_attention(q, k, v, block_mask, enable_gqa):
+    """FlexAttention, compiled once (eager FlexAttention is a slow reference)."""
+    global _flex_attention
+    from torch.nn.attention import flex_attention as fa
+
+    if _flex_attention is None:
+        _flex_attention = torch.compile(fa.flex_attention) if q.is_cuda else fa.flex_attention
+    return _flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -93,12 +118,15 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:  # keys/values of earlier positions, for AR decoding
+        if cache is not None:  # keys/values of other positions: AR decoding, or the approximate diffusion cache
             cache["k"][:B, :, start : start + T] = k
             cache["v"][:B, :, start : start + T] = v
-            k, v = cache["k"][:B, :, : start + T], cache["v"][:B, :, : start + T]
+            cache["len"] = max(cache.get("len", 0), start + T)
+            k, v = cache["k"][:B, :, : cache["len"]], cache["v"][:B, :, : cache["len"]]
         gqa = self.n_kv_head != self.n_head
-        if isinstance(attn, torch.Tensor):
+        if type(attn).__name__ == "BlockMask":  # FlexAttention: the annealing mask on GPU
+            y = flex_attention(q, k, v, block_mask=attn, enable_gqa=gqa)
+        elif isinstance(attn, torch.Tensor):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn, enable_gqa=gqa)
         elif attn == "full":
             y = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
@@ -174,11 +202,12 @@ class Transformer(nn.Module):
     def forward(self, idx, attn="causal", where=None, cache=None, start=0):
         """idx (B, L) token ids -> float logits (B, L, vocab).
 
-        attn: "causal", "full" or a boolean (L, L) allowed-mask (True = may attend).
+        attn: "causal", "full", a boolean (L, L) allowed-mask (True = may attend) or a FlexAttention BlockMask.
         where: optional boolean (B, L); logits are then computed only there and returned as
             (N, vocab) in row-major order. The vocabulary projection is a large share of the
             FLOPs, and training and decoding need logits only at masked targets.
-        cache, start: KV cache (from make_cache) and the position of idx[:, 0], for AR decoding.
+        cache, start: KV cache (from make_cache) and the position of idx[:, 0]. idx's keys and values
+            are written at start..start+L and attention covers every position written so far.
         """
         B, L = idx.shape
         if start + L > self.cfg.block_size:
@@ -201,7 +230,7 @@ class Transformer(nn.Module):
         return self.lm_head(self.norm(x)).float()
 
     def make_cache(self, batch_size, max_len, device=None, dtype=None):
-        """Preallocated key/value buffers, one pair per layer, for AR decoding."""
+        """Preallocated key/value buffers, one pair per layer (AR decoding; sample.py's --cache)."""
         p = self.tok_emb.weight
         shape = (batch_size, self.cfg.n_kv_head, max_len, self.cfg.head_dim)
         new = lambda: torch.zeros(shape, device=device or p.device, dtype=dtype or p.dtype)  # noqa: E731

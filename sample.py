@@ -16,6 +16,7 @@ As in training, the logit at position i predicts token i+1 (shift), and position
 
 Two exact speed-ups: logits only at still-masked positions, and no forward pass in a step where
 nothing was revealed since the last one (the model has no time input: its output would repeat).
+Two approximate ones, measured in bench.py: --cache and --threshold.
 Standard output carries only the samples; progress, speed and --show go to standard error.
 """
 
@@ -72,10 +73,12 @@ def valid_logits(logits, mask_id, vocab):
 @torch.no_grad()
 def generate(model, prefix, length, *, mask_id, suffix=(), steps=None, strategy="random", temperature=1.0, top_k=0,
              top_p=1.0, greedy=False, threshold=None, block_length=0, num_samples=1, seed=0, shift=True, vocab=None,
-             on_step=None):
+             cache=False, on_step=None):
     """Diffusion decoding -> (tokens (num_samples, len(prefix) + length + len(suffix)), forward passes).
 
     prefix: token ids starting with BOS; suffix: ids kept after the generated part (infilling).
+    cache: approximate, as Fast-dLLM's dual cache: keys and values of every position are computed
+        at the start of each block and reused; later steps of the block recompute only the block.
     on_step(tokens, step): called after every step (the --show display).
     """
     if strategy not in STRATEGIES:
@@ -91,17 +94,24 @@ def generate(model, prefix, length, *, mask_id, suffix=(), steps=None, strategy=
         raise ValueError(f"{steps} steps cannot decode {len(blocks)} blocks")
     budgets = [steps // len(blocks) + (i < steps % len(blocks)) for i in range(len(blocks))]
     generator = torch.Generator(device=device).manual_seed(seed)
+    kv = model.make_cache(num_samples, x.shape[1]) if cache else None
     forwards, logits, step_count = 0, None, 0
     for (lo, hi), budget in zip(blocks, budgets):
         in_block = torch.zeros_like(masked)
         in_block[:, lo:hi] = True
+        fresh = True  # the cache is refreshed at every block's first step
         for k in range(budget, 0, -1):  # k steps left in this block
             eligible = masked & in_block
             if not eligible.any():
                 break
             if logits is None:  # something was revealed since the last forward pass
                 where = torch.nn.functional.pad(eligible[:, 1:], (0, 1)) if shift else eligible
-                logits = valid_logits(model(x, attn="full", where=where), mask_id, vocab)
+                if kv is None or fresh:
+                    out = model(x, attn="full", where=where, cache=kv)
+                else:  # only the block (and, with the shift, the position predicting its first token)
+                    a = lo - 1 if shift else lo
+                    out = model(x[:, a:hi], attn="full", where=where[:, a:hi], cache=kv, start=a)
+                logits, fresh = valid_logits(out, mask_id, vocab), False
                 forwards += 1
             tokens, probs = sample_tokens(logits, temperature, top_k, top_p, greedy, generator)
             score = torch.full(x.shape, float("-inf"), device=device)
@@ -211,6 +221,7 @@ def main(argv=None):
     a("--num-samples", type=int, default=1)
     a("--seed", type=int, default=0)
     a("--show", action="store_true", help="draw the denoising as it happens (standard error)")
+    a("--cache", action="store_true", help="approximate: reuse keys/values outside the current block (Fast-dLLM)")
     a("--ar", action="store_true", help="plain autoregressive sampling with a KV cache")
     a("--device", default="cpu")
     args = p.parse_args(argv)
@@ -254,7 +265,7 @@ def main(argv=None):
     else:
         x, forwards = generate(model, prefix, args.length, suffix=suffix, steps=steps, strategy=args.strategy,
                                threshold=args.threshold, block_length=args.block_length, shift=meta.get("shift", True),
-                               on_step=Show(tok, steps) if args.show else None, **common)
+                               cache=args.cache, on_step=Show(tok, steps) if args.show else None, **common)
     elapsed = time.perf_counter() - t0
     end = x.shape[1] - len(suffix)
     texts = [render(tok, row, len(prefix), end, tok.eos_id) for row in x]

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from model import UserError, load_checkpoint, read_meta, save_checkpoint
+from model import UserError, anneal_hash, load_checkpoint, read_meta, save_checkpoint
 from tokenizer import fingerprint
 
 EPS = 1e-3  # t ~ U(EPS, 1)
@@ -45,14 +45,42 @@ def anneal_ratio(step, anneal_steps):
     return 1.0 if anneal_steps <= 0 else min(1.0, (step + 1) / anneal_steps)
 
 
-def attention_at(step, anneal_steps, seq_len, seed, device):
-    """'full' once annealing is over (the fast SDPA path), else a boolean allowed-mask: causal OR Bernoulli(ratio)."""
+def attention_at(step, anneal_steps, seq_len, seed, device, flex=None):
+    """The attention of one training step: causal OR Bernoulli(ratio), the same draw for batch and heads.
+
+    'full' once annealing is over (the fast SDPA path). During annealing a boolean (L, L) mask, or,
+    given flex = AnnealFlex(...), a FlexAttention BlockMask computed from the same hash on the GPU.
+    """
     ratio = anneal_ratio(step, anneal_steps)
     if ratio >= 1.0:
         return "full"
-    g = torch.Generator(device=device).manual_seed(mix(seed, step, -1))
-    random = torch.rand(seq_len, seq_len, generator=g, device=device) < ratio
-    return random | torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
+    step_seed, threshold = mix(seed, step) % 2**31, int(ratio * 2**32)
+    if flex is not None:
+        return flex(step_seed, threshold)
+    q = torch.arange(seq_len, device=device)
+    return (q[None, :] <= q[:, None]) | (anneal_hash(q[:, None], q[None, :], step_seed) < threshold)
+
+
+class AnnealFlex:
+    """Annealing BlockMasks for FlexAttention. The seed and threshold live in tensors that the mask_mod
+    reads, so a new step changes their values, not the function: nothing recompiles."""
+
+    def __init__(self, seq_len, device):
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        self.create, self.seq_len, self.device = create_block_mask, seq_len, device
+        self.seed = torch.zeros((), dtype=torch.long, device=device)
+        self.threshold = torch.zeros((), dtype=torch.long, device=device)
+
+        def mask_mod(b, h, q, k):
+            return (k <= q) | (anneal_hash(q, k, self.seed) < self.threshold)
+
+        self.mask_mod = mask_mod
+
+    def __call__(self, step_seed, threshold):
+        self.seed.fill_(step_seed)
+        self.threshold.fill_(threshold)
+        return self.create(self.mask_mod, None, None, self.seq_len, self.seq_len, device=self.device)
 
 
 def diffusion_loss(model, x, maskable, t, noise, mask_id, attn="full", shift=True):
@@ -196,9 +224,9 @@ def build_parser():
     a("--eval-iters", type=int, default=10, help="evaluation batches")
     a("--device", default="auto")
     a("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
-    a("--compile", action="store_true")
-    a("--fsdp", action="store_true", help="shard parameters, gradients and optimizer state (FSDP2)")
-    a("--activation-checkpointing", action="store_true")
+    a("--compile", action=argparse.BooleanOptionalAction, default=False)
+    a("--fsdp", action=argparse.BooleanOptionalAction, default=False, help="shard parameters, gradients and optimizer state (FSDP2)")
+    a("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=False)
     a("--seed", type=int, default=0)
     return p
 
@@ -388,12 +416,13 @@ def main(argv=None):
         count = args.eval_iters * args.batch_size
         indices, ts, seeds = val_data.eval_examples(count)
         sums = torch.zeros(4, dtype=torch.float64, device=device)  # Σ CE/t, Σ CE, n masked, n maskable
-        for k in range(rank * args.batch_size, count, world * args.batch_size):
-            sl = slice(k, k + args.batch_size)
+        n_batches = -(-count // args.batch_size)
+        for j in range(rank, -(-n_batches // world) * world, world):  # every rank runs as many forwards (FSDP)
+            sl = slice(j * args.batch_size, (j + 1) * args.batch_size) if j < n_batches else slice(0, args.batch_size)
             x, maskable, t, noise = val_data.batch(indices[sl], ts[sl], seeds[sl], device)
             weighted, ce, n = loss_sums(x, maskable, t, noise, "full")
             n_targets = maskable.sum() if diffusion else n  # every maskable token is some target
-            sums += torch.stack([weighted, ce, n, n_targets]).double()
+            sums += torch.stack([weighted, ce, n, n_targets]).double() * (j < n_batches)
         if world > 1:
             dist.all_reduce(sums)
         model.train()
@@ -440,6 +469,7 @@ def main(argv=None):
 
     from tqdm import tqdm
 
+    flex = AnnealFlex(args.block_size, device) if device.type == "cuda" and diffusion and step < args.anneal_steps else None
     bar = tqdm(total=args.max_iters, initial=step, disable=not master, file=sys.stderr, dynamic_ncols=True)
     log = lambda message: bar.write(message, file=sys.stderr)  # noqa: E731
     t_last, steps_timed = time.perf_counter(), 0
@@ -447,7 +477,7 @@ def main(argv=None):
         lr = lr_at(step, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        attn = attention_at(step, args.anneal_steps, args.block_size, args.seed, device) if diffusion else "causal"
+        attn = attention_at(step, args.anneal_steps, args.block_size, args.seed, device, flex) if diffusion else "causal"
         running = torch.zeros(3, dtype=torch.float64, device=device)  # loss, unweighted CE, stop flag
         for micro in range(accum):
             last = micro == accum - 1

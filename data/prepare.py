@@ -2,7 +2,7 @@
 
     python data/prepare.py --tokenizer CKPT --out DIR INPUT...          # pre-training text
     python data/prepare.py --tokenizer CKPT --out DIR --sft INPUT...    # prompt/response pairs
-    python data/prepare.py --tokenizer CKPT --out DIR --recipe NAME [--source PATH]
+    python data/prepare.py --tokenizer CKPT --out DIR --recipe NAME [--source [PART=]PATH ...]
 
 INPUT: .txt (documents separated by blank lines), .jsonl / .json with a "text" field, or
 folders of them. Each document becomes [BOS] tokens [EOS] (just tokens + EOS where BOS and
@@ -13,6 +13,10 @@ in memory. meta.json records the tokenizer's fingerprint, which train.py checks.
 --sft: records {"prompt", "response"} (also "instruction"/"output", "src"/"trg"), each one
 row of --block-size tokens: [BOS] prompt response [EOS], padded with EOS, plus a source mask
 (train_src.bin, 1 = prompt token, never noised), as DiffuSeq and the paper's GSM8K finetune.
+
+--recipe: the paper's corpora (fineweb for DiffuGPT; diffullama = slimpajama + starcoder at 7:3
+by characters) and two small ones (tinystories, shakespeare), downloaded into the cache when
+online (.parquet needs pyarrow, .zst needs zstandard); --source gives local copies instead.
 """
 
 import argparse
@@ -42,6 +46,7 @@ RECIPES = {
     "slimpajama": {"url": "https://huggingface.co/datasets/cerebras/SlimPajama-627B/resolve/main/train/chunk1/example_train_0.jsonl.zst"},
     "starcoder": {"url": "https://huggingface.co/datasets/bigcode/starcoderdata/resolve/main/python/train-00000-of-00059.parquet",
                   "field": "content"},
+    "diffullama": {"mix": {"slimpajama": 0.7, "starcoder": 0.3}},  # DiffuLLaMA's corpus: text and code at 7:3
 }
 
 
@@ -77,8 +82,9 @@ def records(path, field="text", split=None):
             for line in io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(f), encoding="utf-8"):
                 yield json.loads(line)
     elif path.suffix == ".txt":
-        pattern = re.escape(split) if split else r"\n\s*\n"
-        for doc in re.split(pattern, read_text(path)):
+        text = read_text(path)  # a recipe's own separator, else blank lines
+        pattern = re.escape(split) if split and split in text else r"\n\s*\n"
+        for doc in re.split(pattern, text):
             if doc.strip():
                 yield {"text": doc.strip()}
     elif path.suffix == ".jsonl":
@@ -105,6 +111,28 @@ def texts(inputs, field="text", split=None):
             if not isinstance(text, str):
                 raise UserError(f"{path}: record {n} has no {field!r} string field")
             yield text
+
+
+def mixed(streams, weights):
+    """Interleave document streams so each one's share of the characters follows its weight; stop when one runs out."""
+    used = [0] * len(streams)
+    while True:
+        i = min(range(len(streams)), key=lambda k: used[k] / weights[k])
+        doc = next(streams[i], None)
+        if doc is None:
+            return
+        used[i] += len(doc)
+        yield doc
+
+
+def recipe_texts(name, sources):
+    """The documents of a recipe; sources maps a recipe name to a local copy (else it is downloaded)."""
+    recipe = RECIPES[name]
+    if "mix" in recipe:
+        parts = list(recipe["mix"].items())
+        return mixed([iter(recipe_texts(part, sources)) for part, _ in parts], [w for _, w in parts])
+    path = sources.get(name) or download_url(recipe["url"])
+    return texts([path], recipe.get("field", "text"), recipe.get("split"))
 
 
 def pairs(inputs):
@@ -159,7 +187,8 @@ def main(argv=None):
     p.add_argument("--sft", action="store_true", help="prompt/response pairs with a source mask")
     p.add_argument("--block-size", type=int, default=512, help="row length for --sft")
     p.add_argument("--recipe", choices=sorted(RECIPES), help="a public corpus, downloaded unless --source is given")
-    p.add_argument("--source", type=Path, help="local copy of the recipe's corpus")
+    p.add_argument("--source", action="append", default=[],
+                   help="local copy of the recipe's corpus: PATH, or NAME=PATH for each part of a mix")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     args = p.parse_args(argv)
     if not 0 < args.val_fraction < 1:
@@ -167,13 +196,16 @@ def main(argv=None):
     if args.out.exists() and not args.force:
         raise UserError(f"{args.out} already exists (pass --force to overwrite it)")
     meta = read_meta(args.tokenizer)
-    inputs, field, split = list(args.inputs), "text", None
-    if args.recipe:
-        recipe = RECIPES[args.recipe]
-        field, split = recipe.get("field", "text"), recipe.get("split")
-        inputs.append(args.source or download_url(recipe["url"]))
-    if not inputs:
-        raise UserError("no input given (files, folders or --recipe)")
+    if bool(args.inputs) == bool(args.recipe):
+        raise UserError("give input files or folders, or --recipe, not both or neither")
+    if args.sft and args.recipe:
+        raise UserError("--sft takes prompt/response files, not a --recipe")
+    sources = dict(s.split("=", 1) if "=" in s else (args.recipe, s) for s in args.source)
+    for name, path in sources.items():
+        if name not in RECIPES:
+            raise UserError(f"--source {name}=...: unknown recipe part {name!r}")
+        if not Path(path).exists():
+            raise UserError(f"--source {path} does not exist")
     vocab = meta["model"]["vocab_size"]
     dtype = np.uint16 if vocab <= 2**16 else np.uint32
     every = max(1, round(1 / args.val_fraction))
@@ -183,7 +215,7 @@ def main(argv=None):
         files = {s: open(tmp / f"{s}.bin", "wb") for s in counts}
         src_files = {s: open(tmp / f"{s}_src.bin", "wb") for s in counts} if args.sft else {}
         skipped = 0
-        items = pairs(inputs) if args.sft else texts(inputs, field, split)
+        items = pairs(args.inputs) if args.sft else recipe_texts(args.recipe, sources) if args.recipe else texts(args.inputs)
         fn = _encode_pair if args.sft else _encode_document
         for i, item in enumerate(tqdm(encoded(items, fn, args.tokenizer, args.workers), desc="tokenizing", unit="doc", file=sys.stderr)):
             split_name = "val" if i % every == 0 else "train"
@@ -218,7 +250,7 @@ def main(argv=None):
             "bos_token_id": meta.get("bos_token_id"),
             "eos_token_id": meta["eos_token_id"],
             "sft": args.sft,
-            "sources": [str(x) for x in inputs],
+            "sources": [str(x) for x in args.inputs] or [args.recipe],
         }
         if args.sft:
             info["block_size"] = args.block_size

@@ -80,3 +80,13 @@ def test_checkpoint_round_trip_and_atomicity(tmp_path, model):
         save_checkpoint(tmp_path / "ck", model, meta, tokenizer_from=tmp_path, overwrite=True, extra={"x": crash})
     assert json.loads((tmp_path / "ck" / "config.json").read_text())["mask_token_id"] == 96
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_cache_window_matches_the_full_forward(model):
+    """sample.py's --cache recomputes a window of positions against cached keys/values of the rest."""
+    idx = torch.randint(0, 97, (2, 16))
+    cache = model.make_cache(2, 16)
+    full = model(idx, attn="full", cache=cache)
+    torch.testing.assert_close(full, model(idx, attn="full"))
+    window = model(idx[:, 5:11], attn="full", cache=cache, start=5)
+    torch.testing.assert_close(window, full[:, 5:11], atol=1e-5, rtol=1e-5)

@@ -22,15 +22,18 @@ class Oracle:
         self.target, self.shift, self.calls = target, shift, 0
         self.tok_emb = torch.nn.Embedding(1, 1)
 
-    def __call__(self, x, attn, where):
+    def __call__(self, x, attn, where, cache=None, start=0):
         assert attn == "full"
         self.calls += 1
         predicted = torch.nn.functional.pad(x[:, 1:], (0, 1), value=-1) if self.shift else x
         assert (predicted[where] == MASK).all(), "logits requested for a position that is not masked"
         nxt = torch.nn.functional.pad(self.target[1:], (0, 1)) if self.shift else self.target
         logits = torch.full((*x.shape, V), -30.0)
-        logits.scatter_(-1, nxt.expand(x.shape[0], -1)[..., None], 30.0)
+        logits.scatter_(-1, nxt[start : start + x.shape[1]].expand(x.shape[0], -1)[..., None], 30.0)
         return logits[where]
+
+    def make_cache(self, batch_size, max_len):
+        return []
 
 
 CASES = {  # (prefix length incl. BOS, generated length, suffix length)
@@ -42,15 +45,16 @@ CASES = {  # (prefix length incl. BOS, generated length, suffix length)
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("threshold,block", [(None, 0), (None, 4), (0.9, 0), (0.9, 3)])
-def test_oracle_is_reproduced_exactly(case, strategy, threshold, block):
+@pytest.mark.parametrize("threshold,block,cache", [(None, 0, False), (None, 4, False), (0.9, 0, False), (0.9, 3, False),
+                                                   (None, 4, True), (0.9, 3, True)])
+def test_oracle_is_reproduced_exactly(case, strategy, threshold, block, cache):
     P, N, S = CASES[case]
     target = torch.randint(1, MASK, (P + N + S,), generator=torch.Generator().manual_seed(P * N))
     target[0] = BOS
     oracle = Oracle(target)
     steps = 6
     x, forwards = generate(oracle, target[:P].tolist(), N, mask_id=MASK, suffix=target[P + N :].tolist(), steps=steps,
-                           strategy=strategy, threshold=threshold, block_length=block, num_samples=3, seed=1)
+                           strategy=strategy, threshold=threshold, block_length=block, num_samples=3, seed=1, cache=cache)
     assert torch.equal(x, target.expand(3, -1))  # prompt and suffix unchanged, every mask replaced correctly
     assert forwards == oracle.calls <= steps
 
@@ -134,3 +138,11 @@ def test_bad_inputs(stories_ckpt, tmp_path):
     shutil.copytree(stories_ckpt, tmp_path / "notok")
     (tmp_path / "notok" / "tokenizer.model").unlink()
     assert_user_error(run("sample.py", "--ckpt", tmp_path / "notok", check=False), "tokenizer")
+
+
+def test_cache_with_one_step_per_block_is_exact(tiny_model):
+    """Every block decoded in its first step starts from a fresh cache: the same tokens as without it."""
+    kw = dict(mask_id=MASK, steps=4, block_length=3, strategy="confidence", greedy=True, suffix=[5, 6])
+    exact, _ = generate(tiny_model, [BOS, 3], 12, **kw)
+    cached, _ = generate(tiny_model, [BOS, 3], 12, cache=True, **kw)
+    assert torch.equal(exact, cached)

@@ -240,3 +240,21 @@ def test_prepare_formats_and_workers(stories_ckpt, tmp_path):
     tok = load_tokenizer(stories_ckpt)
     val = np.fromfile(tmp_path / "1" / "val.bin", dtype=np.uint16).tolist()
     assert val == [1, *tok.encode(docs[0]), 2, 1, *tok.encode(docs[3]), 2]  # documents 0 and 3: every 3rd
+
+
+def test_flex_attention_mask_equals_the_boolean_mask():
+    """On GPU the annealing mask is a FlexAttention BlockMask from the same hash; check it here (forward, CPU)."""
+    import warnings
+
+    from model import ModelConfig, Transformer
+    from train import AnnealFlex
+
+    warnings.simplefilter("ignore")  # eager FlexAttention warns that it is a slow reference
+    L = 128
+    model = Transformer(ModelConfig(arch="llama", vocab_size=50, block_size=L, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)).eval()
+    idx = torch.randint(0, 50, (2, L))
+    flex = AnnealFlex(L, "cpu")
+    for step in (0, 40):
+        with torch.no_grad():
+            torch.testing.assert_close(model(idx, attn=attention_at(step, 100, L, 5, "cpu", flex)),
+                                       model(idx, attn=attention_at(step, 100, L, 5, "cpu")), atol=1e-5, rtol=1e-5)

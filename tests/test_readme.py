@@ -1,0 +1,120 @@
+"""Every command in the README runs, on tiny settings, so the README cannot rot.
+
+Commands are taken from the README's ```bash blocks, in order, and run in a sandbox where the hub
+is a local HTTP server serving tiny random models under the README's hub ids. Each command gets
+tiny-size options appended (argparse: the last value wins); torchrun runs 2 local processes.
+"""
+
+import functools
+import http.server
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from conftest import ASSETS, ROOT
+from test_convert import tiny_gpt2, tiny_llama
+
+TINY = {
+    "train.py": "--max-iters 2 --eval-interval 1 --eval-iters 1 --batch-size 2 --block-size 32 --grad-accum 2 "
+                "--warmup-iters 1 --anneal-steps 2",
+    "sample.py": "--length 8 --steps 4",
+    "eval.py": "--limit 2 --mc 2 --length 8 --steps 4",
+    "miniature.py": f"--assets {ASSETS} --out mini --iters 4 --batch-size 2 --block-size 32 --eval-windows 2 --mc 2 "
+                    "--gen-steps 2,4 --gen-samples 2 --gen-length 8 --test-stories 4",
+}
+SOURCES = {"fineweb": "--source web.jsonl", "diffullama": "--source slimpajama=web.jsonl --source starcoder=code.jsonl"}
+
+
+def readme_commands():
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    return [line.strip() for b in blocks for line in b.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_line = next(line for line in ci.splitlines() if "# test command" in line).split("#")[0].strip()
+    assert f"pip install -r requirements-dev.txt && {test_line}" in readme_commands()
+
+
+def tiny_command(cmd):
+    """The README command with tiny settings: local processes, small sizes, local corpus copies."""
+    cmd = re.sub(r"--nnodes=\S+ --nproc_per_node=\S+ --rdzv-backend=\S+ --rdzv-endpoint=\S+", "--standalone --nproc_per_node=2", cmd)
+    cmd = cmd.replace("--nproc_per_node=8", "--nproc_per_node=2")
+    script = next((s for s in ["train.py", "sample.py", "eval.py", "miniature.py"] if f" {s}" in f" {cmd}"), None)
+    if script:
+        cmd += " " + TINY[script]
+    if "prepare.py" in cmd and "--recipe" in cmd:
+        cmd += " " + SOURCES[shlex.split(cmd)[shlex.split(cmd).index("--recipe") + 1]]
+    if "prepare.py" in cmd and "--sft" in cmd:
+        cmd += " --block-size 32"
+    if "train.py" in cmd and "gsm8k" in cmd:
+        cmd += " --block-size 32"
+    return cmd
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    for name in ["model.py", "tokenizer.py", "convert.py", "train.py", "sample.py", "eval.py", "miniature.py", "config", "requirements.txt"]:
+        (tmp_path / name).symlink_to(ROOT / name)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "prepare.py").symlink_to(ROOT / "data" / "prepare.py")
+    # the user's own files that the README's commands name
+    shutil.copy(ASSETS / "stories260K" / "stories260K.bin", tmp_path)
+    shutil.copy(ASSETS / "stories260K" / "tok512.model", tmp_path)
+    stories = (ASSETS / "text" / "tinystories_val.txt").read_text().split("\n\n")[:40]
+    (tmp_path / "stories.txt").write_text("\n\n".join(stories[:6]))
+    (tmp_path / "data" / "test.txt").write_text("\n\n".join(stories[6:12]))
+    (tmp_path / "web.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in stories))
+    (tmp_path / "code.jsonl").write_text("".join(json.dumps({"content": f"def f{i}(x):\n    return x * {i}\n"}) + "\n" for i in range(40)))
+    lambada = (ASSETS / "eval" / "lambada_test.txt").read_text().splitlines()[:3]
+    (tmp_path / "lambada_test.txt").write_text("\n".join(lambada) + "\n")
+    (tmp_path / "hellaswag.jsonl").write_text(json.dumps({"context": "The cat", "choices": ["sat down.", "flew."], "label": 0}) + "\n")
+    (tmp_path / "gsm8k_train.json").write_text(json.dumps([{"instruction": f"What is {i} + 1?", "output": f"{i + 1}"} for i in range(30)]))
+    # a hub on 127.0.0.1 with tiny random models under the README's ids
+    site = tmp_path / "site"
+    for repo, make in [("gpt2", tiny_gpt2), ("gpt2-medium", tiny_gpt2), ("meta-llama/Llama-2-7b-hf", tiny_llama)]:
+        make(site / repo / "resolve" / "main")
+    diffugpt = site / "diffusionfamily" / "diffugpt-s" / "resolve" / "main"
+    shutil.copytree(site / "gpt2" / "resolve" / "main", diffugpt)
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(diffugpt / "model.safetensors")
+    wrapped = {("embed_tokens.weight" if k == "transformer.wte.weight" else "denoise_model." + k.removeprefix("transformer.")): v
+               for k, v in state.items()}
+    save_file(wrapped, diffugpt / "model.safetensors")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=site))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.chdir(tmp_path)
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "DIFFU_CACHE": str(tmp_path / "cache"),
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    yield tmp_path, env
+    server.shutdown()
+
+
+def test_every_readme_command_runs(sandbox):
+    tmp_path, env = sandbox
+    ran = 0
+    for cmd in readme_commands():
+        if cmd.startswith("pip install"):
+            assert all((ROOT / f).is_file() for f in re.findall(r"-r (\S+)", cmd))
+            cmd = cmd.split("&&", 1)[1].strip()
+        if cmd == "python -m pytest -q":
+            continue  # that is this suite
+        tiny = tiny_command(cmd)
+        proc = subprocess.run(tiny, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"README command failed: {cmd}\nran: {tiny}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        ran += 1
+    assert ran >= 20
