@@ -1,0 +1,308 @@
+"""Speed, measured side by side in one run: ratios, not absolute numbers, are what carry across machines.
+
+    python bench.py                                  # CPU suite (GPT-2-small shape; a few minutes)
+    python bench.py --suite tiny                     # seconds: the tests run this
+    python bench.py --device cuda --suite gpu        # H100/H200: bf16, torch.compile, FlexAttention
+    python bench.py --quality-ckpt runs/miniature/adapt --judge runs/miniature/stories260K --quality-data stories.txt
+
+Training: tokens/s and MFU (against a matmul peak measured in this run) of one optimizer step,
+for diffusion training during annealing and after it, and for AR training; beside the same step
+done the way the official DiffuGPT code does it: transformers' GPT2LMHeadModel given a dense 4D
+additive float mask from the annealing rule, computing logits at every position.
+
+Decoding: tokens/s of our exact sampler per strategy, of the official-style loop (the same
+transformers model, every position's logits at every step), of AR decoding with a KV cache, and of
+the approximate options (--cache, --threshold, blocks). --quality-ckpt measures what the approximate
+options cost in generation perplexity and infill ROUGE against the exact sampler.
+"""
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from model import ModelConfig, Transformer
+from sample import generate, generate_ar, sample_tokens
+from train import AnnealFlex, ar_loss, attention_at, diffusion_loss, matmul_peak
+
+SHAPES = {
+    "tiny": dict(n_layer=2, n_head=4, n_embd=128),
+    "gpt2-small": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+}
+SUITES = {  # training (shape, batch, length) list; decoding (shape, lengths, batch)
+    "tiny": {"train": [("tiny", 2, 64)], "decode": ("tiny", [32], 1), "iters": 2},
+    "cpu": {"train": [("gpt2-small", 1, 1024)], "decode": ("gpt2-small", [128], 1), "iters": 3},
+    "gpu": {"train": [("gpt2-small", 16, 1024), ("gpt2-medium", 8, 1024)], "decode": ("gpt2-medium", [256, 1024], 1), "iters": 10},
+}
+VOCAB, MASK = 50258, 50257  # GPT-2 plus the mask token
+OFFICIAL_SAMPLING = dict(temperature=0.95, top_p=0.9)  # the official inference scripts' defaults
+
+
+def timed(fn, iters, device, warmup=1):
+    """Mean seconds per call after warm-up."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / iters
+
+
+def interleaved(fns, rounds, device):
+    """Best seconds per call of each function, measured round-robin so that a noisy machine hits all alike."""
+    for fn in fns.values():
+        timed(fn, 0, device, warmup=1)
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            best[name] = min(best[name], timed(fn, 1, device, warmup=0))
+    return best
+
+
+def hf_twin(model):
+    """transformers' GPT2LMHeadModel with our model's weights (the official code's engine)."""
+    import transformers
+
+    cfg = model.cfg
+    hf_cfg = transformers.GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                                     n_layer=cfg.n_layer, n_head=cfg.n_head, bos_token_id=0, eos_token_id=0)
+    hf = transformers.GPT2LMHeadModel(hf_cfg)
+    state = {"transformer.wte.weight": model.tok_emb.weight, "transformer.wpe.weight": model.pos_emb.weight,
+             "transformer.ln_f.weight": model.norm.weight, "transformer.ln_f.bias": model.norm.bias}
+    names = {"attn_norm": "ln_1", "mlp_norm": "ln_2", "attn.wqkv": "attn.c_attn", "attn.wo": "attn.c_proj",
+             "mlp.up": "mlp.c_fc", "mlp.down": "mlp.c_proj"}
+    for i, block in enumerate(model.layers):
+        for ours, theirs in names.items():
+            module = block.get_submodule(ours)
+            w = module.weight if "norm" in ours else module.weight.t()  # Conv1D stores [in, out]
+            state[f"transformer.h.{i}.{theirs}.weight"] = w
+            state[f"transformer.h.{i}.{theirs}.bias"] = module.bias
+    hf.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=False)
+    hf.tie_weights()
+    return hf.to(model.tok_emb.weight.device)
+
+
+def official_anneal_mask(L, B, dtype, device, ratio):
+    """The official code's mask: causal OR Bernoulli(ratio), expanded to (B, 1, L, L), inverted to an additive float mask."""
+    causal = torch.ones(L, L, device=device).tril()
+    allowed = torch.logical_or(causal, torch.bernoulli(torch.full((L, L), ratio, device=device)))
+    inverted = 1.0 - allowed[None, None].expand(B, 1, L, L).to(dtype)
+    return inverted.masked_fill(inverted.bool(), torch.finfo(dtype).min)
+
+
+def official_step(hf, optimizer, x, maskable, t, noise, ratio, autocast, dtype):
+    """One training step the official way: dense float mask, logits at every position, masked-out loss."""
+    masked = maskable & (noise < t[:, None])
+    xt = x.masked_fill(masked, MASK)
+    with autocast:
+        mask = official_anneal_mask(x.shape[1], x.shape[0], dtype, x.device, ratio)
+        logits = hf(input_ids=xt, attention_mask=mask).logits[:, :-1]
+        ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none").view_as(masked[:, 1:])
+        target = masked[:, 1:]
+        loss = (ce * target / t[:, None]).sum() / target.sum()
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def bench_training(shape, B, L, device, dtype, iters, peak, compile_model):
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="gpt2", vocab_size=VOCAB, block_size=L, **SHAPES[shape])
+    model = Transformer(cfg).to(device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, VOCAB - 1, (B, L), generator=g).to(device)
+    maskable = torch.ones(B, L, dtype=torch.bool, device=device)
+    maskable[:, 0] = False
+    t = torch.full((B,), 0.5, device=device)
+    noise = torch.rand(B, L, generator=g).to(device)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    fused = device.type == "cuda"
+    runner = torch.compile(model) if compile_model else model
+    flex = AnnealFlex(L, device) if device.type == "cuda" else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=fused)
+
+    def ours(mode):
+        attn = attention_at(49, 100, L, 0, device, flex) if mode == "anneal" else "full"  # ratio 0.5
+
+        def step():
+            with autocast:
+                s, _, n = ar_loss(runner, x) if mode == "ar" else diffusion_loss(runner, x, maskable, t, noise, MASK, attn)
+            (s / n).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return step
+
+    steps = {("ours", mode): ours(mode) for mode in ("anneal", "full", "ar")}
+    try:
+        hf = hf_twin(model)
+        hf_optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-5, fused=fused)
+        for mode, ratio in (("anneal", 0.5), ("full", 1.0)):
+            steps[("official-style", mode)] = (lambda r: lambda: official_step(hf, hf_optimizer, x, maskable, t, noise, r, autocast, dtype))(ratio)
+    except ImportError:
+        print("(transformers not installed: no official-style comparison)", file=sys.stderr)
+    rows = []
+    for (engine, mode), sec in interleaved(steps, iters, device).items():
+        # MFU counts the useful work: logits at the masked half of the positions (diffusion), all (AR)
+        flops = model.flops_per_token(L, logit_fraction=1.0 if mode == "ar" else 0.5) * B * L
+        rows.append({"bench": "train", "shape": shape, "mode": mode, "batch": B, "length": L, "engine": engine,
+                     "tokens_per_s": B * L / sec, "mfu": flops / sec / peak})
+    return rows
+
+
+@torch.no_grad()
+def official_decode(hf, prefix, length, steps, generator, temperature=0.95, top_p=0.9):
+    """The official sampler's loop: all positions' logits every step, nucleus filtering over the full
+    vocabulary at every position, a draw for every position, shift, reveal with probability 1/(t+1)."""
+    device = hf.device
+    x = torch.tensor([prefix + [MASK] * length], device=device)
+    maskable = torch.zeros_like(x, dtype=torch.bool)
+    maskable[:, len(prefix):] = True
+    mask = torch.zeros(1, 1, x.shape[1], x.shape[1], device=device)  # full attention, as a dense float mask
+    xt = x.clone()
+
+    def predict():
+        logits = hf(input_ids=xt, attention_mask=mask).logits[0].float()
+        tokens, _ = sample_tokens(logits, temperature, 0, top_p, False, generator)
+        x0 = torch.cat([x[0, :1], tokens[:-1]])  # shift: the logit at i predicts i+1
+        return torch.where(maskable[0], x0, xt[0])
+
+    x0 = predict()
+    for t in range(steps - 1, 0, -1):
+        reveal = maskable[0] & (torch.rand(x.shape[1], generator=generator, device=device) < 1 / (t + 1))
+        xt[0, reveal] = x0[reveal]
+        maskable[0] &= ~reveal
+        x0 = predict()
+    return x0
+
+
+def bench_decoding(shape, lengths, device, dtype, compile_model):
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="gpt2", vocab_size=VOCAB, block_size=max(lengths) + 8, **SHAPES[shape])
+    model = Transformer(cfg).to(device).eval()
+    if dtype != torch.float32:
+        model = model.to(dtype)
+    prefix = [0, 464, 3797]
+    rows = []
+    try:
+        hf = hf_twin(model).eval()
+    except ImportError:
+        hf = None
+    for L in lengths:
+        for steps in (L // 4, L):
+            def ours(strategy, **kw):
+                return lambda: generate(model, prefix, L, mask_id=MASK, steps=steps, strategy=strategy, vocab=VOCAB - 1,
+                                        seed=0, **OFFICIAL_SAMPLING, **kw)
+
+            candidates = {f"ours {s} (exact)": ours(s) for s in ("random", "confidence", "margin", "entropy")}
+            candidates["ours confidence + cache + threshold 0.9 + blocks of 32 (approx.)"] = ours(
+                "confidence", cache=True, threshold=0.9, block_length=min(32, L))
+            if hf is not None:
+                g = torch.Generator(device=device)
+                candidates["official-style loop"] = lambda: official_decode(hf, prefix, L, steps, g.manual_seed(0))
+            for name, fn in candidates.items():
+                sec = timed(fn, 1, device, warmup=0)
+                rows.append({"bench": "decode", "shape": shape, "length": L, "steps": steps, "engine": name, "tokens_per_s": L / sec})
+        sec = timed(lambda: generate_ar(model, prefix, L, mask_id=MASK, vocab=VOCAB - 1, seed=0), 1, device, warmup=0)
+        rows.append({"bench": "decode", "shape": shape, "length": L, "steps": L, "engine": "ours AR with KV cache", "tokens_per_s": L / sec})
+    return rows
+
+
+def bench_quality(args):
+    """What the approximate decoding options cost: Gen PPL and infill ROUGE against the exact sampler."""
+    import eval as evaluate
+
+    rows = []
+    variants = {"exact": [], "threshold 0.9": ["--threshold", "0.9"], "cache + blocks of 16": ["--cache", "--block-length", "16"],
+                "cache + threshold 0.9 + blocks of 16": ["--cache", "--threshold", "0.9", "--block-length", "16"]}
+    for name, extra in variants.items():
+        t0 = time.perf_counter()
+        gen = evaluate.main(["--ckpt", str(args.quality_ckpt), "--task", "genppl", "--judge", str(args.judge), "--length", "64",
+                             "--steps", "64", "--limit", "32", "--strategy", "confidence", *extra])
+        gen_time = time.perf_counter() - t0
+        row = {"bench": "quality", "variant": name, "gen_ppl": gen["gen_ppl"], "distinct2": gen["distinct2"], "genppl_seconds": gen_time}
+        if args.quality_data:
+            row.update({k: v for k, v in evaluate.main(["--ckpt", str(args.quality_ckpt), "--task", "infill", "--data",
+                                                         str(args.quality_data), "--limit", "40", "--greedy", *extra]).items()
+                        if k.startswith("rouge")})
+        rows.append(row)
+    return rows
+
+
+def report(rows):
+    lines = []
+    train = [r for r in rows if r["bench"] == "train"]
+    if train:
+        lines += ["training step", f"{'shape':12} {'mode':7} {'engine':15} {'tokens/s':>10} {'MFU':>7} {'ours/official':>14}"]
+        for r in train:
+            official = next((o for o in train if o["engine"] == "official-style" and o["shape"] == r["shape"] and o["mode"] == r["mode"]), None)
+            ratio = f"{r['tokens_per_s'] / official['tokens_per_s']:.2f}x" if official and r["engine"] == "ours" else ""
+            lines.append(f"{r['shape']:12} {r['mode']:7} {r['engine']:15} {r['tokens_per_s']:10,.0f} {r['mfu']:7.1%} {ratio:>14}")
+    decode = [r for r in rows if r["bench"] == "decode"]
+    if decode:
+        lines += ["", "decoding", f"{'length':>6} {'steps':>5} {'engine':64} {'tokens/s':>9} {'/official':>9} {'/AR':>6}"]
+        for r in decode:
+            same = [o for o in decode if o["length"] == r["length"]]
+            official = next((o for o in same if o["engine"] == "official-style loop" and o["steps"] == r["steps"]), None)
+            ar = next(o for o in same if o["engine"].startswith("ours AR"))
+            vs_official = f"{r['tokens_per_s'] / official['tokens_per_s']:.2f}x" if official else ""
+            lines.append(f"{r['length']:6} {r['steps']:5} {r['engine']:64} {r['tokens_per_s']:9,.1f} {vs_official:>9} "
+                         f"{r['tokens_per_s'] / ar['tokens_per_s']:5.2f}x")
+    quality = [r for r in rows if r["bench"] == "quality"]
+    if quality:
+        exact = quality[0]
+        lines += ["", "approximate decoding: quality against the exact sampler",
+                  f"{'variant':40} {'Gen PPL':>8} {'vs exact':>9} {'speed-up':>9} {'ROUGE-L':>8}"]
+        for r in quality:
+            lines.append(f"{r['variant']:40} {r['gen_ppl']:8.1f} {r['gen_ppl'] / exact['gen_ppl'] - 1:+9.1%} "
+                         f"{exact['genppl_seconds'] / r['genppl_seconds']:8.2f}x {r.get('rougeL', float('nan')):8.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--suite", choices=sorted(SUITES), default=None, help="default: cpu, or gpu with --device cuda")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile (default: on GPU)")
+    p.add_argument("--skip", default="", help="comma-separated: train, decode")
+    p.add_argument("--quality-ckpt", type=Path, help="a trained diffusion checkpoint for the quality measurement")
+    p.add_argument("--judge", type=Path, help="its AR judge")
+    p.add_argument("--quality-data", type=Path, help="stories for the infill ROUGE")
+    p.add_argument("--json", type=Path, help="also write the rows here")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    suite = SUITES[args.suite or ("gpu" if device.type == "cuda" else "cpu")]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # CPUs here lack bf16 units
+    compile_model = device.type == "cuda" if args.compile is None else args.compile
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    warnings.simplefilter("ignore")
+    peak = matmul_peak(device, dtype, n=4096 if device.type == "cuda" else 2048, repeats=10 if device.type == "cuda" else 3)
+    print(f"{device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), {dtype}, "
+          f"measured matmul peak {peak / 1e12:.2f} TFLOP/s, torch {torch.__version__}, compile {compile_model}", file=sys.stderr)
+    rows = []
+    if "train" not in args.skip:
+        for shape, B, L in suite["train"]:
+            rows += bench_training(shape, B, L, device, dtype, suite["iters"], peak, compile_model)
+    if "decode" not in args.skip:
+        shape, lengths, _ = suite["decode"]
+        rows += bench_decoding(shape, lengths, device, dtype, compile_model)
+    if args.quality_ckpt:
+        rows += bench_quality(args)
+    text = report(rows)
+    print(f"matmul peak {peak / 1e12:.2f} TFLOP/s ({dtype}, {device})\n" + text)
+    if args.json:
+        args.json.write_text(json.dumps({"peak_flops": peak, "rows": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
