@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from model import ModelConfig, Transformer
-from sample import generate, generate_ar, sample_tokens
+from sample import generate, generate_ar
 from train import AnnealFlex, ar_loss, attention_at, diffusion_loss, matmul_peak
 
 SHAPES = {
@@ -41,7 +41,8 @@ SUITES = {  # training (shape, batch, length) list; decoding (shape, lengths, ba
     "gpu": {"train": [("gpt2-small", 16, 1024), ("gpt2-medium", 8, 1024)], "decode": ("gpt2-medium", [256, 1024], 1), "iters": 10},
 }
 VOCAB, MASK = 50258, 50257  # GPT-2 plus the mask token
-OFFICIAL_SAMPLING = dict(temperature=0.95, top_p=0.9)  # the official inference scripts' defaults
+SAMPLING = {"official defaults": dict(temperature=0.95, top_p=0.9),  # the official inference scripts'
+            "plain": dict(temperature=1.0, top_p=1.0)}
 
 
 def timed(fn, iters, device, warmup=1):
@@ -59,8 +60,8 @@ def timed(fn, iters, device, warmup=1):
 
 def interleaved(fns, rounds, device):
     """Best seconds per call of each function, measured round-robin so that a noisy machine hits all alike."""
-    for fn in fns.values():
-        timed(fn, 0, device, warmup=1)
+    for fn in fns.values():  # warm-up
+        fn()
     best = {name: float("inf") for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
@@ -170,8 +171,13 @@ def official_decode(hf, prefix, length, steps, generator, temperature=0.95, top_
     xt = x.clone()
 
     def predict():
-        logits = hf(input_ids=xt, attention_mask=mask).logits[0].float()
-        tokens, _ = sample_tokens(logits, temperature, 0, top_p, False, generator)
+        logits = hf(input_ids=xt, attention_mask=mask).logits[0].float() / temperature
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # nucleus over the full vocabulary
+        drop = sorted_logits.softmax(-1).cumsum(-1) > top_p
+        drop[:, 1:] = drop[:, :-1].clone()
+        drop[:, 0] = False
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter_(-1, order, drop), torch.finfo(logits.dtype).min)
+        tokens = torch.multinomial(logits.log_softmax(-1).exp(), 1, generator=generator).squeeze(-1)
         x0 = torch.cat([x[0, :1], tokens[:-1]])  # shift: the logit at i predicts i+1
         return torch.where(maskable[0], x0, xt[0])
 
@@ -197,22 +203,24 @@ def bench_decoding(shape, lengths, device, dtype, compile_model):
     except ImportError:
         hf = None
     for L in lengths:
-        for steps in (L // 4, L):
+        for (setting, sampling), steps in [(s, L // 4) for s in SAMPLING.items()] + [(s, L) for s in SAMPLING.items()]:
             def ours(strategy, **kw):
                 return lambda: generate(model, prefix, L, mask_id=MASK, steps=steps, strategy=strategy, vocab=VOCAB - 1,
-                                        seed=0, **OFFICIAL_SAMPLING, **kw)
+                                        seed=0, **sampling, **kw)
 
             candidates = {f"ours {s} (exact)": ours(s) for s in ("random", "confidence", "margin", "entropy")}
             candidates["ours confidence + cache + threshold 0.9 + blocks of 32 (approx.)"] = ours(
                 "confidence", cache=True, threshold=0.9, block_length=min(32, L))
             if hf is not None:
                 g = torch.Generator(device=device)
-                candidates["official-style loop"] = lambda: official_decode(hf, prefix, L, steps, g.manual_seed(0))
+                candidates["official-style loop"] = lambda: official_decode(hf, prefix, L, steps, g.manual_seed(0), **sampling)
             for name, fn in candidates.items():
                 sec = timed(fn, 1, device, warmup=0)
-                rows.append({"bench": "decode", "shape": shape, "length": L, "steps": steps, "engine": name, "tokens_per_s": L / sec})
+                rows.append({"bench": "decode", "shape": shape, "length": L, "steps": steps, "sampling": setting,
+                             "engine": name, "tokens_per_s": L / sec})
         sec = timed(lambda: generate_ar(model, prefix, L, mask_id=MASK, vocab=VOCAB - 1, seed=0), 1, device, warmup=0)
-        rows.append({"bench": "decode", "shape": shape, "length": L, "steps": L, "engine": "ours AR with KV cache", "tokens_per_s": L / sec})
+        rows.append({"bench": "decode", "shape": shape, "length": L, "steps": L, "sampling": "plain",
+                     "engine": "ours AR with KV cache", "tokens_per_s": L / sec})
     return rows
 
 
@@ -248,14 +256,16 @@ def report(rows):
             lines.append(f"{r['shape']:12} {r['mode']:7} {r['engine']:15} {r['tokens_per_s']:10,.0f} {r['mfu']:7.1%} {ratio:>14}")
     decode = [r for r in rows if r["bench"] == "decode"]
     if decode:
-        lines += ["", "decoding", f"{'length':>6} {'steps':>5} {'engine':64} {'tokens/s':>9} {'/official':>9} {'/AR':>6}"]
+        lines += ["", "decoding (official defaults: temperature 0.95, top-p 0.9; plain: temperature 1, no top-p)",
+                  f"{'length':>6} {'steps':>5} {'sampling':17} {'engine':64} {'tokens/s':>9} {'/official':>9} {'/AR':>6}"]
         for r in decode:
             same = [o for o in decode if o["length"] == r["length"]]
-            official = next((o for o in same if o["engine"] == "official-style loop" and o["steps"] == r["steps"]), None)
+            official = next((o for o in same if o["engine"] == "official-style loop" and o["steps"] == r["steps"]
+                             and o["sampling"] == r["sampling"]), None)
             ar = next(o for o in same if o["engine"].startswith("ours AR"))
             vs_official = f"{r['tokens_per_s'] / official['tokens_per_s']:.2f}x" if official else ""
-            lines.append(f"{r['length']:6} {r['steps']:5} {r['engine']:64} {r['tokens_per_s']:9,.1f} {vs_official:>9} "
-                         f"{r['tokens_per_s'] / ar['tokens_per_s']:5.2f}x")
+            lines.append(f"{r['length']:6} {r['steps']:5} {r['sampling']:17} {r['engine']:64} {r['tokens_per_s']:9,.1f} "
+                         f"{vs_official:>9} {r['tokens_per_s'] / ar['tokens_per_s']:5.2f}x")
     quality = [r for r in rows if r["bench"] == "quality"]
     if quality:
         exact = quality[0]

@@ -91,12 +91,15 @@ _flex_attention = None
 
 
 def flex_attention(q, k, v, block_mask, enable_gqa):
-    """FlexAttention, compiled once (eager FlexAttention is a slow reference)."""
+    """FlexAttention, compiled: inside a torch.compile'd model as part of its graph, else compiled once
+    on its own (eager FlexAttention is a slow reference)."""
     global _flex_attention
     from torch.nn.attention import flex_attention as fa
 
+    if torch.compiler.is_compiling() or not q.is_cuda:
+        return fa.flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
     if _flex_attention is None:
-        _flex_attention = torch.compile(fa.flex_attention) if q.is_cuda else fa.flex_attention
+        _flex_attention = torch.compile(fa.flex_attention)
     return _flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
 
 
@@ -277,9 +280,12 @@ def atomic_dir(path, overwrite=False):
     tmp.mkdir()
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
         for f in tmp.iterdir():  # the data must be on disk before the rename makes it visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+            f.chmod(0o666 & ~umask)  # safetensors writes owner-only files
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -322,6 +328,9 @@ def save_checkpoint(path, model, meta, tokenizer_from, overwrite=False, extra=No
 def read_meta(path):
     """Parse and check a checkpoint's config.json, with a one-line error for each problem."""
     path = Path(path)
+    previous = sorted(path.parent.glob(f".{path.name}.old-*"))
+    if not path.exists() and previous:  # a crash between atomic_dir's two renames: the old one is whole
+        previous[-1].rename(path)
     if not path.is_dir():
         raise UserError(f"checkpoint {path} does not exist or is not a directory")
     try:

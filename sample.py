@@ -36,20 +36,36 @@ STRATEGIES = ("random", "confidence", "margin", "entropy")
 
 def sample_tokens(logits, temperature=1.0, top_k=0, top_p=1.0, greedy=False, generator=None):
     """logits (N, V) -> (tokens (N,), probabilities (N, V) they were drawn from)."""
-    if temperature != 1.0 and not greedy:
+    if greedy:
+        probs = logits.softmax(-1)
+        return probs.argmax(-1), probs
+    if temperature != 1.0:
         logits = logits / temperature
     if top_k and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix reaching top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     probs = logits.softmax(-1)
-    if greedy:
-        return probs.argmax(-1), probs
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1), probs
+    if top_p < 1.0:
+        probs = probs * nucleus(probs, top_p)
+        probs /= probs.sum(-1, keepdim=True)
+    # inverse-CDF sampling: exact, and much cheaper than torch.multinomial over a 50k vocabulary
+    cdf = probs.cumsum(-1)
+    u = torch.rand(len(probs), 1, generator=generator, device=probs.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1), probs
+
+
+def nucleus(probs, top_p, k=1024):
+    """Boolean (N, V): the smallest set of most probable tokens whose mass reaches top_p.
+
+    Exact, without sorting the whole vocabulary when the k most probable tokens already reach
+    top_p (nearly always): sorting 50k entries per position dominated decoding on CPU.
+    """
+    k = min(k, probs.shape[-1])
+    top, index = probs.topk(k, dim=-1)
+    if (top.sum(-1) < top_p).any():
+        top, index = probs.sort(dim=-1, descending=True)
+    keep = top.cumsum(-1) - top < top_p  # every token before which the mass is still short of top_p
+    return torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, index, keep)
 
 
 def scores_for(strategy, probs, tokens):
@@ -63,8 +79,8 @@ def scores_for(strategy, probs, tokens):
 
 
 def valid_logits(logits, mask_id, vocab):
-    """Never produce the mask token or ids beyond the tokenizer (vocabulary padding)."""
-    logits = logits[:, :vocab].clone() if vocab else logits.clone()
+    """Never produce the mask token or ids beyond the tokenizer (vocabulary padding). Edits logits in place."""
+    logits = logits[:, :vocab] if vocab else logits
     if mask_id < logits.shape[-1]:
         logits[:, mask_id] = float("-inf")
     return logits
@@ -115,7 +131,8 @@ def generate(model, prefix, length, *, mask_id, suffix=(), steps=None, strategy=
                 forwards += 1
             tokens, probs = sample_tokens(logits, temperature, top_k, top_p, greedy, generator)
             score = torch.full(x.shape, float("-inf"), device=device)
-            score[eligible] = scores_for(strategy, probs, tokens).float()
+            if strategy != "random" or threshold is not None:
+                score[eligible] = scores_for(strategy, probs, tokens).float()
             if strategy == "random":
                 reveal = eligible & (torch.rand(x.shape, generator=generator, device=device) < 1 / k)
             else:  # keep the floor(n·(k-1)/budget) lowest-scoring tokens masked

@@ -146,3 +146,29 @@ def test_cache_with_one_step_per_block_is_exact(tiny_model):
     exact, _ = generate(tiny_model, [BOS, 3], 12, **kw)
     cached, _ = generate(tiny_model, [BOS, 3], 12, cache=True, **kw)
     assert torch.equal(exact, cached)
+
+
+def test_nucleus_is_exact():
+    """The fast nucleus equals the textbook one (sort everything, keep the smallest prefix reaching p)."""
+    from sample import nucleus
+
+    torch.manual_seed(0)
+    probs = (torch.randn(64, 5000) * 3).softmax(-1)
+    probs[0] = 1 / 5000  # flat: the top-k shortcut cannot reach p, the full sort is used
+    for p in (0.1, 0.5, 0.9, 0.99):
+        sorted_probs, order = probs.sort(-1, descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < p
+        reference = torch.zeros_like(keep).scatter_(-1, order, keep)
+        assert torch.equal(nucleus(probs, p, k=256), reference)
+
+
+def test_sampling_follows_the_distribution():
+    from sample import sample_tokens
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().expand(20000, -1)
+    tokens, _ = sample_tokens(logits, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(torch.bincount(tokens, minlength=4) / 20000, probs, atol=0.015, rtol=0)
+    tokens, p = sample_tokens(logits, top_p=0.7, generator=torch.Generator().manual_seed(0))  # nucleus {0, 1}
+    torch.testing.assert_close(torch.bincount(tokens, minlength=4) / 20000, torch.tensor([0.625, 0.375, 0, 0]), atol=0.015, rtol=0)
+    torch.testing.assert_close(p[0], torch.tensor([0.625, 0.375, 0, 0]))

@@ -1,0 +1,49 @@
+"""Checks that need a CUDA device (skipped elsewhere): run with `python -m pytest -q tests/test_gpu.py` on a GPU."""
+
+import pytest
+import torch
+
+from model import ModelConfig, Transformer
+from train import AnnealFlex, attention_at, diffusion_loss
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_flex_annealing_matches_boolean_mask_forward_and_backward():
+    torch.manual_seed(0)
+    L = 256
+    cfg = ModelConfig(arch="llama", vocab_size=512, block_size=L, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)
+    model = Transformer(cfg).cuda()
+    x = torch.randint(0, 511, (2, L), device="cuda")
+    maskable = torch.ones_like(x, dtype=torch.bool)
+    maskable[:, 0] = False
+    t, noise = torch.full((2,), 0.5, device="cuda"), torch.rand(2, L, device="cuda")
+    grads = []
+    for flex in (AnnealFlex(L, "cuda"), None):
+        model.zero_grad()
+        s, _, n = diffusion_loss(model, x, maskable, t, noise, 511, attention_at(30, 100, L, 1, "cuda", flex))
+        (s / n).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-3)
+
+
+def test_bf16_compiled_training_step_runs():
+    cfg = ModelConfig(arch="gpt2", vocab_size=1000, block_size=128, n_layer=2, n_head=4, n_embd=128)
+    model = Transformer(cfg).cuda()
+    compiled = torch.compile(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    x = torch.randint(0, 999, (4, 128), device="cuda")
+    maskable = torch.ones_like(x, dtype=torch.bool)
+    maskable[:, 0] = False
+    flex = AnnealFlex(128, "cuda")
+    losses = []
+    for step in range(6):
+        noise, t = torch.rand(4, 128, device="cuda"), torch.rand(4, device="cuda").clamp(min=0.1)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            s, _, n = diffusion_loss(compiled, x, maskable, t, noise, 999, attention_at(step, 4, 128, 0, "cuda", flex))
+        (s / n).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append((s / n).item())
+    assert all(torch.isfinite(torch.tensor(losses)))
