@@ -229,12 +229,13 @@ def bench_quality(args):
     import eval as evaluate
 
     rows = []
-    variants = {"exact": [], "threshold 0.9": ["--threshold", "0.9"], "cache + blocks of 16": ["--cache", "--block-length", "16"],
+    variants = {"exact": [], "threshold 0.9": ["--threshold", "0.9"], "blocks of 16 (exact)": ["--block-length", "16"],
+                "cache + blocks of 16": ["--cache", "--block-length", "16"],
                 "cache + threshold 0.9 + blocks of 16": ["--cache", "--threshold", "0.9", "--block-length", "16"]}
     for name, extra in variants.items():
         t0 = time.perf_counter()
         gen = evaluate.main(["--ckpt", str(args.quality_ckpt), "--task", "genppl", "--judge", str(args.judge), "--length", "64",
-                             "--steps", "64", "--limit", "32", "--strategy", "confidence", *extra])
+                             "--steps", "64", "--limit", "64", "--strategy", "confidence", *extra])
         gen_time = time.perf_counter() - t0
         row = {"bench": "quality", "variant": name, "gen_ppl": gen["gen_ppl"], "distinct2": gen["distinct2"], "genppl_seconds": gen_time}
         if args.quality_data:

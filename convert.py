@@ -255,6 +255,11 @@ def tokenizer_size_and_ids(spec, files):
 # Hub download: plain HTTPS in the hub's URL layout, resumable, no huggingface_hub needed
 
 
+def cache_dir():
+    """Where downloads go: $DIFFU_CACHE, else ~/.cache/diffu."""
+    return Path(os.environ.get("DIFFU_CACHE", Path.home() / ".cache" / "diffu"))
+
+
 def download_file(url, target, required=True, token=None):
     """Fetch url into target with a progress bar, resuming a partial .part file.
 
@@ -302,7 +307,7 @@ def download_file(url, target, required=True, token=None):
 def download(repo_id):
     """Fetch the files of a hub model into the cache and return its directory (offline once complete)."""
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    cache = Path(os.environ.get("DIFFU_CACHE", Path.home() / ".cache" / "diffu")) / repo_id.replace("/", "--")
+    cache = cache_dir() / repo_id.replace("/", "--")
     manifest = cache / "downloaded.json"  # written last: the cached copy is complete
     if manifest.is_file() and all((cache / f).is_file() for f in json.loads(manifest.read_text())):
         return cache

@@ -91,7 +91,7 @@ def main(argv=None):
             raise UserError(f"{args.out} exists (pass --force to start over)")
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
-    cache = Path(os.environ.get("DIFFU_CACHE", Path.home() / ".cache" / "diffu")) / "miniature"
+    cache = convert.cache_dir() / "miniature"
     (stories_bin, tokenizer_model, text), separator = fetch_assets(args, cache)
 
     base = args.out / "stories260K"
@@ -152,28 +152,10 @@ def main(argv=None):
     (args.out / "results.json").write_text(json.dumps({"nll": dict((d, r) for d, r in rows), "genppl": gen, "ar_genppl": ar_gen,
                                                       "samples": samples, "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
     if train.plot_available():
-        plot_runs(curves, args.out / "loss.png")
+        bounds = {d: ([m["tokens"] for m in ms], [m["val_nll_bound"] for m in ms]) for d, ms in curves.items()}
+        train.plot(bounds, args.out / "loss.png", "val NLL bound (nats/token)", "Adapting stories260K into a diffusion LM")
     print("\n" + table)
     return rows
-
-
-def plot_runs(curves, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for description, metrics in curves.items():
-        ax.plot([m["tokens"] for m in metrics], [m["val_nll_bound"] for m in metrics], label=description)
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("val NLL bound (nats/token)")
-    ax.set_title("Adapting stories260K into a diffusion LM")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

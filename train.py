@@ -443,7 +443,11 @@ def main(argv=None):
             "metrics.jsonl": lambda f: f.write_text("".join(json.dumps(m) + "\n" for m in metrics)),
         }
         if plot_available():
-            writers["loss.png"] = lambda f: plot(metrics, f)
+            seen = [m["tokens"] for m in metrics]
+            curves = {label: (seen, [m[key] for m in metrics]) for key, label in
+                      [("val_loss", "val loss (CE/t, the paper's)"), ("val_loss_unweighted", "val masked CE"),
+                       ("val_nll_bound", "val NLL bound (nats/token)")]}
+            writers["loss.png"] = lambda f: plot(curves, f, "nats")
         save_checkpoint(args.out_dir, model_state, out_meta, tokenizer_from=init_dir, overwrite=True, extra=writers)
 
     stop = {"signal": None}
@@ -544,19 +548,17 @@ def plot_available():
         return False
 
 
-def plot(metrics, path):
+def plot(curves, path, ylabel, title=None):
+    """Curves {label: (training tokens, values)} as a PNG (needs matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    tok = [m["tokens"] for m in metrics]
-    ax.plot(tok, [m["val_loss"] for m in metrics], label="val loss (CE/t, paper)")
-    ax.plot(tok, [m["val_loss_unweighted"] for m in metrics], label="val masked CE")
-    ax.plot(tok, [m["val_nll_bound"] for m in metrics], label="val NLL bound (nats/token)")
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("nats")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, (tokens, values) in curves.items():
+        ax.plot(tokens, values, label=label)
+    ax.set(xlabel="training tokens", ylabel=ylabel, title=title)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -260,9 +260,9 @@ def main(argv=None):
 
 def download_url(url):
     """Fetch url into the cache once (resumable), and return the local path."""
-    from convert import download_file
+    from convert import cache_dir, download_file
 
-    target = Path(os.environ.get("DIFFU_CACHE", Path.home() / ".cache" / "diffu")) / "data" / url.rsplit("/", 1)[-1]
+    target = cache_dir() / "data" / url.rsplit("/", 1)[-1]
     download_file(url, target, token=os.environ.get("HF_TOKEN") if "huggingface.co" in url else None)
     return target
 

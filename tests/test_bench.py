@@ -6,7 +6,7 @@ from conftest import run
 
 
 def test_bench_tiny_suite(tmp_path):
-    proc = run("bench.py", "--suite", "tiny", "--json", tmp_path / "rows.json")
+    proc = run("bench.py", "--suite", "tiny", "--json", tmp_path / "rows.json")  # the README's command, plus --json
     assert "ours/official" in proc.stdout and "/official" in proc.stdout and "matmul peak" in proc.stdout
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     train = {(r["engine"], r["mode"]) for r in rows if r["bench"] == "train"}

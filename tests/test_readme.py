@@ -113,6 +113,8 @@ def test_every_readme_command_runs(sandbox):
             cmd = cmd.split("&&", 1)[1].strip()
         if cmd == "python -m pytest -q":
             continue  # that is this suite
+        if cmd == "python bench.py --suite tiny":
+            continue  # tests/test_bench.py runs exactly this
         tiny = tiny_command(cmd)
         proc = subprocess.run(tiny, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"README command failed: {cmd}\nran: {tiny}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"

@@ -160,6 +160,10 @@ def test_sigkill_then_resume_equals_uninterrupted(stories_ckpt, stories_data, tm
     whole, cut = curve(tmp_path / "whole"), curve(tmp_path / "cut")
     assert [i for i, _ in whole] == [i for i, _ in cut] == list(range(0, 41, 5))
     assert all(math.isclose(x, y, rel_tol=1e-6) for (_, x), (_, y) in zip(whole, cut))
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib"):  # the loss curve comes with every save
+        assert (tmp_path / "cut" / "loss.png").stat().st_size > 1000
 
 
 def test_sigterm_saves_before_exit(stories_ckpt, stories_data, tmp_path):
