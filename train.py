@@ -369,7 +369,7 @@ def main(argv=None):
         raise UserError(f"{init_dir} has no train_state.pt: not a train.py output to resume")
     model_block = init_meta["model"]["block_size"]
     args.block_size = args.block_size or min(model_block, 1024)
-    info = check_data(args.data_dir, init_dir, init_meta, args.block_size, model_block)
+    check_data(args.data_dir, init_dir, init_meta, args.block_size, model_block)
 
     rank, world, device = setup_distributed(args)
     if args.grad_accum % world:
