@@ -60,12 +60,15 @@ def nucleus(probs, top_p, k=1024):
     Exact, without sorting the whole vocabulary when the k most probable tokens already reach
     top_p (nearly always): sorting 50k entries per position dominated decoding on CPU.
     """
-    k = min(k, probs.shape[-1])
-    top, index = probs.topk(k, dim=-1)
-    if (top.sum(-1) < top_p).any():
-        top, index = probs.sort(dim=-1, descending=True)
-    keep = top.cumsum(-1) - top < top_p  # every token before which the mass is still short of top_p
-    return torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, index, keep)
+    def smallest_prefix(top, index):  # every token before which the mass is still short of top_p
+        return torch.zeros_like(probs[: len(top)], dtype=torch.bool).scatter_(-1, index, top.cumsum(-1) - top < top_p)
+
+    top, index = probs.topk(min(k, probs.shape[-1]), dim=-1)
+    keep = smallest_prefix(top, index)
+    flat = top.sum(-1) < top_p  # rows whose nucleus is wider than k: sort those in full
+    if flat.any():
+        keep[flat] = smallest_prefix(*probs[flat].sort(dim=-1, descending=True))
+    return keep
 
 
 def scores_for(strategy, probs, tokens):
