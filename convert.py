@@ -366,6 +366,8 @@ def load_source(src, args):
 
     rename = gpt2_tensors if kind == "gpt2" else llama_tensors
     state = dict(rename(noting_prefixes(iter_hf_tensors(src))))
+    if kind == "gpt2" and "tok_emb.weight" not in state and "lm_head.weight" in state:
+        state["tok_emb.weight"] = state.pop("lm_head.weight")  # a tied pair saved under the head's name only
     if "tok_emb.weight" not in state:
         raise UserError(f"{src} has no token embedding")
     vocab_size = state["tok_emb.weight"].shape[0]
