@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from data.prepare import texts
 from model import UserError, load_checkpoint
 from sample import generate, generate_ar
 from tokenizer import load_tokenizer
@@ -85,20 +86,9 @@ def with_bos(tok, context, room):
 # Tasks
 
 
-def documents(path):
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read --data {path}: {e}") from None
-    return [d.strip() for d in re.split(r"\n\s*\n", text) if d.strip()]
-
-
 def task_nll(model, meta, tok, args):
     """Windows of --block-size over the documents ([BOS] doc [EOS], as data/prepare.py); the first token is context."""
-    ids = []
-    for doc in documents(args.data):
-        head = [tok.bos_id] if tok.bos_id is not None and tok.bos_id != tok.eos_id else []
-        ids += head + tok.encode(doc) + [tok.eos_id]
+    ids = [i for doc in texts([args.data]) for i in tok.encode_document(doc)]
     L = args.block_size or min(model.cfg.block_size, 512)
     windows = [ids[i : i + L] for i in range(0, len(ids) - 1, L)][: args.limit or None]
     levels = noise_levels(args.mc, args.t_grid, args.seed)
@@ -153,7 +143,7 @@ def task_choice(model, meta, tok, args):
 def task_infill(model, meta, tok, args):
     """Stories with the middle sentence removed: generate it between the sentences before and after."""
     predictions, references = [], []
-    stories = [re.split(r"(?<=[.!?])\s+", d.replace("\n", " ")) for d in documents(args.data)]
+    stories = [re.split(r"(?<=[.!?])\s+", d.replace("\n", " ")) for d in texts([args.data])]
     stories = [s for s in stories if len(s) >= 3][: args.limit or None]
     for s in tqdm(stories, desc="infill", file=sys.stderr):
         mid = len(s) // 2

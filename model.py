@@ -127,9 +127,7 @@ class Attention(nn.Module):
             cache["len"] = max(cache.get("len", 0), start + T)
             k, v = cache["k"][:B, :, : cache["len"]], cache["v"][:B, :, : cache["len"]]
         gqa = self.n_kv_head != self.n_head
-        if type(attn).__name__ == "BlockMask":  # FlexAttention: the annealing mask on GPU
-            y = flex_attention(q, k, v, block_mask=attn, enable_gqa=gqa)
-        elif isinstance(attn, torch.Tensor):
+        if isinstance(attn, torch.Tensor):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn, enable_gqa=gqa)
         elif attn == "full":
             y = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
@@ -139,8 +137,12 @@ class Attention(nn.Module):
             else:  # queries start..start+T-1 against keys 0..start+T-1
                 allowed = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=gqa)
-        else:
-            raise ValueError(f"attn must be 'causal', 'full' or a boolean mask, got {attn!r}")
+        else:  # FlexAttention, the annealing mask on GPU (imported here: the module is slow to import)
+            from torch.nn.attention.flex_attention import BlockMask
+
+            if not isinstance(attn, BlockMask):
+                raise ValueError(f"attn must be 'causal', 'full', a boolean mask or a BlockMask, got {attn!r}")
+            y = flex_attention(q, k, v, block_mask=attn, enable_gqa=gqa)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -328,9 +330,9 @@ def save_checkpoint(path, model, meta, tokenizer_from, overwrite=False, extra=No
 def read_meta(path):
     """Parse and check a checkpoint's config.json, with a one-line error for each problem."""
     path = Path(path)
-    previous = sorted(path.parent.glob(f".{path.name}.old-*"))
-    if not path.exists() and previous:  # a crash between atomic_dir's two renames: the old one is whole
-        previous[-1].rename(path)
+    if not path.exists():  # a crash between atomic_dir's two renames leaves the old one whole
+        for previous in sorted(path.parent.glob(f".{path.name}.old-*"))[-1:]:
+            previous.rename(path)
     if not path.is_dir():
         raise UserError(f"checkpoint {path} does not exist or is not a directory")
     try:

@@ -84,6 +84,11 @@ class Tokenizer:
             ids = [j for i in ids for j in (self.mask_spelling if i == self.mask_id else [i])]
         return ids
 
+    def encode_document(self, text):
+        """A document as stored for training: [BOS] tokens [EOS], or tokens [EOS] where BOS is EOS (GPT-2)."""
+        head = [self.bos_id] if self.bos_id is not None and self.bos_id != self.eos_id else []
+        return head + self.encode(text) + [self.eos_id]
+
     def decode(self, ids, mask_glyph=""):
         """Token ids -> text. The mask token is drawn as mask_glyph; ids the tokenizer lacks are dropped."""
         text, run = [], []

@@ -155,9 +155,7 @@ def _init_worker(ckpt):
 
 
 def _encode_document(text):
-    ids = _tok.encode(text)
-    head = [_tok.bos_id] if _tok.bos_id is not None and _tok.bos_id != _tok.eos_id else []
-    return np.array(head + ids + [_tok.eos_id], dtype=np.int64)
+    return np.array(_tok.encode_document(text), dtype=np.int64)
 
 
 def _encode_pair(pair):
