@@ -3,7 +3,8 @@
     python bench.py                                  # CPU suite (GPT-2-small shape; a few minutes)
     python bench.py --suite tiny                     # seconds: the tests run this
     python bench.py --device cuda --suite gpu        # H100/H200: bf16, torch.compile, FlexAttention
-    python bench.py --quality-ckpt runs/miniature/adapt --judge runs/miniature/stories260K --quality-data stories.txt
+    python bench.py --skip train,decode --quality-ckpt runs/miniature/adapt --judge runs/miniature/stories260K \
+        --quality-data runs/miniature/test.txt
 
 Training: tokens/s and MFU (against a matmul peak measured in this run) of one optimizer step,
 for diffusion training during annealing and after it, and for AR training; beside the same step
@@ -70,23 +71,40 @@ def interleaved(fns, rounds, device):
 
 
 def hf_twin(model):
-    """transformers' GPT2LMHeadModel with our model's weights (the official code's engine)."""
+    """transformers' GPT2LMHeadModel or LlamaForCausalLM with our model's weights (the official code's engine)."""
     import transformers
 
     cfg = model.cfg
-    hf_cfg = transformers.GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
-                                     n_layer=cfg.n_layer, n_head=cfg.n_head, bos_token_id=0, eos_token_id=0)
-    hf = transformers.GPT2LMHeadModel(hf_cfg)
-    state = {"transformer.wte.weight": model.tok_emb.weight, "transformer.wpe.weight": model.pos_emb.weight,
-             "transformer.ln_f.weight": model.norm.weight, "transformer.ln_f.bias": model.norm.bias}
-    names = {"attn_norm": "ln_1", "mlp_norm": "ln_2", "attn.wqkv": "attn.c_attn", "attn.wo": "attn.c_proj",
-             "mlp.up": "mlp.c_fc", "mlp.down": "mlp.c_proj"}
-    for i, block in enumerate(model.layers):
-        for ours, theirs in names.items():
-            module = block.get_submodule(ours)
-            w = module.weight if "norm" in ours else module.weight.t()  # Conv1D stores [in, out]
-            state[f"transformer.h.{i}.{theirs}.weight"] = w
-            state[f"transformer.h.{i}.{theirs}.bias"] = module.bias
+    if cfg.arch == "gpt2":
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+            n_head=cfg.n_head, layer_norm_epsilon=cfg.norm_eps, bos_token_id=0, eos_token_id=0))
+        state = {"transformer.wte.weight": model.tok_emb.weight, "transformer.wpe.weight": model.pos_emb.weight,
+                 "transformer.ln_f.weight": model.norm.weight, "transformer.ln_f.bias": model.norm.bias}
+        names = {"attn_norm": "ln_1", "mlp_norm": "ln_2", "attn.wqkv": "attn.c_attn", "attn.wo": "attn.c_proj",
+                 "mlp.up": "mlp.c_fc", "mlp.down": "mlp.c_proj"}
+        for i, block in enumerate(model.layers):
+            for ours, theirs in names.items():
+                module = block.get_submodule(ours)
+                w = module.weight if "norm" in ours else module.weight.t()  # Conv1D stores [in, out]
+                state[f"transformer.h.{i}.{theirs}.weight"] = w
+                state[f"transformer.h.{i}.{theirs}.bias"] = module.bias
+    else:
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.ffn_dim, num_hidden_layers=cfg.n_layer,
+            num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head, head_dim=cfg.head_dim,
+            max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
+            tie_word_embeddings=cfg.tie_embeddings))
+        state = {"model.embed_tokens.weight": model.tok_emb.weight, "model.norm.weight": model.norm.weight,
+                 "lm_head.weight": model.lm_head.weight}
+        sizes = [cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim]
+        for i, block in enumerate(model.layers):
+            q, k, v = block.attn.wqkv.weight.split(sizes)
+            gate, up = block.mlp.up.weight.chunk(2)
+            state.update({f"model.layers.{i}.{name}.weight": w for name, w in [
+                ("self_attn.q_proj", q), ("self_attn.k_proj", k), ("self_attn.v_proj", v), ("self_attn.o_proj", block.attn.wo.weight),
+                ("mlp.gate_proj", gate), ("mlp.up_proj", up), ("mlp.down_proj", block.mlp.down.weight),
+                ("input_layernorm", block.attn_norm.weight), ("post_attention_layernorm", block.mlp_norm.weight)]})
     hf.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=False)
     hf.tie_weights()
     return hf.to(model.tok_emb.weight.device)
@@ -160,11 +178,11 @@ def bench_training(shape, B, L, device, dtype, iters, peak, compile_model):
 
 
 @torch.no_grad()
-def official_decode(hf, prefix, length, steps, generator, temperature=0.95, top_p=0.9):
+def official_decode(hf, prefix, length, steps, generator, temperature=0.95, top_p=0.9, mask_id=MASK):
     """The official sampler's loop: all positions' logits every step, nucleus filtering over the full
     vocabulary at every position, a draw for every position, shift, reveal with probability 1/(t+1)."""
     device = hf.device
-    x = torch.tensor([prefix + [MASK] * length], device=device)
+    x = torch.tensor([prefix + [mask_id] * length], device=device)
     maskable = torch.zeros_like(x, dtype=torch.bool)
     maskable[:, len(prefix):] = True
     mask = torch.zeros(1, 1, x.shape[1], x.shape[1], device=device)  # full attention, as a dense float mask
@@ -172,11 +190,12 @@ def official_decode(hf, prefix, length, steps, generator, temperature=0.95, top_
 
     def predict():
         logits = hf(input_ids=xt, attention_mask=mask).logits[0].float() / temperature
-        sorted_logits, order = logits.sort(dim=-1, descending=True)  # nucleus over the full vocabulary
-        drop = sorted_logits.softmax(-1).cumsum(-1) > top_p
-        drop[:, 1:] = drop[:, :-1].clone()
-        drop[:, 0] = False
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter_(-1, order, drop), torch.finfo(logits.dtype).min)
+        if top_p < 1:  # nucleus over the full vocabulary
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            drop = sorted_logits.softmax(-1).cumsum(-1) > top_p
+            drop[:, 1:] = drop[:, :-1].clone()
+            drop[:, 0] = False
+            logits = logits.masked_fill(torch.zeros_like(drop).scatter_(-1, order, drop), torch.finfo(logits.dtype).min)
         tokens = torch.multinomial(logits.log_softmax(-1).exp(), 1, generator=generator).squeeze(-1)
         x0 = torch.cat([x[0, :1], tokens[:-1]])  # shift: the logit at i predicts i+1
         return torch.where(maskable[0], x0, xt[0])
@@ -224,20 +243,30 @@ def bench_decoding(shape, lengths, device, dtype, compile_model):
     return rows
 
 
+QUALITY_VARIANTS = {  # name: (sample.py options, the exact variant with the same decoding order)
+    "exact": ([], "exact"),
+    "threshold 0.9": (["--threshold", "0.9"], "exact"),
+    "threshold 0.7": (["--threshold", "0.7"], "exact"),
+    "blocks of 32 (exact)": (["--block-length", "32"], "blocks of 32 (exact)"),
+    "cache + blocks of 32": (["--cache", "--block-length", "32"], "blocks of 32 (exact)"),
+    "cache + threshold 0.9 + blocks of 32": (["--cache", "--threshold", "0.9", "--block-length", "32"], "blocks of 32 (exact)"),
+    "blocks of 16 (exact)": (["--block-length", "16"], "blocks of 16 (exact)"),
+    "cache + blocks of 16": (["--cache", "--block-length", "16"], "blocks of 16 (exact)"),
+}
+
+
 def bench_quality(args):
-    """What the approximate decoding options cost: Gen PPL and infill ROUGE against the exact sampler."""
+    """What the approximate decoding options cost on a trained checkpoint: Gen PPL, distinct-2 and
+    infill ROUGE, against the exact sampler and against the exact sampler with the same block order."""
     import eval as evaluate
 
     rows = []
-    variants = {"exact": [], "threshold 0.9": ["--threshold", "0.9"], "blocks of 16 (exact)": ["--block-length", "16"],
-                "cache + blocks of 16": ["--cache", "--block-length", "16"],
-                "cache + threshold 0.9 + blocks of 16": ["--cache", "--threshold", "0.9", "--block-length", "16"]}
-    for name, extra in variants.items():
-        t0 = time.perf_counter()
+    for name, (extra, reference) in QUALITY_VARIANTS.items():
         gen = evaluate.main(["--ckpt", str(args.quality_ckpt), "--task", "genppl", "--judge", str(args.judge), "--length", "64",
-                             "--steps", "64", "--limit", "64", "--strategy", "confidence", *extra])
-        gen_time = time.perf_counter() - t0
-        row = {"bench": "quality", "variant": name, "gen_ppl": gen["gen_ppl"], "distinct2": gen["distinct2"], "genppl_seconds": gen_time}
+                             "--steps", "64", "--limit", str(args.quality_samples), "--batch-size", "16",
+                             "--strategy", "confidence", *extra])
+        row = {"bench": "quality", "variant": name, "reference": reference, "gen_ppl": gen["gen_ppl"],
+               "distinct2": gen["distinct2"], "forwards_per_sample": gen["forwards"] * 16 / gen["n"]}
         if args.quality_data:
             row.update({k: v for k, v in evaluate.main(["--ckpt", str(args.quality_ckpt), "--task", "infill", "--data",
                                                          str(args.quality_data), "--limit", "40", "--greedy", *extra]).items()
@@ -269,12 +298,13 @@ def report(rows):
                          f"{vs_official:>9} {r['tokens_per_s'] / ar['tokens_per_s']:5.2f}x")
     quality = [r for r in rows if r["bench"] == "quality"]
     if quality:
-        exact = quality[0]
-        lines += ["", "approximate decoding: quality against the exact sampler",
-                  f"{'variant':40} {'Gen PPL':>8} {'vs exact':>9} {'speed-up':>9} {'ROUGE-L':>8}"]
+        by_name = {r["variant"]: r for r in quality}
+        lines += ["", f"approximate decoding: quality against the exact sampler, and against the exact one with the same blocks",
+                  f"{'variant':38} {'Gen PPL':>8} {'vs exact':>9} {'vs blocks':>9} {'distinct-2':>10} {'passes':>7} {'ROUGE-L':>8}"]
         for r in quality:
-            lines.append(f"{r['variant']:40} {r['gen_ppl']:8.1f} {r['gen_ppl'] / exact['gen_ppl'] - 1:+9.1%} "
-                         f"{exact['genppl_seconds'] / r['genppl_seconds']:8.2f}x {r.get('rougeL', float('nan')):8.2f}")
+            vs = lambda ref: f"{r['gen_ppl'] / by_name[ref]['gen_ppl'] - 1:+9.1%}"
+            lines.append(f"{r['variant']:38} {r['gen_ppl']:8.1f} {vs('exact')} {vs(r['reference'])} {r['distinct2']:10.3f} "
+                         f"{r['forwards_per_sample']:7.1f} {r.get('rougeL', float('nan')):8.2f}")
     return "\n".join(lines)
 
 
@@ -287,6 +317,7 @@ def main(argv=None):
     p.add_argument("--quality-ckpt", type=Path, help="a trained diffusion checkpoint for the quality measurement")
     p.add_argument("--judge", type=Path, help="its AR judge")
     p.add_argument("--quality-data", type=Path, help="stories for the infill ROUGE")
+    p.add_argument("--quality-samples", type=int, default=512, help="unconditional samples per variant for Gen PPL")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
     device = torch.device(args.device)

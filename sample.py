@@ -14,8 +14,10 @@ T steps predicts the still-masked positions and reveals some of them:
 --block-length B decodes B tokens at a time left to right (LLaDA's semi-autoregressive blocks).
 As in training, the logit at position i predicts token i+1 (shift), and position 0 is BOS.
 
-Two exact speed-ups: logits only at still-masked positions, and no forward pass in a step where
-nothing was revealed since the last one (the model has no time input: its output would repeat).
+Exact speed-ups: logits only at still-masked positions, and for the random order only at the
+positions it chose to reveal (the choice does not depend on the model, so it is made first); no
+forward pass in a step where nothing was revealed since the last one (the model has no time input:
+its output would repeat); top-p without sorting the vocabulary (nucleus()).
 Two approximate ones, measured in bench.py: --cache and --threshold.
 Standard output carries only the samples; progress, speed and --show go to standard error.
 """
@@ -54,21 +56,34 @@ def sample_tokens(logits, temperature=1.0, top_k=0, top_p=1.0, greedy=False, gen
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1), probs
 
 
-def nucleus(probs, top_p, k=1024):
-    """Boolean (N, V): the smallest set of most probable tokens whose mass reaches top_p.
+def nucleus(probs, top_p):
+    """Boolean (N, V): the most probable tokens whose mass first reaches top_p (ties at the edge all kept).
 
-    Exact, without sorting the whole vocabulary when the k most probable tokens already reach
-    top_p (nearly always): sorting 50k entries per position dominated decoding on CPU.
+    Exact and sort-free: non-negative float32 values order as their bit patterns, so the edge value
+    is found 11, 10 and 10 bits at a time from histograms of the mass under each bit prefix (a radix
+    select, sums in float64). Sorting 50k probabilities per position dominated decoding on CPU.
     """
-    def smallest_prefix(top, index):  # every token before which the mass is still short of top_p
-        return torch.zeros_like(probs[: len(top)], dtype=torch.bool).scatter_(-1, index, top.cumsum(-1) - top < top_p)
+    probs = probs.float()
+    bits, mass_of = probs.view(torch.int32), probs.double()
 
-    top, index = probs.topk(min(k, probs.shape[-1]), dim=-1)
-    keep = smallest_prefix(top, index)
-    flat = top.sum(-1) < top_p  # rows whose nucleus is wider than k: sort those in full
-    if flat.any():
-        keep[flat] = smallest_prefix(*probs[flat].sort(dim=-1, descending=True))
-    return keep
+    def edge(mass, above):  # the highest bin at or above which the mass reaches top_p; the mass above it
+        at_or_above = mass.flip(1).cumsum(1).flip(1) + above
+        b = ((at_or_above >= top_p).sum(1, keepdim=True) - 1).clamp(min=0)
+        return b, (at_or_above - mass).gather(1, b)
+
+    high = (bits >> 20).long()  # sign (always 0), exponent and the top 3 mantissa bits
+    b, above = edge(torch.zeros(len(probs), 1 << 11, dtype=torch.float64, device=probs.device).scatter_add_(1, high, mass_of), 0)
+    threshold = b << 20
+    row, col = (high == b).nonzero(as_tuple=True)  # only the tokens in the edge bin are refined
+    low, mass_of = bits[row, col].long(), mass_of[row, col]
+    for shift in (10, 0):
+        key = (low >> shift) & 1023
+        mass = torch.zeros(len(probs) * 1024, dtype=torch.float64, device=probs.device).scatter_add_(0, row * 1024 + key, mass_of)
+        b, above = edge(mass.view(len(probs), 1024), above)
+        threshold |= b << shift
+        inside = key == b[row, 0]
+        row, low, mass_of = row[inside], low[inside], mass_of[inside]
+    return bits >= threshold.int()
 
 
 def scores_for(strategy, probs, tokens):
@@ -87,6 +102,26 @@ def valid_logits(logits, mask_id, vocab):
     if mask_id < logits.shape[-1]:
         logits[:, mask_id] = float("-inf")
     return logits
+
+
+def choose(strategy, eligible, tokens, probs, k, keep, threshold, generator):
+    """Which eligible positions to reveal, given the proposed tokens (one row per eligible position)
+    and the distributions they were drawn from; k steps are left, keep tokens stay masked after this one."""
+    score = torch.full(eligible.shape, float("-inf"), device=eligible.device)
+    if strategy != "random" or threshold is not None:
+        score[eligible] = scores_for(strategy, probs, tokens).float()
+    if strategy == "random":
+        reveal = eligible & (torch.rand(eligible.shape, generator=generator, device=eligible.device) < 1 / k)
+    else:  # the highest scores, leaving `keep` masked
+        n_reveal = (eligible.sum(1) - keep).clamp(min=0)
+        rank = score.argsort(dim=1, descending=True).argsort(dim=1)
+        reveal = eligible & (rank < n_reveal[:, None])
+    if threshold is not None:  # and every confident token, at least one per step
+        confident = torch.zeros_like(eligible)
+        confident[eligible] = probs.gather(-1, tokens[:, None]).squeeze(-1) > threshold
+        best = torch.zeros_like(eligible).scatter(1, score.argmax(1, keepdim=True), True) & eligible
+        reveal |= confident | best
+    return reveal
 
 
 @torch.no_grad()
@@ -114,6 +149,8 @@ def generate(model, prefix, length, *, mask_id, suffix=(), steps=None, strategy=
     budgets = [steps // len(blocks) + (i < steps % len(blocks)) for i in range(len(blocks))]
     generator = torch.Generator(device=device).manual_seed(seed)
     kv = model.make_cache(num_samples, x.shape[1]) if cache else None
+    # The random order ignores the model's output: choose first, then predict only the chosen tokens.
+    choose_first = strategy == "random" and threshold is None
     forwards, logits, step_count = 0, None, 0
     for (lo, hi), budget in zip(blocks, budgets):
         in_block = torch.zeros_like(masked)
@@ -123,38 +160,30 @@ def generate(model, prefix, length, *, mask_id, suffix=(), steps=None, strategy=
             eligible = masked & in_block
             if not eligible.any():
                 break
-            if logits is None:  # something was revealed since the last forward pass
-                where = torch.nn.functional.pad(eligible[:, 1:], (0, 1)) if shift else eligible
-                if kv is None or fresh:
-                    out = model(x, attn="full", where=where, cache=kv)
-                else:  # only the block (and, with the shift, the position predicting its first token)
-                    a = lo - 1 if shift else lo
-                    out = model(x[:, a:hi], attn="full", where=where[:, a:hi], cache=kv, start=a)
-                logits, fresh = valid_logits(out, mask_id, vocab), False
-                forwards += 1
-            tokens, probs = sample_tokens(logits, temperature, top_k, top_p, greedy, generator)
-            score = torch.full(x.shape, float("-inf"), device=device)
-            if strategy != "random" or threshold is not None:
-                score[eligible] = scores_for(strategy, probs, tokens).float()
-            if strategy == "random":
+            if choose_first:
                 reveal = eligible & (torch.rand(x.shape, generator=generator, device=device) < 1 / k)
-            else:  # keep the floor(n·(k-1)/budget) lowest-scoring tokens masked
-                keep = (hi - lo) * (k - 1) // budget
-                n_reveal = (eligible.sum(1) - keep).clamp(min=0)
-                rank = score.argsort(dim=1, descending=True).argsort(dim=1)
-                reveal = eligible & (rank < n_reveal[:, None])
-            if threshold is not None:
-                confident = torch.zeros_like(eligible)
-                confident[eligible] = probs.gather(-1, tokens[:, None]).squeeze(-1) > threshold
-                best = score.argmax(1, keepdim=True)
-                at_least_one = torch.zeros_like(eligible).scatter(1, best, True) & eligible
-                reveal |= confident | at_least_one
-            if reveal.any():
+                predict, logits = reveal, None
+            else:
+                predict = eligible
+            if predict.any():
+                if logits is None:  # (otherwise nothing was revealed since the last forward pass: reuse it)
+                    where = torch.nn.functional.pad(predict[:, 1:], (0, 1)) if shift else predict
+                    if kv is None or fresh:
+                        out = model(x, attn="full", where=where, cache=kv)
+                    else:  # only the block (and, with the shift, the position predicting its first token)
+                        a = lo - 1 if shift else lo
+                        out = model(x[:, a:hi], attn="full", where=where[:, a:hi], cache=kv, start=a)
+                    logits, fresh = valid_logits(out, mask_id, vocab), False
+                    forwards += 1
+                tokens, probs = sample_tokens(logits, temperature, top_k, top_p, greedy, generator)
+                if not choose_first:
+                    reveal = choose(strategy, eligible, tokens, probs, k, (hi - lo) * (k - 1) // budget, threshold, generator)
                 proposal = torch.full_like(x, mask_id)
-                proposal[eligible] = tokens
+                proposal[predict] = tokens
                 x = torch.where(reveal, proposal, x)
                 masked &= ~reveal
-                logits = None
+                if reveal.any():
+                    logits = None
             step_count += 1
             if on_step:
                 on_step(x, step_count)

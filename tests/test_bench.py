@@ -1,8 +1,14 @@
 """bench.py runs and reports ratios (speed targets live in the benchmark, never in timed tests)."""
 
 import json
+import shutil
 
+import pytest
+import torch
+
+from bench import QUALITY_VARIANTS, hf_twin
 from conftest import run
+from model import ModelConfig, Transformer
 
 
 def test_bench_tiny_suite(tmp_path):
@@ -14,3 +20,36 @@ def test_bench_tiny_suite(tmp_path):
     engines = {r["engine"] for r in rows if r["bench"] == "decode"}
     assert "official-style loop" in engines and "ours AR with KV cache" in engines and len(engines) == 7
     assert all(r["tokens_per_s"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_official_engine_computes_our_function(arch):
+    """The official-style side of every ratio runs transformers with our weights: the same logits."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch=arch, vocab_size=100, block_size=32, n_layer=2, n_head=4, n_embd=32,
+                      **(dict(n_kv_head=2, tie_embeddings=False, rope_theta=500.0) if arch == "llama" else {}))
+    model = Transformer(cfg).eval()
+    with torch.no_grad():
+        for name, w in model.named_parameters():
+            if "norm" in name:
+                w += 0.1 * torch.randn_like(w)
+        hf = hf_twin(model).eval()
+        x = torch.randint(0, 100, (2, 20))
+        full = hf(input_ids=x, attention_mask=torch.zeros(2, 1, 20, 20)).logits  # the official code's dense mask
+        torch.testing.assert_close(full, model(x, attn="full"), atol=1e-5, rtol=0)
+        torch.testing.assert_close(hf(input_ids=x).logits, model(x, attn="causal"), atol=1e-5, rtol=0)
+        assert not torch.allclose(full, hf(input_ids=x).logits, atol=1e-3)
+
+
+def test_bench_quality_of_the_approximate_options(stories_ckpt, tmp_path):
+    """--quality-ckpt: every variant scored, each against the exact sampler and its exact block order."""
+    diffusion = tmp_path / "as-diffusion"
+    shutil.copytree(stories_ckpt, diffusion)
+    meta = json.loads((diffusion / "config.json").read_text())
+    (diffusion / "config.json").write_text(json.dumps({**meta, "objective": "diffusion"}))
+    proc = run("bench.py", "--suite", "tiny", "--skip", "train,decode", "--quality-ckpt", diffusion, "--judge", stories_ckpt,
+               "--quality-samples", "16", "--json", tmp_path / "rows.json")
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == list(QUALITY_VARIANTS)
+    assert all(r["gen_ppl"] > 1 and 0 < r["forwards_per_sample"] <= 64 for r in rows)
+    assert "vs blocks" in proc.stdout

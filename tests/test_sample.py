@@ -19,12 +19,13 @@ class Oracle:
     """
 
     def __init__(self, target, shift=True):
-        self.target, self.shift, self.calls = target, shift, 0
+        self.target, self.shift, self.calls, self.rows = target, shift, 0, 0
         self.tok_emb = torch.nn.Embedding(1, 1)
 
     def __call__(self, x, attn, where, cache=None, start=0):
         assert attn == "full"
         self.calls += 1
+        self.rows += int(where.sum())
         predicted = torch.nn.functional.pad(x[:, 1:], (0, 1), value=-1) if self.shift else x
         assert (predicted[where] == MASK).all(), "logits requested for a position that is not masked"
         nxt = torch.nn.functional.pad(self.target[1:], (0, 1)) if self.shift else self.target
@@ -73,6 +74,7 @@ def test_no_forward_pass_when_nothing_was_revealed():
     oracle = Oracle(target)
     x, forwards = generate(oracle, [BOS], 8, mask_id=MASK, steps=200, strategy="random", seed=0)
     assert torch.equal(x[0], target) and forwards == oracle.calls <= 8
+    assert oracle.rows == 8  # the random order predicts only the tokens it reveals: each position once
 
 
 def test_threshold_decodes_in_fewer_passes():
@@ -149,17 +151,24 @@ def test_cache_with_one_step_per_block_is_exact(tiny_model):
 
 
 def test_nucleus_is_exact():
-    """The fast nucleus equals the textbook one (sort everything, keep the smallest prefix reaching p)."""
+    """The radix-select nucleus equals the textbook one: sort everything, keep the smallest prefix
+    reaching p (sums in float64), plus any token tied with the least probable one kept."""
     from sample import nucleus
 
     torch.manual_seed(0)
-    probs = (torch.randn(64, 5000) * 3).softmax(-1)
-    probs[0] = 1 / 5000  # flat: the top-k shortcut cannot reach p, the full sort is used
-    for p in (0.1, 0.5, 0.9, 0.99):
-        sorted_probs, order = probs.sort(-1, descending=True)
-        keep = sorted_probs.cumsum(-1) - sorted_probs < p
-        reference = torch.zeros_like(keep).scatter_(-1, order, keep)
-        assert torch.equal(nucleus(probs, p, k=256), reference)
+    for scale in (0.5, 3, 10):  # near-flat (a random-weight model) to peaked (a trained one)
+        probs = (torch.randn(32, 5000) * scale).softmax(-1)
+        probs[0, :2500] = probs[0, 2500:]  # every value twice: ties at every edge
+        probs[0] /= probs[0].sum()
+        for p in (0.1, 0.5, 0.9, 0.99, 1.0):
+            sorted_probs, order = probs.double().sort(-1, descending=True)
+            prefix = sorted_probs.cumsum(-1) - sorted_probs < p
+            reference = torch.zeros_like(prefix).scatter_(-1, order, prefix)
+            least = torch.where(reference, probs, 2).min(-1, keepdim=True).values
+            assert torch.equal(nucleus(probs, p), reference | (probs >= least)), (scale, p)
+    uniform = torch.full((1, 10), 0.1)
+    assert nucleus(uniform, 0.5).all()  # one value: all tied, all kept
+    assert nucleus(torch.tensor([[0.5, 0.3, 0.2]]), 0.5).tolist() == [[True, False, False]]
 
 
 def test_sampling_follows_the_distribution():
