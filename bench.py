@@ -228,6 +228,7 @@ def bench_decoding(shape, lengths, device, dtype, compile_model):
                                         seed=0, **sampling, **kw)
 
             candidates = {f"ours {s} (exact)": ours(s) for s in ("random", "confidence", "margin", "entropy")}
+            candidates["ours confidence + cache + threshold 0.9 (approx.)"] = ours("confidence", cache=True, threshold=0.9)
             candidates["ours confidence + cache + threshold 0.9 + blocks of 32 (approx.)"] = ours(
                 "confidence", cache=True, threshold=0.9, block_length=min(32, L))
             if hf is not None:
@@ -246,7 +247,8 @@ def bench_decoding(shape, lengths, device, dtype, compile_model):
 QUALITY_VARIANTS = {  # name: (sample.py options, the exact variant with the same decoding order)
     "exact": ([], "exact"),
     "threshold 0.9": (["--threshold", "0.9"], "exact"),
-    "threshold 0.7": (["--threshold", "0.7"], "exact"),
+    "cache": (["--cache"], "exact"),
+    "cache + threshold 0.9": (["--cache", "--threshold", "0.9"], "exact"),
     "blocks of 32 (exact)": (["--block-length", "32"], "blocks of 32 (exact)"),
     "cache + blocks of 32": (["--cache", "--block-length", "32"], "blocks of 32 (exact)"),
     "cache + threshold 0.9 + blocks of 32": (["--cache", "--threshold", "0.9", "--block-length", "32"], "blocks of 32 (exact)"),

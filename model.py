@@ -122,9 +122,12 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:  # keys/values of other positions: AR decoding, or the approximate diffusion cache
-            cache["k"][:B, :, start : start + T] = k
-            cache["v"][:B, :, start : start + T] = v
-            cache["len"] = max(cache.get("len", 0), start + T)
+            scattered = isinstance(start, torch.Tensor)  # the positions of x's columns, not the first of a run
+            at = start if scattered else slice(start, start + T)
+            cache["k"][:B, :, at] = k
+            cache["v"][:B, :, at] = v
+            if not scattered:
+                cache["len"] = max(cache.get("len", 0), start + T)
             k, v = cache["k"][:B, :, : cache["len"]], cache["v"][:B, :, : cache["len"]]
         gqa = self.n_kv_head != self.n_head
         if isinstance(attn, torch.Tensor):
@@ -213,11 +216,16 @@ class Transformer(nn.Module):
             FLOPs, and training and decoding need logits only at masked targets.
         cache, start: KV cache (from make_cache) and the position of idx[:, 0]. idx's keys and values
             are written at start..start+L and attention covers every position written so far.
+            start may instead be a LongTensor (L,) of idx's positions, for recomputing some positions
+            of a sequence already in the cache (sample.py's approximate cache; attn="full" only).
         """
         B, L = idx.shape
-        if start + L > self.cfg.block_size:
+        if isinstance(start, torch.Tensor):
+            positions = start
+        elif start + L > self.cfg.block_size:
             raise ValueError(f"sequence of {start + L} tokens exceeds the model's block_size {self.cfg.block_size}")
-        positions = torch.arange(start, start + L, device=idx.device)
+        else:
+            positions = torch.arange(start, start + L, device=idx.device)
         x = self.tok_emb(idx)
         rope = None
         if self.pos_emb is not None:

@@ -131,8 +131,11 @@ def generate(model, prefix, length, *, mask_id, suffix=(), steps=None, strategy=
     """Diffusion decoding -> (tokens (num_samples, len(prefix) + length + len(suffix)), forward passes).
 
     prefix: token ids starting with BOS; suffix: ids kept after the generated part (infilling).
-    cache: approximate, as Fast-dLLM's dual cache: keys and values of every position are computed
-        at the start of each block and reused; later steps of the block recompute only the block.
+    cache: approximate. Keys and values of every position are computed at the start of each block
+        (of the whole generation without blocks); later steps recompute only the block's masked
+        positions, the tokens revealed since the previous pass and the positions whose logits are
+        needed, and read every other position from the cache: prompt, suffix, other blocks (as
+        Fast-dLLM's dual cache) and tokens decoded earlier (as dKV-Cache).
     on_step(tokens, step): called after every step (the --show display).
     """
     if strategy not in STRATEGIES:
@@ -151,7 +154,7 @@ def generate(model, prefix, length, *, mask_id, suffix=(), steps=None, strategy=
     kv = model.make_cache(num_samples, x.shape[1]) if cache else None
     # The random order ignores the model's output: choose first, then predict only the chosen tokens.
     choose_first = strategy == "random" and threshold is None
-    forwards, logits, step_count = 0, None, 0
+    forwards, logits, step_count, stale = 0, None, 0, torch.zeros_like(masked)
     for (lo, hi), budget in zip(blocks, budgets):
         in_block = torch.zeros_like(masked)
         in_block[:, lo:hi] = True
@@ -170,10 +173,11 @@ def generate(model, prefix, length, *, mask_id, suffix=(), steps=None, strategy=
                     where = torch.nn.functional.pad(predict[:, 1:], (0, 1)) if shift else predict
                     if kv is None or fresh:
                         out = model(x, attn="full", where=where, cache=kv)
-                    else:  # only the block (and, with the shift, the position predicting its first token)
-                        a = lo - 1 if shift else lo
-                        out = model(x[:, a:hi], attn="full", where=where[:, a:hi], cache=kv, start=a)
-                    logits, fresh = valid_logits(out, mask_id, vocab), False
+                    else:  # recompute only the masked positions of this block, those revealed since the last
+                        # pass (cached as masks) and those whose logits are asked for; the rest comes from the cache
+                        cols = (eligible | stale | where).any(0).nonzero().squeeze(1)
+                        out = model(x[:, cols], attn="full", where=where[:, cols], cache=kv, start=cols)
+                    logits, fresh, stale = valid_logits(out, mask_id, vocab), False, torch.zeros_like(masked)
                     forwards += 1
                 tokens, probs = sample_tokens(logits, temperature, top_k, top_p, greedy, generator)
                 if not choose_first:
@@ -182,6 +186,7 @@ def generate(model, prefix, length, *, mask_id, suffix=(), steps=None, strategy=
                 proposal[predict] = tokens
                 x = torch.where(reveal, proposal, x)
                 masked &= ~reveal
+                stale |= reveal
                 if reveal.any():
                     logits = None
             step_count += 1
@@ -270,7 +275,8 @@ def main(argv=None):
     a("--num-samples", type=int, default=1)
     a("--seed", type=int, default=0)
     a("--show", action="store_true", help="draw the denoising as it happens (standard error)")
-    a("--cache", action="store_true", help="approximate: reuse keys/values outside the current block (Fast-dLLM)")
+    a("--cache", action="store_true", help="approximate: reuse the keys/values of positions that are neither masked "
+                                           "nor just revealed (Fast-dLLM, dKV-Cache)")
     a("--ar", action="store_true", help="plain autoregressive sampling with a KV cache")
     a("--device", default="cpu")
     args = p.parse_args(argv)

@@ -18,7 +18,7 @@ def test_bench_tiny_suite(tmp_path):
     train = {(r["engine"], r["mode"]) for r in rows if r["bench"] == "train"}
     assert train == {("ours", "anneal"), ("ours", "full"), ("ours", "ar"), ("official-style", "anneal"), ("official-style", "full")}
     engines = {r["engine"] for r in rows if r["bench"] == "decode"}
-    assert "official-style loop" in engines and "ours AR with KV cache" in engines and len(engines) == 7
+    assert "official-style loop" in engines and "ours AR with KV cache" in engines and len(engines) == 8
     assert all(r["tokens_per_s"] > 0 for r in rows)
 
 

@@ -90,3 +90,6 @@ def test_cache_window_matches_the_full_forward(model):
     torch.testing.assert_close(full, model(idx, attn="full"))
     window = model(idx[:, 5:11], attn="full", cache=cache, start=5)
     torch.testing.assert_close(window, full[:, 5:11], atol=1e-5, rtol=1e-5)
+    cols = torch.tensor([0, 3, 4, 9, 15])  # scattered positions, each with its own embedding / RoPE angle
+    scattered = model(idx[:, cols], attn="full", cache=cache, start=cols)
+    torch.testing.assert_close(scattered, full[:, cols], atol=1e-5, rtol=1e-5)

@@ -30,7 +30,8 @@ class Oracle:
         assert (predicted[where] == MASK).all(), "logits requested for a position that is not masked"
         nxt = torch.nn.functional.pad(self.target[1:], (0, 1)) if self.shift else self.target
         logits = torch.full((*x.shape, V), -30.0)
-        logits.scatter_(-1, nxt[start : start + x.shape[1]].expand(x.shape[0], -1)[..., None], 30.0)
+        at = start if isinstance(start, torch.Tensor) else slice(start, start + x.shape[1])
+        logits.scatter_(-1, nxt[at].expand(x.shape[0], -1)[..., None], 30.0)
         return logits[where]
 
     def make_cache(self, batch_size, max_len):
