@@ -18,7 +18,6 @@ import json
 import math
 import re
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -173,19 +172,18 @@ def task_genppl(model, meta, tok, args):
         raise UserError(f"--judge {args.judge} is not an AR checkpoint")
     n, samples = args.limit or 16, []
     steps = args.steps or args.length
-    seconds, forwards = 0.0, 0
+    forwards = 0
     for start in tqdm(range(0, n, args.batch_size), desc="genppl", file=sys.stderr):
         k = min(args.batch_size, n - start)
         common = dict(mask_id=meta["mask_token_id"], vocab=tok.n_vocab, num_samples=k, seed=mix(args.seed, start),
                       top_p=args.top_p)
-        t0 = time.perf_counter()
         if meta["objective"] == "ar":
             x, passes = generate_ar(model, [tok.bos_id], args.length, **common)
         else:
             x, passes = generate(model, [tok.bos_id], args.length, steps=steps, strategy=args.strategy,
                                  threshold=args.threshold, block_length=args.block_length, cache=args.cache,
                                  shift=meta.get("shift", True), **common)
-        seconds, forwards = seconds + time.perf_counter() - t0, forwards + passes
+        forwards += passes
         samples += [row[1:].tolist() for row in x]
     total, count = 0.0, 0
     for ids in samples:
@@ -198,7 +196,7 @@ def task_genppl(model, meta, tok, args):
             total += torch.nn.functional.cross_entropy(judge(x, attn="causal")[0, :-1], x[0, 1:], reduction="sum").item()
         count += len(judged) - 1
     return {"gen_ppl": math.exp(total / max(1, count)), "distinct2": distinct_n(samples), "n": len(samples),
-            "steps": steps, "length": args.length, "decode_seconds": seconds, "forwards": forwards}
+            "steps": steps, "length": args.length, "forwards": forwards}
 
 
 TASKS = {"nll": task_nll, "lambada": task_lambada, "choice": task_choice, "infill": task_infill, "genppl": task_genppl}

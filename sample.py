@@ -104,14 +104,15 @@ def valid_logits(logits, mask_id, vocab):
     return logits
 
 
-def choose(strategy, eligible, tokens, probs, k, keep, threshold, generator):
+def choose(strategy, eligible, tokens, probs, keep, threshold, picked):
     """Which eligible positions to reveal, given the proposed tokens (one row per eligible position)
-    and the distributions they were drawn from; k steps are left, keep tokens stay masked after this one."""
+    and the distributions they were drawn from; keep tokens stay masked after this step.
+    picked: the random order's draw, made before the forward pass."""
     score = torch.full(eligible.shape, float("-inf"), device=eligible.device)
     if strategy != "random" or threshold is not None:
         score[eligible] = scores_for(strategy, probs, tokens).float()
     if strategy == "random":
-        reveal = eligible & (torch.rand(eligible.shape, generator=generator, device=eligible.device) < 1 / k)
+        reveal = picked
     else:  # the highest scores, leaving `keep` masked
         n_reveal = (eligible.sum(1) - keep).clamp(min=0)
         rank = score.argsort(dim=1, descending=True).argsort(dim=1)
@@ -152,7 +153,7 @@ def generate(model, prefix, length, *, mask_id, suffix=(), steps=None, strategy=
     budgets = [steps // len(blocks) + (i < steps % len(blocks)) for i in range(len(blocks))]
     generator = torch.Generator(device=device).manual_seed(seed)
     kv = model.make_cache(num_samples, x.shape[1]) if cache else None
-    # The random order ignores the model's output: choose first, then predict only the chosen tokens.
+    # Without a threshold the random order ignores the model's output: predict only the picked tokens.
     choose_first = strategy == "random" and threshold is None
     forwards, logits, step_count, stale = 0, None, 0, torch.zeros_like(masked)
     for (lo, hi), budget in zip(blocks, budgets):
@@ -163,9 +164,11 @@ def generate(model, prefix, length, *, mask_id, suffix=(), steps=None, strategy=
             eligible = masked & in_block
             if not eligible.any():
                 break
+            picked = None
+            if strategy == "random":  # each masked token with probability 1/k, whatever the model says
+                picked = eligible & (torch.rand(x.shape, generator=generator, device=device) < 1 / k)
             if choose_first:
-                reveal = eligible & (torch.rand(x.shape, generator=generator, device=device) < 1 / k)
-                predict, logits = reveal, None
+                predict, logits = picked, None
             else:
                 predict = eligible
             if predict.any():
@@ -180,8 +183,8 @@ def generate(model, prefix, length, *, mask_id, suffix=(), steps=None, strategy=
                     logits, fresh, stale = valid_logits(out, mask_id, vocab), False, torch.zeros_like(masked)
                     forwards += 1
                 tokens, probs = sample_tokens(logits, temperature, top_k, top_p, greedy, generator)
-                if not choose_first:
-                    reveal = choose(strategy, eligible, tokens, probs, k, (hi - lo) * (k - 1) // budget, threshold, generator)
+                reveal = picked if choose_first else choose(strategy, eligible, tokens, probs, (hi - lo) * (k - 1) // budget,
+                                                            threshold, picked)
                 proposal = torch.full_like(x, mask_id)
                 proposal[predict] = tokens
                 x = torch.where(reveal, proposal, x)

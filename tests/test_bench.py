@@ -51,5 +51,5 @@ def test_bench_quality_of_the_approximate_options(stories_ckpt, tmp_path):
                "--quality-samples", "16", "--json", tmp_path / "rows.json")
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == list(QUALITY_VARIANTS)
-    assert all(r["gen_ppl"] > 1 and 0 < r["forwards_per_sample"] <= 64 for r in rows)
+    assert all(r["gen_ppl"] > 1 and 0 < r["passes_per_batch"] <= 64 for r in rows)
     assert "vs blocks" in proc.stdout
