@@ -19,17 +19,19 @@ options cost in generation perplexity and infill ROUGE against the exact sampler
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from model import ModelConfig, Transformer
-from sample import generate, generate_ar
-from train import AnnealFlex, ar_loss, attention_at, diffusion_loss, matmul_peak
+from checkpoint import to_hf
+from model import AnnealFlex, ModelConfig, Transformer, ar_loss, attention_at, diffusion_loss, matmul_peak
+from sample import Sampling, generate, generate_ar
 
 SHAPES = {
     "tiny": dict(n_layer=2, n_head=4, n_embd=128),
@@ -39,11 +41,17 @@ SHAPES = {
 SUITES = {  # training (shape, batch, length) list; decoding (shape, lengths, batch)
     "tiny": {"train": [("tiny", 2, 64)], "decode": ("tiny", [32], 1), "iters": 2},
     "cpu": {"train": [("gpt2-small", 1, 1024)], "decode": ("gpt2-small", [128], 1), "iters": 3},
-    "gpu": {"train": [("gpt2-small", 16, 1024), ("gpt2-medium", 8, 1024)], "decode": ("gpt2-medium", [256, 1024], 1), "iters": 10},
+    "gpu": {
+        "train": [("gpt2-small", 16, 1024), ("gpt2-medium", 8, 1024)],
+        "decode": ("gpt2-medium", [256, 1024], 1),
+        "iters": 10,
+    },
 }
 VOCAB, MASK = 50258, 50257  # GPT-2 plus the mask token
-SAMPLING = {"official defaults": dict(temperature=0.95, top_p=0.9),  # the official inference scripts'
-            "plain": dict(temperature=1.0, top_p=1.0)}
+SAMPLING = {
+    "official defaults": Sampling(temperature=0.95, top_p=0.9),  # the official inference scripts'
+    "plain": Sampling(),
+}
 
 
 def timed(fn, iters, device, warmup=1):
@@ -76,42 +84,41 @@ def hf_twin(model):
 
     cfg = model.cfg
     if cfg.arch == "gpt2":
-        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-            vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-            n_head=cfg.n_head, layer_norm_epsilon=cfg.norm_eps, bos_token_id=0, eos_token_id=0))
-        state = {"transformer.wte.weight": model.tok_emb.weight, "transformer.wpe.weight": model.pos_emb.weight,
-                 "transformer.ln_f.weight": model.norm.weight, "transformer.ln_f.bias": model.norm.bias}
-        names = {"attn_norm": "ln_1", "mlp_norm": "ln_2", "attn.wqkv": "attn.c_attn", "attn.wo": "attn.c_proj",
-                 "mlp.up": "mlp.c_fc", "mlp.down": "mlp.c_proj"}
-        for i, block in enumerate(model.layers):
-            for ours, theirs in names.items():
-                module = block.get_submodule(ours)
-                w = module.weight if "norm" in ours else module.weight.t()  # Conv1D stores [in, out]
-                state[f"transformer.h.{i}.{theirs}.weight"] = w
-                state[f"transformer.h.{i}.{theirs}.bias"] = module.bias
+        hf = transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(
+                vocab_size=cfg.vocab_size,
+                n_positions=cfg.block_size,
+                n_embd=cfg.n_embd,
+                n_layer=cfg.n_layer,
+                n_head=cfg.n_head,
+                layer_norm_epsilon=cfg.norm_eps,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
+        )
     else:
-        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-            vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.ffn_dim, num_hidden_layers=cfg.n_layer,
-            num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head, head_dim=cfg.head_dim,
-            max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
-            tie_word_embeddings=cfg.tie_embeddings))
-        state = {"model.embed_tokens.weight": model.tok_emb.weight, "model.norm.weight": model.norm.weight,
-                 "lm_head.weight": model.lm_head.weight}
-        sizes = [cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim]
-        for i, block in enumerate(model.layers):
-            q, k, v = block.attn.wqkv.weight.split(sizes)
-            gate, up = block.mlp.up.weight.chunk(2)
-            state.update({f"model.layers.{i}.{name}.weight": w for name, w in [
-                ("self_attn.q_proj", q), ("self_attn.k_proj", k), ("self_attn.v_proj", v), ("self_attn.o_proj", block.attn.wo.weight),
-                ("mlp.gate_proj", gate), ("mlp.up_proj", up), ("mlp.down_proj", block.mlp.down.weight),
-                ("input_layernorm", block.attn_norm.weight), ("post_attention_layernorm", block.mlp_norm.weight)]})
-    hf.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=False)
+        hf = transformers.LlamaForCausalLM(
+            transformers.LlamaConfig(
+                vocab_size=cfg.vocab_size,
+                hidden_size=cfg.n_embd,
+                intermediate_size=cfg.ffn_dim,
+                num_hidden_layers=cfg.n_layer,
+                num_attention_heads=cfg.n_head,
+                num_key_value_heads=cfg.n_kv_head,
+                head_dim=cfg.head_dim,
+                max_position_embeddings=cfg.block_size,
+                rms_norm_eps=cfg.norm_eps,
+                rope_theta=cfg.rope_theta,
+                tie_word_embeddings=cfg.tie_embeddings,
+            )
+        )
+    hf.load_state_dict(to_hf(model), strict=False)  # strict=False: HF's buffers are not weights
     hf.tie_weights()
     return hf.to(model.tok_emb.weight.device)
 
 
 def official_anneal_mask(L, B, dtype, device, ratio):
-    """The official code's mask: causal OR Bernoulli(ratio), expanded to (B, 1, L, L), inverted to an additive float mask."""
+    """The official code's mask: causal OR Bernoulli(ratio), expanded to (B, 1, L, L), as an additive float mask."""
     causal = torch.ones(L, L, device=device).tril()
     allowed = torch.logical_or(causal, torch.bernoulli(torch.full((L, L), ratio, device=device)))
     inverted = 1.0 - allowed[None, None].expand(B, 1, L, L).to(dtype)
@@ -125,7 +132,9 @@ def official_step(hf, optimizer, x, maskable, t, noise, ratio, autocast, dtype):
     with autocast:
         mask = official_anneal_mask(x.shape[1], x.shape[0], dtype, x.device, ratio)
         logits = hf(input_ids=xt, attention_mask=mask).logits[:, :-1]
-        ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none").view_as(masked[:, 1:])
+        ce = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none"
+        ).view_as(masked[:, 1:])
         target = masked[:, 1:]
         loss = (ce * target / t[:, None]).sum() / target.sum()
     loss.backward()
@@ -154,10 +163,15 @@ def bench_training(shape, B, L, device, dtype, iters, peak, compile_model):
 
         def step():
             with autocast:
-                s, _, n = ar_loss(runner, x) if mode == "ar" else diffusion_loss(runner, x, maskable, t, noise, MASK, attn)
-            (s / n).backward()
+                if mode == "ar":
+                    loss = ar_loss(runner, x).mean()
+                else:
+                    s, _, n = diffusion_loss(runner, x, maskable, t, noise, MASK, attn)
+                    loss = s / n
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+
         return step
 
     steps = {("ours", mode): ours(mode) for mode in ("anneal", "full", "ar")}
@@ -165,15 +179,27 @@ def bench_training(shape, B, L, device, dtype, iters, peak, compile_model):
         hf = hf_twin(model)
         hf_optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-5, fused=fused)
         for mode, ratio in (("anneal", 0.5), ("full", 1.0)):
-            steps[("official-style", mode)] = (lambda r: lambda: official_step(hf, hf_optimizer, x, maskable, t, noise, r, autocast, dtype))(ratio)
+            steps[("official-style", mode)] = partial(
+                official_step, hf, hf_optimizer, x, maskable, t, noise, ratio, autocast, dtype
+            )
     except ImportError:
         print("(transformers not installed: no official-style comparison)", file=sys.stderr)
     rows = []
     for (engine, mode), sec in interleaved(steps, iters, device).items():
         # MFU counts the useful work: logits at the masked half of the positions (diffusion), all (AR)
         flops = model.flops_per_token(L, logit_fraction=1.0 if mode == "ar" else 0.5) * B * L
-        rows.append({"bench": "train", "shape": shape, "mode": mode, "batch": B, "length": L, "engine": engine,
-                     "tokens_per_s": B * L / sec, "mfu": flops / sec / peak})
+        rows.append(
+            {
+                "bench": "train",
+                "shape": shape,
+                "mode": mode,
+                "batch": B,
+                "length": L,
+                "engine": engine,
+                "tokens_per_s": B * L / sec,
+                "mfu": flops / sec / peak,
+            }
+        )
     return rows
 
 
@@ -184,7 +210,7 @@ def official_decode(hf, prefix, length, steps, generator, temperature=0.95, top_
     device = hf.device
     x = torch.tensor([prefix + [mask_id] * length], device=device)
     maskable = torch.zeros_like(x, dtype=torch.bool)
-    maskable[:, len(prefix):] = True
+    maskable[:, len(prefix) :] = True
     mask = torch.zeros(1, 1, x.shape[1], x.shape[1], device=device)  # full attention, as a dense float mask
     xt = x.clone()
 
@@ -223,24 +249,47 @@ def bench_decoding(shape, lengths, device, dtype, compile_model):
         hf = None
     for L in lengths:
         for (setting, sampling), steps in [(s, L // 4) for s in SAMPLING.items()] + [(s, L) for s in SAMPLING.items()]:
-            def ours(strategy, **kw):
-                return lambda: generate(model, prefix, L, mask_id=MASK, steps=steps, strategy=strategy, vocab=VOCAB - 1,
-                                        seed=0, **sampling, **kw)
-
-            candidates = {f"ours {s} (exact)": ours(s) for s in ("random", "confidence", "margin", "entropy")}
-            candidates["ours confidence + cache + threshold 0.9 (approx.)"] = ours("confidence", cache=True, threshold=0.9)
-            candidates["ours confidence + cache + threshold 0.9 + blocks of 32 (approx.)"] = ours(
-                "confidence", cache=True, threshold=0.9, block_length=min(32, L))
+            ours = partial(
+                generate, model, prefix, L, mask_id=MASK, steps=steps, vocab=VOCAB - 1, seed=0, sampling=sampling
+            )
+            candidates = {
+                f"ours {s} (exact)": partial(ours, strategy=s) for s in ("random", "confidence", "margin", "entropy")
+            }
+            approx = partial(ours, strategy="confidence", cache=True, threshold=0.9)
+            candidates["ours confidence + cache + threshold 0.9 (approx.)"] = approx
+            candidates["ours confidence + cache + threshold 0.9 + blocks of 32 (approx.)"] = partial(
+                approx, block_length=min(32, L)
+            )
             if hf is not None:
-                g = torch.Generator(device=device)
-                candidates["official-style loop"] = lambda: official_decode(hf, prefix, L, steps, g.manual_seed(0), **sampling)
+                g = torch.Generator(device=device).manual_seed(0)
+                candidates["official-style loop"] = partial(
+                    official_decode, hf, prefix, L, steps, g, sampling.temperature, sampling.top_p
+                )
             for name, fn in candidates.items():
                 sec = timed(fn, 1, device, warmup=0)
-                rows.append({"bench": "decode", "shape": shape, "length": L, "steps": steps, "sampling": setting,
-                             "engine": name, "tokens_per_s": L / sec})
-        sec = timed(lambda: generate_ar(model, prefix, L, mask_id=MASK, vocab=VOCAB - 1, seed=0), 1, device, warmup=0)
-        rows.append({"bench": "decode", "shape": shape, "length": L, "steps": L, "sampling": "plain",
-                     "engine": "ours AR with KV cache", "tokens_per_s": L / sec})
+                rows.append(
+                    {
+                        "bench": "decode",
+                        "shape": shape,
+                        "length": L,
+                        "steps": steps,
+                        "sampling": setting,
+                        "engine": name,
+                        "tokens_per_s": L / sec,
+                    }
+                )
+        sec = timed(partial(generate_ar, model, prefix, L, mask_id=MASK, vocab=VOCAB - 1, seed=0), 1, device, warmup=0)
+        rows.append(
+            {
+                "bench": "decode",
+                "shape": shape,
+                "length": L,
+                "steps": L,
+                "sampling": "plain",
+                "engine": "ours AR with KV cache",
+                "tokens_per_s": L / sec,
+            }
+        )
     return rows
 
 
@@ -251,7 +300,10 @@ QUALITY_VARIANTS = {  # name: (sample.py options, the exact variant with the sam
     "cache + threshold 0.9": (["--cache", "--threshold", "0.9"], "exact"),
     "blocks of 32 (exact)": (["--block-length", "32"], "blocks of 32 (exact)"),
     "cache + blocks of 32": (["--cache", "--block-length", "32"], "blocks of 32 (exact)"),
-    "cache + threshold 0.9 + blocks of 32": (["--cache", "--threshold", "0.9", "--block-length", "32"], "blocks of 32 (exact)"),
+    "cache + threshold 0.9 + blocks of 32": (
+        ["--cache", "--threshold", "0.9", "--block-length", "32"],
+        "blocks of 32 (exact)",
+    ),
     "blocks of 16 (exact)": (["--block-length", "16"], "blocks of 16 (exact)"),
     "cache + blocks of 16": (["--cache", "--block-length", "16"], "blocks of 16 (exact)"),
 }
@@ -260,61 +312,138 @@ QUALITY_VARIANTS = {  # name: (sample.py options, the exact variant with the sam
 def bench_quality(args):
     """What the approximate decoding options cost on a trained checkpoint: Gen PPL, distinct-2 and
     infill ROUGE, against the exact sampler and against the exact sampler with the same block order."""
-    import eval as evaluate
-
     rows, batch = [], 16
     for name, (extra, reference) in QUALITY_VARIANTS.items():
-        gen = evaluate.main(["--ckpt", str(args.quality_ckpt), "--task", "genppl", "--judge", str(args.judge), "--length", "64",
-                             "--steps", "64", "--limit", str(args.quality_samples), "--batch-size", str(batch),
-                             "--strategy", "confidence", *extra])
-        row = {"bench": "quality", "variant": name, "reference": reference, "gen_ppl": gen["gen_ppl"],
-               "distinct2": gen["distinct2"], "passes_per_batch": gen["forwards"] / -(-gen["n"] // batch)}
+        gen = run_eval(
+            "--ckpt",
+            args.quality_ckpt,
+            "--task",
+            "genppl",
+            "--judge",
+            args.judge,
+            "--length",
+            64,
+            "--steps",
+            64,
+            "--limit",
+            args.quality_samples,
+            "--batch-size",
+            batch,
+            "--strategy",
+            "confidence",
+            *extra,
+        )
+        row = {
+            "bench": "quality",
+            "variant": name,
+            "reference": reference,
+            "gen_ppl": gen["gen_ppl"],
+            "distinct2": gen["distinct2"],
+            "passes_per_batch": gen["forwards"] / -(-gen["n"] // batch),
+        }
         if args.quality_data:
-            row.update({k: v for k, v in evaluate.main(["--ckpt", str(args.quality_ckpt), "--task", "infill", "--data",
-                                                         str(args.quality_data), "--limit", "40", "--greedy", *extra]).items()
-                        if k.startswith("rouge")})
+            infill = run_eval(
+                "--ckpt",
+                args.quality_ckpt,
+                "--task",
+                "infill",
+                "--data",
+                args.quality_data,
+                "--limit",
+                40,
+                "--greedy",
+                *extra,
+            )
+            row.update({k: v for k, v in infill.items() if k.startswith("rouge")})
         rows.append(row)
     return rows
+
+
+def run_eval(*args):
+    """python eval.py ARGS -> its JSON result (its progress bars pass through to standard error)."""
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "eval.py"), *map(str, args)],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def report(rows):
     lines = []
     train = [r for r in rows if r["bench"] == "train"]
     if train:
-        lines += ["training step", f"{'shape':12} {'mode':7} {'engine':15} {'tokens/s':>10} {'MFU':>7} {'ours/official':>14}"]
+        lines += [
+            "training step",
+            f"{'shape':12} {'mode':7} {'engine':15} {'tokens/s':>10} {'MFU':>7} {'ours/official':>14}",
+        ]
         for r in train:
-            official = next((o for o in train if o["engine"] == "official-style" and o["shape"] == r["shape"] and o["mode"] == r["mode"]), None)
+            official = next(
+                (
+                    o
+                    for o in train
+                    if o["engine"] == "official-style" and o["shape"] == r["shape"] and o["mode"] == r["mode"]
+                ),
+                None,
+            )
             ratio = f"{r['tokens_per_s'] / official['tokens_per_s']:.2f}x" if official and r["engine"] == "ours" else ""
-            lines.append(f"{r['shape']:12} {r['mode']:7} {r['engine']:15} {r['tokens_per_s']:10,.0f} {r['mfu']:7.1%} {ratio:>14}")
+            lines.append(
+                f"{r['shape']:12} {r['mode']:7} {r['engine']:15} {r['tokens_per_s']:10,.0f} {r['mfu']:7.1%} {ratio:>14}"
+            )
     decode = [r for r in rows if r["bench"] == "decode"]
     if decode:
-        lines += ["", "decoding (official defaults: temperature 0.95, top-p 0.9; plain: temperature 1, no top-p)",
-                  f"{'length':>6} {'steps':>5} {'sampling':17} {'engine':64} {'tokens/s':>9} {'/official':>9} {'/AR':>6}"]
+        lines += [
+            "",
+            "decoding (official defaults: temperature 0.95, top-p 0.9; plain: temperature 1, no top-p)",
+            f"{'length':>6} {'steps':>5} {'sampling':17} {'engine':64} {'tokens/s':>9} {'/official':>9} {'/AR':>6}",
+        ]
         for r in decode:
             same = [o for o in decode if o["length"] == r["length"]]
-            official = next((o for o in same if o["engine"] == "official-style loop" and o["steps"] == r["steps"]
-                             and o["sampling"] == r["sampling"]), None)
+            official = next(
+                (
+                    o
+                    for o in same
+                    if o["engine"] == "official-style loop"
+                    and o["steps"] == r["steps"]
+                    and o["sampling"] == r["sampling"]
+                ),
+                None,
+            )
             ar = next(o for o in same if o["engine"].startswith("ours AR"))
             vs_official = f"{r['tokens_per_s'] / official['tokens_per_s']:.2f}x" if official else ""
-            lines.append(f"{r['length']:6} {r['steps']:5} {r['sampling']:17} {r['engine']:64} {r['tokens_per_s']:9,.1f} "
-                         f"{vs_official:>9} {r['tokens_per_s'] / ar['tokens_per_s']:5.2f}x")
+            lines.append(
+                f"{r['length']:6} {r['steps']:5} {r['sampling']:17} {r['engine']:64} {r['tokens_per_s']:9,.1f} "
+                f"{vs_official:>9} {r['tokens_per_s'] / ar['tokens_per_s']:5.2f}x"
+            )
     quality = [r for r in rows if r["bench"] == "quality"]
     if quality:
         by_name = {r["variant"]: r for r in quality}
-        lines += ["", "approximate decoding: quality against the exact sampler, and against the exact one with the same blocks",
-                  f"{'variant':38} {'Gen PPL':>8} {'vs exact':>9} {'vs blocks':>9} {'distinct-2':>10} {'passes':>7} {'ROUGE-L':>8}"]
+        lines += [
+            "",
+            "approximate decoding: quality against the exact sampler, and against the exact one with the same blocks",
+            f"{'variant':38} {'Gen PPL':>8} {'vs exact':>9} {'vs blocks':>9} {'distinct-2':>10} {'passes':>7} "
+            f"{'ROUGE-L':>8}",
+        ]
         for r in quality:
-            vs = lambda ref: f"{r['gen_ppl'] / by_name[ref]['gen_ppl'] - 1:+9.1%}"
-            lines.append(f"{r['variant']:38} {r['gen_ppl']:8.1f} {vs('exact')} {vs(r['reference'])} {r['distinct2']:10.3f} "
-                         f"{r['passes_per_batch']:7.1f} {r.get('rougeL', float('nan')):8.2f}")
+            vs_exact = f"{r['gen_ppl'] / by_name['exact']['gen_ppl'] - 1:+9.1%}"
+            vs_blocks = f"{r['gen_ppl'] / by_name[r['reference']]['gen_ppl'] - 1:+9.1%}"
+            lines.append(
+                f"{r['variant']:38} {r['gen_ppl']:8.1f} {vs_exact} {vs_blocks} {r['distinct2']:10.3f} "
+                f"{r['passes_per_batch']:7.1f} {r.get('rougeL', float('nan')):8.2f}"
+            )
     return "\n".join(lines)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--suite", choices=sorted(SUITES), default=None, help="default: cpu, or gpu with --device cuda")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile (default: on GPU)")
+    p.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile (default: on GPU)"
+    )
     p.add_argument("--skip", default="", help="comma-separated: train, decode")
     p.add_argument("--quality-ckpt", type=Path, help="a trained diffusion checkpoint for the quality measurement")
     p.add_argument("--judge", type=Path, help="its AR judge")
@@ -329,9 +458,14 @@ def main(argv=None):
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     warnings.simplefilter("ignore")
-    peak = matmul_peak(device, dtype, n=4096 if device.type == "cuda" else 2048, repeats=10 if device.type == "cuda" else 3)
-    print(f"{device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), {dtype}, "
-          f"measured matmul peak {peak / 1e12:.2f} TFLOP/s, torch {torch.__version__}, compile {compile_model}", file=sys.stderr)
+    peak = matmul_peak(
+        device, dtype, n=4096 if device.type == "cuda" else 2048, repeats=10 if device.type == "cuda" else 3
+    )
+    print(
+        f"{device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), {dtype}, "
+        f"measured matmul peak {peak / 1e12:.2f} TFLOP/s, torch {torch.__version__}, compile {compile_model}",
+        file=sys.stderr,
+    )
     rows = []
     if "train" not in args.skip:
         for shape, B, L in suite["train"]:

@@ -12,17 +12,16 @@ Tensors are streamed one at a time in their source dtype, so a 7B model is held 
 import argparse
 import datetime
 import json
-import os
 import struct
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from model import ModelConfig, UserError, expected_shapes, save_checkpoint
+from checkpoint import check_shapes, from_hf, load_checkpoint, save_checkpoint
+from download import download_model
+from model import ModelConfig, UserError
 from tokenizer import GPT2_FILES, SENTENCEPIECE_FILES
 
 # Mask tokens of the released diffusion checkpoints.
@@ -37,7 +36,10 @@ def iter_hf_tensors(src):
     """Yield (name, tensor) from a HF directory: safetensors (single or sharded) or pytorch_model*.bin."""
     from safetensors import SafetensorError, safe_open
 
-    for index_name, single in (("model.safetensors.index.json", "model.safetensors"), ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+    for index_name, single in (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
         if (src / index_name).is_file():
             try:
                 files = sorted(set(json.loads((src / index_name).read_text())["weight_map"].values()))
@@ -67,79 +69,6 @@ def iter_hf_tensors(src):
             raise UserError(f"{path} is corrupted or truncated: {str(e).splitlines()[0]}") from None
 
 
-def gpt2_tensors(raw):
-    """HF GPT-2 (or DiffuGPT) names -> ours. Conv1D weights are stored [in, out]: transpose."""
-    conv1d = {"attn.c_attn": "attn.wqkv", "attn.c_proj": "attn.wo", "mlp.c_fc": "mlp.up", "mlp.c_proj": "mlp.down"}
-    norms = {"ln_1": "attn_norm", "ln_2": "mlp_norm"}
-    for key, t in raw:
-        key = key.removeprefix("transformer.").removeprefix("denoise_model.")
-        if key in ("wte.weight", "embed_tokens.weight"):
-            yield "tok_emb.weight", t
-        elif key == "wpe.weight":
-            yield "pos_emb.weight", t
-        elif key.startswith("ln_f."):
-            yield "norm." + key[5:], t
-        elif key == "lm_head.weight":
-            yield key, t
-        elif key.startswith("h."):
-            _, i, rest = key.split(".", 2)
-            module, param = rest.rsplit(".", 1)
-            if module == "attn":
-                continue  # attn.bias / attn.masked_bias: causal-mask buffers of old transformers versions
-            if module in conv1d:
-                yield f"layers.{i}.{conv1d[module]}.{param}", t.t() if param == "weight" else t
-            elif module in norms:
-                yield f"layers.{i}.{norms[module]}.{param}", t
-            else:
-                raise UserError(f"unexpected GPT-2 tensor {key}")
-        else:
-            raise UserError(f"unexpected GPT-2 tensor {key}")
-
-
-def llama_tensors(raw):
-    """HF LLaMA names -> ours; q/k/v and gate/up are fused into one matmul each."""
-    pending = {}
-
-    def fuse(out_name, parts, part, t):
-        group = pending.setdefault(out_name, {})
-        group[part] = t
-        if len(group) == len(parts):
-            del pending[out_name]
-            return out_name, torch.cat([group[p] for p in parts])
-        return None
-
-    renames = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "mlp_norm.weight",
-               "self_attn.o_proj.weight": "attn.wo.weight", "mlp.down_proj.weight": "mlp.down.weight"}
-    for key, t in raw:
-        key = key.removeprefix("model.").removeprefix("denoise_model.")
-        if key == "embed_tokens.weight":
-            yield "tok_emb.weight", t
-        elif key == "norm.weight":
-            yield key, t
-        elif key == "lm_head.weight":
-            yield key, t
-        elif key.startswith("layers."):
-            _, i, rest = key.split(".", 2)
-            if rest.endswith("rotary_emb.inv_freq"):
-                continue  # a buffer some old checkpoints stored
-            if rest in renames:
-                yield f"layers.{i}.{renames[rest]}", t
-            elif rest in ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"):
-                done = fuse(f"layers.{i}.attn.wqkv.weight", "qkv", rest[10], t)
-                if done:
-                    yield done
-            elif rest in ("mlp.gate_proj.weight", "mlp.up_proj.weight"):
-                done = fuse(f"layers.{i}.mlp.up.weight", ("gate", "up"), rest[4:-12], t)
-                if done:
-                    yield done
-            else:
-                raise UserError(f"unexpected LLaMA tensor {key}")
-        else:
-            raise UserError(f"unexpected LLaMA tensor {key}")
-    if pending:
-        raise UserError(f"incomplete weights: {sorted(pending)[0]} lacks some of its parts")
-
-
 def meta_to_hf_permute(w, n_heads):
     """Meta's RoPE rotates interleaved pairs (0,1),(2,3)...; HF rotates halves. Permute q/k rows."""
     out_dim, in_dim = w.shape
@@ -158,11 +87,21 @@ def read_llama2c(path):
         raise UserError(f"{path} does not have a valid llama2.c header")
     shared = vocab > 0
     vocab, hd, kv_dim = abs(vocab), dim // n_heads, n_kv * (dim // n_heads)
-    shapes = [("tok_emb", (vocab, dim)), ("rms_att", (n_layers, dim)), ("wq", (n_layers, dim, dim)),
-              ("wk", (n_layers, kv_dim, dim)), ("wv", (n_layers, kv_dim, dim)), ("wo", (n_layers, dim, dim)),
-              ("rms_ffn", (n_layers, dim)), ("w1", (n_layers, hidden, dim)), ("w2", (n_layers, dim, hidden)),
-              ("w3", (n_layers, hidden, dim)), ("rms_final", (dim,)), ("freq_real", (seq_len, hd // 2)),
-              ("freq_imag", (seq_len, hd // 2))] + ([] if shared else [("wcls", (vocab, dim))])
+    shapes = [
+        ("tok_emb", (vocab, dim)),
+        ("rms_att", (n_layers, dim)),
+        ("wq", (n_layers, dim, dim)),
+        ("wk", (n_layers, kv_dim, dim)),
+        ("wv", (n_layers, kv_dim, dim)),
+        ("wo", (n_layers, dim, dim)),
+        ("rms_ffn", (n_layers, dim)),
+        ("w1", (n_layers, hidden, dim)),
+        ("w2", (n_layers, dim, hidden)),
+        ("w3", (n_layers, hidden, dim)),
+        ("rms_final", (dim,)),
+        ("freq_real", (seq_len, hd // 2)),
+        ("freq_imag", (seq_len, hd // 2)),
+    ] + ([] if shared else [("wcls", (vocab, dim))])
     numel = sum(torch.Size(s).numel() for _, s in shapes)
     if len(data) != 28 + 4 * numel:
         raise UserError(f"{path} has {len(data)} bytes but its header implies {28 + 4 * numel}: truncated or corrupted")
@@ -172,8 +111,19 @@ def read_llama2c(path):
         n = torch.Size(shape).numel()
         w[name] = flat[offset : offset + n].view(shape)
         offset += n
-    cfg = ModelConfig(arch="llama", vocab_size=vocab, block_size=seq_len, n_layer=n_layers, n_head=n_heads,
-                      n_kv_head=n_kv, n_embd=dim, ffn_dim=hidden, norm_eps=1e-5, rope_theta=10000.0, tie_embeddings=shared)
+    cfg = ModelConfig(
+        arch="llama",
+        vocab_size=vocab,
+        block_size=seq_len,
+        n_layer=n_layers,
+        n_head=n_heads,
+        n_kv_head=n_kv,
+        n_embd=dim,
+        ffn_dim=hidden,
+        norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_embeddings=shared,
+    )
     state = {"tok_emb.weight": w["tok_emb"], "norm.weight": w["rms_final"]}
     if not shared:
         state["lm_head.weight"] = w["wcls"]
@@ -196,10 +146,20 @@ def gpt2_config(hf, vocab_size):
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
         raise UserError(f"unsupported GPT-2 activation {hf['activation_function']!r}")
     if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
-        raise UserError("unsupported GPT-2 attention variant (scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn)")
-    return ModelConfig(arch="gpt2", vocab_size=vocab_size, block_size=hf["n_positions"], n_layer=hf["n_layer"],
-                       n_head=hf["n_head"], n_embd=hf["n_embd"], ffn_dim=hf.get("n_inner") or 0,
-                       norm_eps=hf.get("layer_norm_epsilon", 1e-5), tie_embeddings=True)
+        raise UserError(
+            "unsupported GPT-2 attention variant (scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn)"
+        )
+    return ModelConfig(
+        arch="gpt2",
+        vocab_size=vocab_size,
+        block_size=hf["n_positions"],
+        n_layer=hf["n_layer"],
+        n_head=hf["n_head"],
+        n_embd=hf["n_embd"],
+        ffn_dim=hf.get("n_inner") or 0,
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        tie_embeddings=True,
+    )
 
 
 def llama_config(hf, vocab_size):
@@ -208,12 +168,20 @@ def llama_config(hf, vocab_size):
         raise UserError(f"unsupported RoPE scaling {rope!r}")
     if hf.get("attention_bias") or hf.get("mlp_bias") or hf.get("hidden_act", "silu") != "silu":
         raise UserError("unsupported LLaMA variant (attention_bias, mlp_bias or an activation other than silu)")
-    return ModelConfig(arch="llama", vocab_size=vocab_size, block_size=hf["max_position_embeddings"],
-                       n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
-                       n_kv_head=hf.get("num_key_value_heads") or 0, n_embd=hf["hidden_size"],
-                       head_dim=hf.get("head_dim") or 0, ffn_dim=hf["intermediate_size"],
-                       norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
-                       tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+    return ModelConfig(
+        arch="llama",
+        vocab_size=vocab_size,
+        block_size=hf["max_position_embeddings"],
+        n_layer=hf["num_hidden_layers"],
+        n_head=hf["num_attention_heads"],
+        n_kv_head=hf.get("num_key_value_heads") or 0,
+        n_embd=hf["hidden_size"],
+        head_dim=hf.get("head_dim") or 0,
+        ffn_dim=hf["intermediate_size"],
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,100 +215,19 @@ def tokenizer_size_and_ids(spec, files):
     try:
         sp = sentencepiece.SentencePieceProcessor(model_file=str(files["tokenizer.model"]))
     except (OSError, RuntimeError) as e:
-        raise UserError(f"cannot load SentencePiece model {files['tokenizer.model']}: {str(e).splitlines()[0]}") from None
+        raise UserError(
+            f"cannot load SentencePiece model {files['tokenizer.model']}: {str(e).splitlines()[0]}"
+        ) from None
     return sp.get_piece_size(), sp.bos_id(), sp.eos_id()
 
 
 # ---------------------------------------------------------------------------------------------
-# Hub download: plain HTTPS in the hub's URL layout, resumable, no huggingface_hub needed
-
-
-def cache_dir():
-    """Where downloads go: $DIFFU_CACHE, else ~/.cache/diffu."""
-    return Path(os.environ.get("DIFFU_CACHE", Path.home() / ".cache" / "diffu"))
-
-
-def download_file(url, target, required=True, token=None):
-    """Fetch url into target with a progress bar, resuming a partial .part file.
-
-    Returns False if the file is absent (404) and not required. token: a bearer token (HF_TOKEN).
-    """
-    from tqdm import tqdm
-
-    target = Path(target)
-    if target.is_file():
-        return True
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url)
-    if have:
-        request.add_header("Range", f"bytes={have}-")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        response = urllib.request.urlopen(request, timeout=60)
-    except urllib.error.HTTPError as e:
-        if e.code == 404 and not required:
-            return False
-        if e.code == 416 and have:  # the .part is already whole
-            part.rename(target)
-            return True
-        hint = " (a gated model? set HF_TOKEN)" if e.code in (401, 403) else ""
-        raise UserError(f"cannot download {url}: HTTP {e.code}{hint}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise UserError(f"cannot download {url}: {e}") from None
-    with response:
-        if response.status != 206:  # the server ignored the range: start over
-            have = 0
-        size = response.headers.get("Content-Length")
-        total = have + int(size) if size else None
-        with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                                           desc=target.name, file=sys.stderr) as bar:
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-                bar.update(len(chunk))
-    part.rename(target)
-    return True
-
-
-def download(repo_id):
-    """Fetch the files of a hub model into the cache and return its directory (offline once complete)."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    cache = cache_dir() / repo_id.replace("/", "--")
-    manifest = cache / "downloaded.json"  # written last: the cached copy is complete
-    if manifest.is_file() and all((cache / f).is_file() for f in json.loads(manifest.read_text())):
-        return cache
-    got = []
-
-    def fetch(name, required=True):
-        ok = download_file(f"{endpoint}/{repo_id}/resolve/main/{name}", cache / name, required, os.environ.get("HF_TOKEN"))
-        if ok:
-            got.append(name)
-        return ok
-
-    fetch("config.json")
-    for index, single in (("model.safetensors.index.json", "model.safetensors"), ("pytorch_model.bin.index.json", "pytorch_model.bin")):
-        if fetch(index, required=False):
-            for shard in sorted(set(json.loads((cache / index).read_text())["weight_map"].values())):
-                fetch(shard)
-            break
-        if fetch(single, required=False):
-            break
-    else:
-        raise UserError(f"{repo_id} has neither safetensors nor pytorch_model.bin weights")
-    for name in ("vocab.json", "merges.txt", "tokenizer.model"):
-        fetch(name, required=False)
-    manifest.write_text(json.dumps(got))
-    return cache
+# The conversion
 
 
 def is_hub_id(src):
     parts = src.split("/")
     return len(parts) <= 2 and all(parts) and not src.startswith((".", "~")) and not src.endswith(".bin")
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 def load_source(src, args):
@@ -364,8 +251,7 @@ def load_source(src, args):
             prefixes.add(key.split(".")[0])
             yield key, t
 
-    rename = gpt2_tensors if kind == "gpt2" else llama_tensors
-    state = dict(rename(noting_prefixes(iter_hf_tensors(src))))
+    state = dict(from_hf(kind, noting_prefixes(iter_hf_tensors(src))))
     if kind == "gpt2" and "tok_emb.weight" not in state and "lm_head.weight" in state:
         state["tok_emb.weight"] = state.pop("lm_head.weight")  # a tied pair saved under the head's name only
     if "tok_emb.weight" not in state:
@@ -406,13 +292,15 @@ def check_against_transformers(src, kind, out):
     if kind == "llama2c":
         print("--check skipped: a llama2.c file has no transformers counterpart", file=sys.stderr)
         return
-    from model import load_checkpoint
-
     if kind == "diffugpt":  # DiffuGPT's keys wrap a GPT2Model: unwrap them into GPT2LMHeadModel
         from safetensors.torch import load_file
 
         hf_cfg = transformers.GPT2Config.from_pretrained(src)
-        state = {k.removeprefix("denoise_model."): v for f in sorted(src.glob("*.safetensors")) for k, v in load_file(f).items()}
+        state = {
+            k.removeprefix("denoise_model."): v
+            for f in sorted(src.glob("*.safetensors"))
+            for k, v in load_file(f).items()
+        }
         state["wte.weight"] = state.pop("embed_tokens.weight")
         hf_cfg.vocab_size = state["wte.weight"].shape[0]
         ref = transformers.GPT2LMHeadModel(hf_cfg)
@@ -429,12 +317,18 @@ def check_against_transformers(src, kind, out):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("src", help="HF model directory, llama2.c .bin file, or hub id")
     p.add_argument("out", help="checkpoint directory to write")
     p.add_argument("--tokenizer", help="tokenizer file or directory (needed for llama2.c)")
-    p.add_argument("--mask-token", default=None, help="'new' appends a mask token; an integer reuses that id "
-                   "(default: new for AR sources, the released id for DiffuGPT / DiffuLLaMA)")
+    p.add_argument(
+        "--mask-token",
+        default=None,
+        help="'new' appends a mask token; an integer reuses that id "
+        "(default: new for AR sources, the released id for DiffuGPT / DiffuLLaMA)",
+    )
     p.add_argument("--objective", choices=["ar", "diffusion"], help="override what the source was trained for")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.add_argument("--check", action="store_true", help="compare logits with transformers after converting")
@@ -450,28 +344,25 @@ def main(argv=None):
     if not src.exists():
         if not is_hub_id(args.src):
             raise UserError(f"source {args.src} does not exist")
-        hub_id, src = args.src, download(args.src)
+        hub_id, src = args.src, download_model(args.src)
     cfg, state, kind, objective, released_mask = load_source(src, args)
 
     if args.tokenizer and not Path(args.tokenizer).exists():
         raise UserError(f"tokenizer {args.tokenizer} does not exist")
     tok = find_tokenizer(args.tokenizer) if args.tokenizer else (None if src.is_file() else find_tokenizer(src))
     if tok is None:
-        raise UserError(f"no tokenizer found in {args.tokenizer or src} (need encoder.json+vocab.bpe, "
-                        "vocab.json+merges.txt or tokenizer.model); pass --tokenizer")
+        raise UserError(
+            f"no tokenizer found in {args.tokenizer or src} (need encoder.json+vocab.bpe, "
+            "vocab.json+merges.txt or tokenizer.model); pass --tokenizer"
+        )
     spec, files = tok
     n_tok, bos, eos = tokenizer_size_and_ids(spec, files)
     if n_tok > cfg.vocab_size:
-        raise UserError(f"the tokenizer has {n_tok} tokens but the model's vocabulary only {cfg.vocab_size}: wrong tokenizer?")
+        raise UserError(
+            f"the tokenizer has {n_tok} tokens but the model's vocabulary only {cfg.vocab_size}: wrong tokenizer?"
+        )
 
-    expected = expected_shapes(cfg)
-    for key in expected.keys() | state.keys():
-        if key not in state:
-            raise UserError(f"{args.src}: tensor {key} is missing")
-        if key not in expected:
-            raise UserError(f"{args.src}: unexpected tensor {key}")
-        if state[key].shape != expected[key]:
-            raise UserError(f"{args.src}: tensor {key} has shape {tuple(state[key].shape)} but the config implies {tuple(expected[key])}")
+    check_shapes(state, cfg, args.src)
 
     choice = args.mask_token or ("new" if released_mask is None else str(released_mask))
     if choice == "new":
@@ -488,12 +379,19 @@ def main(argv=None):
         "bos_token_id": bos,
         "eos_token_id": eos,
         "tokenizer": spec,
-        "source": {"from": hub_id or str(src.resolve()), "format": kind, "mask_token": choice,
-                   "converted": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+        "source": {
+            "from": hub_id or str(src.resolve()),
+            "format": kind,
+            "mask_token": choice,
+            "converted": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        },
     }
     save_checkpoint(out, state, meta, tokenizer_from=files, overwrite=args.force)
-    print(f"wrote {out}: {kind}, {cfg.arch}, {sum(t.numel() for t in state.values()) / 1e6:.2f}M params, "
-          f"vocab {cfg.vocab_size}, mask token {mask_id}, objective {meta['objective']}", file=sys.stderr)
+    print(
+        f"wrote {out}: {kind}, {cfg.arch}, {sum(t.numel() for t in state.values()) / 1e6:.2f}M params, "
+        f"vocab {cfg.vocab_size}, mask token {mask_id}, objective {meta['objective']}",
+        file=sys.stderr,
+    )
     if args.check:
         check_against_transformers(src, kind, out)
 

@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data.prepare import texts
-from model import UserError, load_checkpoint
-from sample import generate, generate_ar
+from checkpoint import load_checkpoint
+from corpus import texts
+from model import UserError, ar_loss, diffusion_loss, mix, noise_levels
+from sample import Sampling, decode
 from tokenizer import load_tokenizer
-from train import EPS, ar_loss, diffusion_loss, mix
 
 # ---------------------------------------------------------------------------------------------
 # Scores
@@ -39,24 +39,17 @@ def elbo(model, x, maskable, mask_id, ts, seed, shift=True):
     total = 0.0
     for j, t in enumerate(ts):
         noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(mix(seed, j))).to(x.device)
-        weighted, _, _ = diffusion_loss(model, x, maskable, torch.tensor([t], device=x.device), noise, mask_id, "full", shift)
+        t = torch.tensor([t], device=x.device)
+        weighted, _, _ = diffusion_loss(model, x, maskable, t, noise, mask_id, "full", shift)
         total += weighted.item()
     return total / len(ts)
-
-
-def noise_levels(n, grid, seed):
-    """n levels of t over (EPS, 1): a fixed grid, or stratified Monte Carlo samples."""
-    u = [0.5] * n if grid else torch.rand(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return [EPS + (1 - EPS) * (j + u[j]) / n for j in range(n)]
 
 
 @torch.no_grad()
 def sequence_nll(model, meta, x, maskable, levels, seed):
     """Σ NLL (AR, exact) or Σ ELBO (diffusion) of the maskable tokens of x (1, L), as targets of the shift."""
     if meta["objective"] == "ar":
-        logits = model(x, attn="causal")[0, :-1]
-        ce = torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="none")
-        return ce[maskable[0, 1:]].sum().item()
+        return ar_loss(model, x, targets=maskable).sum().item()
     return elbo(model, x, maskable, meta["mask_token_id"], levels, seed, meta.get("shift", True))
 
 
@@ -77,9 +70,15 @@ def rouge(predictions, references):
     return {k: 100 * sum(s[k].fmeasure for s in scores) / max(1, len(scores)) for k in ("rouge1", "rouge2", "rougeL")}
 
 
-def with_bos(tok, context, room):
-    """[BOS] + the end of the context: as much as fits in `room` tokens (long passages lose their start)."""
-    return [tok.bos_id] + context[len(context) - (room - 1) :] if room > 1 else [tok.bos_id]
+def fit_prompt(tok, text, room):
+    """[BOS] + the end of the text's tokens: as much as fits in `room` tokens (long passages lose their start)."""
+    head, ids = tok.encode("", bos=True), tok.encode(text)
+    return head + ids[len(ids) - (room - len(head)) :] if room > len(head) else head
+
+
+def decoding_options(args):
+    """sample.py's diffusion decoding options, as given to infill and genppl."""
+    return dict(strategy=args.strategy, threshold=args.threshold, block_length=args.block_length, cache=args.cache)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +90,7 @@ def task_nll(model, meta, tok, args):
     ids = [i for doc in texts([args.data]) for i in tok.encode_document(doc)]
     L = args.block_size or min(model.cfg.block_size, 512)
     windows = [ids[i : i + L] for i in range(0, len(ids) - 1, L)][: args.limit or None]
-    levels = noise_levels(args.mc, args.t_grid, args.seed)
+    levels = noise_levels(args.mc, seed=None if args.t_grid else args.seed)
     total, count = 0.0, 0
     for k, w in enumerate(tqdm(windows, desc="nll", file=sys.stderr)):
         x = torch.tensor([w], device=args.device)
@@ -111,12 +110,10 @@ def task_lambada(model, meta, tok, args):
     for line in tqdm(lines, desc="lambada", file=sys.stderr):
         context, word = line.rsplit(" ", 1)
         n = len(tok.encode(" " + word))
-        prefix = with_bos(tok, tok.encode(context), model.cfg.block_size - n)
-        common = dict(mask_id=meta["mask_token_id"], greedy=True, vocab=tok.n_vocab)
-        if meta["objective"] == "ar":
-            x, _ = generate_ar(model, prefix, n, **common)
-        else:
-            x, _ = generate(model, prefix, n, steps=n, strategy=args.strategy, shift=meta.get("shift", True), **common)
+        prefix = fit_prompt(tok, context, model.cfg.block_size - n)
+        x, _ = decode(
+            model, meta, prefix, n, vocab=tok.n_vocab, sampling=Sampling(greedy=True), steps=n, strategy=args.strategy
+        )
         correct += tok.decode(x[0, len(prefix) :].tolist()).strip() == word  # each passage counted once
     return {"accuracy": correct / max(1, len(lines)), "n": len(lines)}
 
@@ -125,13 +122,13 @@ def task_choice(model, meta, tok, args):
     """Multiple choice: the choice with the lowest NLL (AR) or ELBO (diffusion, only the choice masked) per token."""
     items = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
     items = items[: args.limit or None]
-    levels = noise_levels(args.mc, True, args.seed)  # the paper: 32 fixed noise levels
+    levels = noise_levels(args.mc)  # the paper: 32 fixed noise levels
     correct = 0
     for k, item in enumerate(tqdm(items, desc="choice", file=sys.stderr)):
         scores = []
         for choice in item["choices"]:
             ids = tok.encode(" " + choice.strip())[: model.cfg.block_size - 1]
-            context = with_bos(tok, tok.encode(item["context"]), model.cfg.block_size - len(ids))
+            context = fit_prompt(tok, item["context"], model.cfg.block_size - len(ids))
             x = torch.tensor([context + ids], device=args.device)
             maskable = torch.zeros_like(x, dtype=torch.bool)
             maskable[:, len(context) :] = True
@@ -149,14 +146,19 @@ def task_infill(model, meta, tok, args):
         mid = len(s) // 2
         n = min(len(tok.encode(" " + s[mid])), model.cfg.block_size // 2)
         suffix = tok.encode(" " + " ".join(s[mid + 1 :]))[: (model.cfg.block_size - n) // 2]
-        prefix = with_bos(tok, tok.encode(" ".join(s[:mid])), model.cfg.block_size - n - len(suffix))
-        common = dict(mask_id=meta["mask_token_id"], vocab=tok.n_vocab, seed=args.seed, greedy=args.greedy)
-        if meta["objective"] == "ar":  # AR models cannot see the suffix: they continue the prefix
-            x, _ = generate_ar(model, prefix, n, **common)
-        else:
-            x, _ = generate(model, prefix, n, suffix=suffix, steps=args.steps or n, strategy=args.strategy,
-                            threshold=args.threshold, block_length=args.block_length, cache=args.cache,
-                            shift=meta.get("shift", True), **common)
+        prefix = fit_prompt(tok, " ".join(s[:mid]), model.cfg.block_size - n - len(suffix))
+        x, _ = decode(
+            model,
+            meta,
+            prefix,
+            n,
+            vocab=tok.n_vocab,
+            suffix=suffix,
+            seed=args.seed,
+            sampling=Sampling(greedy=args.greedy),
+            steps=args.steps or n,
+            **decoding_options(args),
+        )
         predictions.append(tok.decode(x[0, len(prefix) : len(prefix) + n].tolist()).strip())
         references.append(s[mid])
     return {**rouge(predictions, references), "n": len(predictions)}
@@ -175,35 +177,46 @@ def task_genppl(model, meta, tok, args):
     forwards = 0
     for start in tqdm(range(0, n, args.batch_size), desc="genppl", file=sys.stderr):
         k = min(args.batch_size, n - start)
-        common = dict(mask_id=meta["mask_token_id"], vocab=tok.n_vocab, num_samples=k, seed=mix(args.seed, start),
-                      top_p=args.top_p)
-        if meta["objective"] == "ar":
-            x, passes = generate_ar(model, [tok.bos_id], args.length, **common)
-        else:
-            x, passes = generate(model, [tok.bos_id], args.length, steps=steps, strategy=args.strategy,
-                                 threshold=args.threshold, block_length=args.block_length, cache=args.cache,
-                                 shift=meta.get("shift", True), **common)
+        x, passes = decode(
+            model,
+            meta,
+            tok.encode("", bos=True),
+            args.length,
+            vocab=tok.n_vocab,
+            num_samples=k,
+            seed=mix(args.seed, start),
+            sampling=Sampling(top_p=args.top_p),
+            steps=steps,
+            **decoding_options(args),
+        )
         forwards += passes
         samples += [row[1:].tolist() for row in x]
     total, count = 0.0, 0
     for ids in samples:
         text = tok.decode(ids[: ids.index(tok.eos_id)] if tok.eos_id in ids else ids)
-        judged = ([judge_tok.bos_id] + judge_tok.encode(text))[: judge.cfg.block_size]
+        judged = judge_tok.encode(text, bos=True)[: judge.cfg.block_size]
         if len(judged) < 2:
             continue
-        x = torch.tensor([judged], device=args.device)
         with torch.no_grad():
-            total += torch.nn.functional.cross_entropy(judge(x, attn="causal")[0, :-1], x[0, 1:], reduction="sum").item()
+            total += ar_loss(judge, torch.tensor([judged], device=args.device)).sum().item()
         count += len(judged) - 1
-    return {"gen_ppl": math.exp(total / max(1, count)), "distinct2": distinct_n(samples), "n": len(samples),
-            "steps": steps, "length": args.length, "forwards": forwards}
+    return {
+        "gen_ppl": math.exp(total / max(1, count)),
+        "distinct2": distinct_n(samples),
+        "n": len(samples),
+        "steps": steps,
+        "length": args.length,
+        "forwards": forwards,
+    }
 
 
 TASKS = {"nll": task_nll, "lambada": task_lambada, "choice": task_choice, "infill": task_infill, "genppl": task_genppl}
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     a = p.add_argument
     a("--ckpt", required=True, type=Path)
     a("--task", required=True, choices=sorted(TASKS))

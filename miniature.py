@@ -14,18 +14,19 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
-import convert
-import eval as evaluate
-import train
-from data import prepare
-from model import UserError, load_checkpoint
-from sample import generate
+from checkpoint import load_checkpoint
+from download import cache_dir, download_file
+from model import UserError
+from plot import plot, plot_available
+from sample import Sampling, generate
 from tokenizer import load_tokenizer
 
 STORIES_URL = "https://huggingface.co/karpathy/tinyllamas/resolve/main/stories260K/"
+TINYSTORIES_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-valid.txt"
 RUNS = {  # name: (description, extra train.py options)
     "adapt": ("adapted: annealing + shift", []),
     "no_anneal": ("adapted: no annealing", ["--anneal-steps", "0"]),
@@ -39,18 +40,19 @@ def fetch_assets(args, cache):
     root = args.assets or os.environ.get("DIFFU_ASSETS")
     if root:
         root = Path(root)
-        files = (root / "stories260K" / "stories260K.bin", root / "stories260K" / "tok512.model", root / "text" / "tinystories_val.txt")
+        files = (
+            root / "stories260K" / "stories260K.bin",
+            root / "stories260K" / "tok512.model",
+            root / "text" / "tinystories_val.txt",
+        )
         for f in files:
             if not f.is_file():
                 raise UserError(f"--assets {root}: {f} is missing")
         return files, None
-    files = []
     for name in ("stories260K.bin", "tok512.model"):
-        convert.download_file(STORIES_URL + name, cache / name)
-        files.append(cache / name)
-    recipe = prepare.RECIPES["tinystories"]
-    convert.download_file(recipe["url"], cache / "TinyStories-valid.txt")
-    return (*files, cache / "TinyStories-valid.txt"), recipe["split"]
+        download_file(STORIES_URL + name, cache / name)
+    download_file(TINYSTORIES_URL, cache / "TinyStories-valid.txt")
+    return (cache / "stories260K.bin", cache / "tok512.model", cache / "TinyStories-valid.txt"), "<|endoftext|>"
 
 
 def split_stories(text_file, separator, out, n_test):
@@ -63,13 +65,41 @@ def split_stories(text_file, separator, out, n_test):
     return stories[-n_test:]
 
 
+def script(name, *args):
+    """Run one of the project's scripts as a user would; -> the last line of its standard output."""
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / name), *map(str, args)], stdout=subprocess.PIPE, text=True
+    )
+    if out.returncode:
+        sys.exit(out.returncode)  # the script has said why on standard error
+    return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+
+
+def evaluate(*args):
+    return json.loads(script("eval.py", *args))
+
+
 def nll(ckpt, test_file, args):
-    return evaluate.main(["--ckpt", str(ckpt), "--task", "nll", "--data", str(test_file), "--mc", str(args.mc),
-                          "--block-size", str(args.block_size), "--limit", str(args.eval_windows)])
+    return evaluate(
+        "--ckpt",
+        ckpt,
+        "--task",
+        "nll",
+        "--data",
+        test_file,
+        "--mc",
+        args.mc,
+        "--block-size",
+        args.block_size,
+        "--limit",
+        args.eval_windows,
+    )
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     a = p.add_argument
     a("--out", type=Path, default=Path("runs/miniature"))
     a("--assets", type=Path, help="local copies of stories260K/ and text/tinystories_val.txt (env DIFFU_ASSETS)")
@@ -91,13 +121,12 @@ def main(argv=None):
             raise UserError(f"{args.out} exists (pass --force to start over)")
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
-    cache = convert.cache_dir() / "miniature"
-    (stories_bin, tokenizer_model, text), separator = fetch_assets(args, cache)
+    (stories_bin, tokenizer_model, text), separator = fetch_assets(args, cache_dir() / "miniature")
 
     base = args.out / "stories260K"
-    convert.main([str(stories_bin), str(base), "--tokenizer", str(tokenizer_model)])
+    script("convert.py", stories_bin, base, "--tokenizer", tokenizer_model)
     test_stories = split_stories(text, separator, args.out, args.test_stories)
-    prepare.main(["--tokenizer", str(base), "--out", str(args.out / "data"), str(args.out / "train.txt"), "--workers", "1"])
+    script("data/prepare.py", "--tokenizer", base, "--out", args.out / "data", args.out / "train.txt", "--workers", 1)
     test = args.out / "test.txt"
 
     rows = [("stories260K, AR (exact NLL)", nll(base, test, args))]
@@ -107,53 +136,130 @@ def main(argv=None):
     (as_diffusion / "config.json").write_text(json.dumps({**meta, "objective": "diffusion"}, indent=2))
     rows.append(("AR weights as diffusion, before training", nll(as_diffusion, test, args)))
 
-    common = ["--init-from", str(base), "--data-dir", str(args.out / "data"), "--max-iters", str(args.iters),
-              "--batch-size", str(args.batch_size), "--block-size", str(args.block_size), "--lr", str(args.lr),
-              "--warmup-iters", str(max(1, args.iters // 20)), "--anneal-steps", str(args.anneal_steps),
-              "--eval-interval", str(max(1, args.iters // 6)), "--eval-iters", "8"]
+    common = [
+        "--init-from",
+        base,
+        "--data-dir",
+        args.out / "data",
+        "--max-iters",
+        args.iters,
+        "--batch-size",
+        args.batch_size,
+        "--block-size",
+        args.block_size,
+        "--lr",
+        args.lr,
+        "--warmup-iters",
+        max(1, args.iters // 20),
+        "--anneal-steps",
+        args.anneal_steps,
+        "--eval-interval",
+        max(1, args.iters // 6),
+        "--eval-iters",
+        8,
+    ]
     curves = {}
     for name, (description, extra) in RUNS.items():
         print(f"\n== {description}", file=sys.stderr)
-        train.main(common + extra + ["--out-dir", str(args.out / name)])  # later options win
+        script("train.py", *common, *extra, "--out-dir", args.out / name)  # later options win
         rows.append((description, nll(args.out / name, test, args)))
-        curves[description] = [json.loads(line) for line in (args.out / name / "metrics.jsonl").read_text().splitlines()]
+        curves[description] = [
+            json.loads(line) for line in (args.out / name / "metrics.jsonl").read_text().splitlines()
+        ]
     tokens = curves[RUNS["adapt"][0]][-1]["tokens"]
 
     gen = []
     for strategy in ("random", "confidence"):
         for steps in map(int, args.gen_steps.split(",")):
-            result = evaluate.main(["--ckpt", str(args.out / "adapt"), "--task", "genppl", "--judge", str(base), "--steps",
-                                    str(steps), "--length", str(args.gen_length), "--limit", str(args.gen_samples), "--strategy", strategy])
+            result = evaluate(
+                "--ckpt",
+                args.out / "adapt",
+                "--task",
+                "genppl",
+                "--judge",
+                base,
+                "--steps",
+                steps,
+                "--length",
+                args.gen_length,
+                "--limit",
+                args.gen_samples,
+                "--strategy",
+                strategy,
+            )
             gen.append({**result, "strategy": strategy})
-    ar_gen = evaluate.main(["--ckpt", str(base), "--task", "genppl", "--judge", str(base), "--length", str(args.gen_length),
-                            "--limit", str(args.gen_samples)])
+    ar_gen = evaluate(
+        "--ckpt", base, "--task", "genppl", "--judge", base, "--length", args.gen_length, "--limit", args.gen_samples
+    )
 
     model, meta = load_checkpoint(args.out / "adapt")
     tok = load_tokenizer(args.out / "adapt", meta)
     samples = []
     story = test_stories[0].split(". ")
     for prompt, suffix in [("Once upon a time", ""), (story[0] + ".", " " + ". ".join(story[2:]))]:
-        prefix, suf = [tok.bos_id] + tok.encode(prompt), tok.encode(suffix)
-        x, _ = generate(model, prefix, 48 if not suffix else 24, suffix=suf, steps=48 if not suffix else 24,
-                        mask_id=meta["mask_token_id"], vocab=tok.n_vocab, seed=0, strategy="confidence", top_p=0.9)
-        samples.append({"prompt": prompt, "suffix": suffix, "text": tok.decode([i for i in x[0].tolist() if i != tok.bos_id])})
+        n = 24 if suffix else 48
+        x, _ = generate(
+            model,
+            tok.encode(prompt, bos=True),
+            n,
+            suffix=tok.encode(suffix),
+            steps=n,
+            seed=0,
+            mask_id=meta["mask_token_id"],
+            vocab=tok.n_vocab,
+            strategy="confidence",
+            sampling=Sampling(top_p=0.9),
+        )
+        samples.append(
+            {"prompt": prompt, "suffix": suffix, "text": tok.decode([i for i in x[0].tolist() if i != tok.bos_id])}
+        )
 
-    lines = [f"Adaptation of stories260K on TinyStories: {tokens:,} training tokens per run "
-             f"({args.iters} steps × {args.batch_size} × {args.block_size}), test NLL on {rows[0][1]['tokens']:,} held-out tokens.",
-             "", "| model | NLL (nats/token) | PPL |", "|---|---|---|"]
-    lines += [f"| {d} | {'≤ ' if r['bound'] else ''}{r['nll']:.3f} | {'≤ ' if r['bound'] else ''}{r['ppl']:.1f} |" for d, r in rows]
-    lines += ["", f"Generation perplexity of {args.gen_samples} unconditional {args.gen_length}-token samples, judged by stories260K:",
-              "", "| decoder | steps | Gen PPL | distinct-2 |", "|---|---|---|---|"]
-    lines += [f"| diffusion (adapted), {g['strategy']} | {g['steps']} | {g['gen_ppl']:.1f} | {g['distinct2']:.3f} |" for g in gen]
-    lines += [f"| stories260K, AR sampling | {args.gen_length} | {ar_gen['gen_ppl']:.1f} | {ar_gen['distinct2']:.3f} |", ""]
+    lines = [
+        f"Adaptation of stories260K on TinyStories: {tokens:,} training tokens per run "
+        f"({args.iters} steps × {args.batch_size} × {args.block_size}), "
+        f"test NLL on {rows[0][1]['tokens']:,} held-out tokens.",
+        "",
+        "| model | NLL (nats/token) | PPL |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {d} | {'≤ ' if r['bound'] else ''}{r['nll']:.3f} | {'≤ ' if r['bound'] else ''}{r['ppl']:.1f} |"
+        for d, r in rows
+    ]
+    lines += [
+        "",
+        f"Generation perplexity of {args.gen_samples} unconditional {args.gen_length}-token samples, "
+        "judged by stories260K:",
+        "",
+        "| decoder | steps | Gen PPL | distinct-2 |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| diffusion (adapted), {g['strategy']} | {g['steps']} | {g['gen_ppl']:.1f} | {g['distinct2']:.3f} |"
+        for g in gen
+    ]
+    lines += [
+        f"| stories260K, AR sampling | {args.gen_length} | {ar_gen['gen_ppl']:.1f} | {ar_gen['distinct2']:.3f} |",
+        "",
+    ]
     lines += [f"Sample ({'infill' if s['suffix'] else 'prefix'}): {s['text']}" for s in samples]
     table = "\n".join(lines)
     (args.out / "results.md").write_text(table + "\n")
-    (args.out / "results.json").write_text(json.dumps({"nll": dict((d, r) for d, r in rows), "genppl": gen, "ar_genppl": ar_gen,
-                                                      "samples": samples, "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
-    if train.plot_available():
+    (args.out / "results.json").write_text(
+        json.dumps(
+            {
+                "nll": dict((d, r) for d, r in rows),
+                "genppl": gen,
+                "ar_genppl": ar_gen,
+                "samples": samples,
+                "args": {k: str(v) for k, v in vars(args).items()},
+            },
+            indent=2,
+        )
+    )
+    if plot_available():
         bounds = {d: ([m["tokens"] for m in ms], [m["val_nll_bound"] for m in ms]) for d, ms in curves.items()}
-        train.plot(bounds, args.out / "loss.png", "val NLL bound (nats/token)", "Adapting stories260K into a diffusion LM")
+        plot(bounds, args.out / "loss.png", "val NLL bound (nats/token)", "Adapting stories260K into a diffusion LM")
     print("\n" + table)
     return rows
 

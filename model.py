@@ -1,22 +1,24 @@
-"""One Transformer that is exactly GPT-2 or exactly LLaMA, depending on its config.
+"""The attention-annealing diffusion transformer: DiffuGPT / DiffuLLaMA in one file.
 
-The same weights serve three attention modes, which is the whole trick of adapting an
-AR model into a diffusion LM:
-    attn="causal"   the original autoregressive model
-    attn="full"     bidirectional attention: the diffusion model
-    attn=<bool L×L> an explicit allowed-mask (True = may attend), used while annealing
-The model has no time embedding: a masked-diffusion denoiser is not told t.
-
-A checkpoint is a directory: config.json, model.safetensors and the tokenizer files.
+Read top to bottom, this is Section 3 and Algorithm 1 of Gong et al. (ICLR 2025):
+ 1. The network. One Transformer that is exactly GPT-2 or exactly LLaMA, depending on its config.
+    The same weights serve three attention modes, which is the whole trick of adapting an AR model:
+        attn="causal"     the original autoregressive model
+        attn="full"       bidirectional attention: the diffusion model
+        attn=<mask>       causal OR a random part of the future, while annealing (a boolean L×L
+                          mask for SDPA, or a FlexAttention BlockMask on the GPU)
+    There is no time embedding: a masked-diffusion denoiser is not told t.
+ 2. The objective. Noising: each token becomes the mask token with probability t, t ~ U(EPS, 1).
+    Shift: the logit at position i predicts token i+1, as in the AR model, so its head is reused as
+    it is. Loss: cross-entropy where the target was masked, weighted by 1/t, divided by the number
+    of masked targets; its expectation over t bounds the NLL (the ELBO).
+ 3. Attention annealing. At step s a query may attend to its causal past plus every other position
+    with probability min(1, (s+1)/A); after A steps, full attention.
 """
 
-import json
 import math
-import os
-import shutil
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+import time
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -54,11 +56,14 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d):
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise UserError(f"unknown model config keys: {sorted(unknown)}")
         return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. The network
 
 
 def rope_cos_sin(positions, head_dim, theta):
@@ -75,34 +80,6 @@ def apply_rope(x, cos, sin):
     return (x * cos + rotated * sin).to(x.dtype)
 
 
-def anneal_hash(q, k, seed):
-    """A 32-bit integer hash of (seed, query, key): the annealing mask's Bernoulli draw.
-
-    The same numbers whether the mask is materialised for SDPA or computed inside FlexAttention's
-    mask_mod, which never builds an L×L tensor on the GPU.
-    """
-    x = (q.long() * 65537 + k.long() + seed * 0x9E3779B1) % 2**32
-    x = ((x ^ (x >> 16)) * 0x45D9F3B) % 2**32
-    x = ((x ^ (x >> 16)) * 0x45D9F3B) % 2**32
-    return x ^ (x >> 16)
-
-
-_flex_attention = None
-
-
-def flex_attention(q, k, v, block_mask, enable_gqa):
-    """FlexAttention, compiled: inside a torch.compile'd model as part of its graph, else compiled once
-    on its own (eager FlexAttention is a slow reference)."""
-    global _flex_attention
-    from torch.nn.attention import flex_attention as fa
-
-    if torch.compiler.is_compiling() or not q.is_cuda:
-        return fa.flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
-    if _flex_attention is None:
-        _flex_attention = torch.compile(fa.flex_attention)
-    return _flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
-
-
 class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -113,24 +90,27 @@ class Attention(nn.Module):
 
     def forward(self, x, attn, rope, cache, start):
         B, T, _ = x.shape
-        q, k, v = self.wqkv(x).split(
-            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
-        )
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        # QKV projection, one matmul
+        kv_size = self.n_kv_head * self.head_dim
+        q, k, v = self.wqkv(x).split([self.n_head * self.head_dim, kv_size, kv_size], dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        # RoPE (LLaMA)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:  # keys/values of other positions: AR decoding, or the approximate diffusion cache
+        # KV cache: keys/values of other positions (AR decoding, or sample.py's approximate cache)
+        if cache is not None:
             scattered = isinstance(start, torch.Tensor)  # the positions of x's columns, not the first of a run
             at = start if scattered else slice(start, start + T)
             cache["k"][:B, :, at] = k
             cache["v"][:B, :, at] = v
             if not scattered:
                 cache["len"] = max(cache.get("len", 0), start + T)
-            k, v = cache["k"][:B, :, : cache["len"]], cache["v"][:B, :, : cache["len"]]
+            k, v = cache["k"][:B, :, : cache["len"]], cache["v"][:B, :, : cache["len"]]  # (B, nkv, S, hd)
+        # attention (grouped-query heads share keys/values: enable_gqa)
         gqa = self.n_kv_head != self.n_head
-        if isinstance(attn, torch.Tensor):
+        if isinstance(attn, torch.Tensor):  # boolean (T, S) allowed-mask: annealing on SDPA
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn, enable_gqa=gqa)
         elif attn == "full":
             y = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
@@ -140,13 +120,14 @@ class Attention(nn.Module):
             else:  # queries start..start+T-1 against keys 0..start+T-1
                 allowed = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=gqa)
-        else:  # FlexAttention, the annealing mask on GPU (imported here: the module is slow to import)
+        else:  # a FlexAttention BlockMask: annealing on the GPU (imported here: the module is slow to import)
             from torch.nn.attention.flex_attention import BlockMask
 
             if not isinstance(attn, BlockMask):
                 raise ValueError(f"attn must be 'causal', 'full', a boolean mask or a BlockMask, got {attn!r}")
             y = flex_attention(q, k, v, block_mask=attn, enable_gqa=gqa)
-        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+        # output projection
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, C)
 
 
 class MLP(nn.Module):
@@ -194,18 +175,15 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.checkpointing = False  # activation checkpointing, set by train.py
-        self.apply(self._init_weights)
+        # GPT-2's initialisation, for --reinit (training from scratch); converted weights overwrite it
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
         for block in self.layers:  # GPT-2 scales the projections into the residual stream
             for proj in (block.attn.wo, block.mlp.down):
                 nn.init.normal_(proj.weight, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
-
-    @staticmethod
-    def _init_weights(module):
-        """GPT-2's initialisation, for --reinit (training from scratch); converted weights overwrite it."""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, 0.0, 0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
 
     def forward(self, idx, attn="causal", where=None, cache=None, start=0):
         """idx (B, L) token ids -> float logits (B, L, vocab).
@@ -220,27 +198,30 @@ class Transformer(nn.Module):
             of a sequence already in the cache (sample.py's approximate cache; attn="full" only).
         """
         B, L = idx.shape
+        # positions of idx's columns
         if isinstance(start, torch.Tensor):
             positions = start
         elif start + L > self.cfg.block_size:
             raise ValueError(f"sequence of {start + L} tokens exceeds the model's block_size {self.cfg.block_size}")
         else:
             positions = torch.arange(start, start + L, device=idx.device)
-        x = self.tok_emb(idx)
+        # embeddings: tokens plus learned positions (GPT-2), or tokens and RoPE tables (LLaMA)
+        x = self.tok_emb(idx)  # (B, L, C)
         rope = None
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
         else:
-            rope = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
+            rope = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)  # 2 × (L, hd)
+        # the blocks
         for i, layer in enumerate(self.layers):
-            layer_cache = cache[i] if cache is not None else None
             if self.checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(layer, x, attn, rope, use_reentrant=False)
             else:
-                x = layer(x, attn, rope, layer_cache, start)
+                x = layer(x, attn, rope, cache[i] if cache is not None else None, start)
+        # logits, only where they are needed
         if where is not None:
-            x = x[where]
-        return self.lm_head(self.norm(x)).float()
+            x = x[where]  # (N, C)
+        return self.lm_head(self.norm(x)).float()  # (B, L, V) or (N, V)
 
     def make_cache(self, batch_size, max_len, device=None, dtype=None):
         """Preallocated key/value buffers, one pair per layer (AR decoding; sample.py's --cache)."""
@@ -270,133 +251,158 @@ class Transformer(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoint directories
+# 2. The objective: noising, shift, 1/t-weighted loss (Algorithm 1); the AR loss beside it
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+EPS = 1e-3  # t ~ U(EPS, 1)
 
 
-@contextmanager
-def atomic_dir(path, overwrite=False):
-    """Yield a temporary directory that becomes `path` only once the block succeeds.
+def diffusion_loss(model, x, maskable, t, noise, mask_id, attn="full", shift=True):
+    """Masked-diffusion loss sums for one batch -> (Σ CE/t, Σ CE, number of masked targets).
 
-    A crash leaves the old `path` (or nothing) behind, never a half-written one that looks valid.
+    x, maskable, noise: (B, L); t: (B,). Token (b, i) is masked where maskable and noise < t[b]:
+    passing the uniforms in, rather than drawing them here, makes every run reproducible.
+    The paper's loss is Σ CE/t / n; Σ CE / n is the unweighted masked cross-entropy.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise UserError(f"{path} already exists (pass --force to overwrite it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        for f in tmp.iterdir():  # the data must be on disk before the rename makes it visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-            f.chmod(0o666 & ~umask)  # safetensors writes owner-only files
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(path)
+    # noising: x -> x_t, each maskable token replaced by the mask token with probability t
+    masked = maskable & (noise < t[:, None])  # (B, L)
+    xt = x.masked_fill(masked, mask_id)
+    # shift: the logit at i predicts token i+1, so select position i where token i+1 was masked
+    if shift:
+        target_mask = masked[:, 1:]  # (B, L-1)
+        where = F.pad(target_mask, (0, 1))
+        targets, weights = x[:, 1:][target_mask], (1 / t)[:, None].expand_as(target_mask)[target_mask]
+    else:  # the ablation: logit i predicts token i
+        where, targets, weights = masked, x[masked], (1 / t)[:, None].expand_as(masked)[masked]
+    # loss: cross-entropy at masked targets only, weighted by 1/t
+    ce = F.cross_entropy(model(xt, attn=attn, where=where), targets, reduction="none")  # (N,)
+    return (weights * ce).sum(), ce.sum(), masked.sum()
 
 
-def save_checkpoint(path, model, meta, tokenizer_from, overwrite=False, extra=None):
-    """Write a checkpoint directory atomically.
+def ar_loss(model, x, targets=None):
+    """Next-token cross-entropy of x (B, L) -> per-target CE (N,), for the N targets x[:, 1:][targets[:, 1:]].
 
-    model: a Transformer or a {name: tensor} state dict in our naming. meta: the config.json
-    content; meta["model"] is filled from a Transformer. tokenizer_from: a checkpoint
-    directory to copy meta["tokenizer"]["files"] from, or a {name: source path} map.
-    extra: {filename: writer(path)} for more files (train.py's optimizer state).
+    targets: optional boolean (B, L), the tokens that count (default: all after position 0).
     """
-    from safetensors.torch import save_file
-
-    if isinstance(model, Transformer):
-        meta = {**meta, "model": asdict(model.cfg)}
-        state = model.state_dict()
-    else:
-        state = model
-    tied = meta["model"].get("tie_embeddings", True)
-    tensors = {k: v.detach().contiguous() for k, v in state.items() if not (tied and k == "lm_head.weight")}
-    with atomic_dir(path, overwrite=overwrite) as tmp:
-        save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-        for name in meta["tokenizer"]["files"]:
-            src = tokenizer_from[name] if isinstance(tokenizer_from, dict) else Path(tokenizer_from) / name
-            shutil.copyfile(src, tmp / name)
-        for name, write in (extra or {}).items():
-            write(tmp / name)
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    where = torch.ones_like(x, dtype=torch.bool) if targets is None else F.pad(targets[:, 1:], (0, 1))
+    where[:, -1] = False  # the last logit predicts nothing
+    return F.cross_entropy(model(x, attn="causal", where=where), x[:, 1:][where[:, :-1]], reduction="none")
 
 
-def read_meta(path):
-    """Parse and check a checkpoint's config.json, with a one-line error for each problem."""
-    path = Path(path)
-    if not path.exists():  # a crash between atomic_dir's two renames leaves the old one whole
-        for previous in sorted(path.parent.glob(f".{path.name}.old-*"))[-1:]:
-            previous.rename(path)
-    if not path.is_dir():
-        raise UserError(f"checkpoint {path} does not exist or is not a directory")
-    try:
-        meta = json.loads((path / CONFIG_FILE).read_text())
-    except FileNotFoundError:
-        raise UserError(f"checkpoint {path} has no {CONFIG_FILE}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path / CONFIG_FILE} is not valid JSON: {e}") from None
-    for key in ("model", "objective", "mask_token_id", "eos_token_id", "tokenizer"):
-        if key not in meta:
-            raise UserError(f"{path / CONFIG_FILE} lacks {key!r}: not a checkpoint written by convert.py or train.py")
-    if not 0 <= meta["mask_token_id"] < meta["model"]["vocab_size"]:
-        raise UserError(f"{path / CONFIG_FILE}: mask_token_id {meta['mask_token_id']} is outside the vocabulary")
-    for name in meta["tokenizer"].get("files", []):
-        if not (path / name).is_file():
-            raise UserError(f"checkpoint {path} lacks its tokenizer file {name}")
-    return meta
+def noise_levels(n, seed=None):
+    """n noise levels t over (EPS, 1): the midpoints of n equal strata, or with a seed one uniform
+    draw in each stratum (stratified Monte Carlo). Used to estimate the ELBO, E_t[(1/t) Σ CE]."""
+    u = [0.5] * n if seed is None else torch.rand(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return [EPS + (1 - EPS) * (j + u[j]) / n for j in range(n)]
 
 
-def load_state(path, cfg):
-    """Read model.safetensors, checking every tensor's name and shape against cfg."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    file = Path(path) / WEIGHTS_FILE
-    if not file.is_file():
-        raise UserError(f"checkpoint {path} has no {WEIGHTS_FILE}")
-    try:
-        state = load_file(file)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{file} is corrupted or truncated: {e}") from None
-    expected = expected_shapes(cfg)
-    missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
-    if missing or unexpected:
-        raise UserError(f"{file} does not match its config: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
-    for k, v in state.items():
-        if v.shape != expected[k]:
-            raise UserError(f"{file}: tensor {k} has shape {tuple(v.shape)}, the config says {tuple(expected[k])}")
-    return state
+# ---------------------------------------------------------------------------------------------
+# 3. Attention annealing: from the causal mask to full attention
 
 
-def expected_shapes(cfg):
-    """Name -> shape of every stored tensor for cfg, without allocating the model."""
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    return {k: v.shape for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+def anneal_ratio(step, anneal_steps):
+    return 1.0 if anneal_steps <= 0 else min(1.0, (step + 1) / anneal_steps)
 
 
-def load_checkpoint(path, device="cpu", dtype=torch.float32):
-    """Load a checkpoint directory -> (model in eval mode, meta = parsed config.json)."""
-    meta = read_meta(path)
-    cfg = ModelConfig.from_dict(meta["model"])
-    state = load_state(path, cfg)
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    model.load_state_dict(state, strict=False, assign=True)  # keys were checked by load_state
-    if cfg.tie_embeddings:  # assign=True replaced the shared Parameter: tie again
-        model.lm_head.weight = model.tok_emb.weight
-    return model.to(device=device, dtype=dtype).eval(), meta
+def attention_at(step, anneal_steps, seq_len, seed, device, flex=None):
+    """The attention of one training step: causal OR Bernoulli(ratio), the same draw for batch and heads.
+
+    'full' once annealing is over (the fast SDPA path). During annealing a boolean (L, L) mask, or,
+    given flex = AnnealFlex(...), a FlexAttention BlockMask computed from the same hash on the GPU.
+    """
+    ratio = anneal_ratio(step, anneal_steps)
+    if ratio >= 1.0:
+        return "full"
+    step_seed, threshold = mix(seed, step) % 2**31, int(ratio * 2**32)
+    if flex is not None:
+        return flex(step_seed, threshold)
+    q = torch.arange(seq_len, device=device)
+    return (q[None, :] <= q[:, None]) | (anneal_hash(q[:, None], q[None, :], step_seed) < threshold)  # (L, L)
+
+
+def anneal_hash(q, k, seed):
+    """A 32-bit integer hash of (seed, query, key): the annealing mask's Bernoulli draw.
+
+    The same numbers whether the mask is materialised for SDPA or computed inside FlexAttention's
+    mask_mod, which never builds an L×L tensor on the GPU.
+    """
+    x = (q.long() * 65537 + k.long() + seed * 0x9E3779B1) % 2**32
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) % 2**32
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) % 2**32
+    return x ^ (x >> 16)
+
+
+def mix(*ints):
+    """A 63-bit seed from integers (a splitmix-style hash): independent streams per (seed, step, example)."""
+    h = 0x9E3779B97F4A7C15
+    for i in ints:
+        h = ((h ^ (i & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class AnnealFlex:
+    """Annealing BlockMasks for FlexAttention. The seed and threshold live in tensors that the mask_mod
+    reads, so a new step changes their values, not the function: nothing recompiles."""
+
+    def __init__(self, seq_len, device):
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        self.create, self.seq_len, self.device = create_block_mask, seq_len, device
+        self.seed = torch.zeros((), dtype=torch.long, device=device)
+        self.threshold = torch.zeros((), dtype=torch.long, device=device)
+
+        def mask_mod(b, h, q, k):
+            return (k <= q) | (anneal_hash(q, k, self.seed) < self.threshold)
+
+        self.mask_mod = mask_mod
+
+    def __call__(self, step_seed, threshold):
+        self.seed.fill_(step_seed)
+        self.threshold.fill_(threshold)
+        return self.create(self.mask_mod, None, None, self.seq_len, self.seq_len, device=self.device)
+
+
+_compiled_flex_attention = None
+
+
+def flex_attention(q, k, v, block_mask, enable_gqa):
+    """FlexAttention, compiled: inside a torch.compile'd model as part of its graph, else compiled once
+    on its own (eager FlexAttention is a slow reference)."""
+    global _compiled_flex_attention
+    from torch.nn.attention import flex_attention as fa
+
+    if torch.compiler.is_compiling() or not q.is_cuda:
+        return fa.flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+    if _compiled_flex_attention is None:
+        _compiled_flex_attention = torch.compile(fa.flex_attention)
+    return _compiled_flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+
+
+# ---------------------------------------------------------------------------------------------
+# Speed accounting: the denominator of MFU
+
+GPU_BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
+
+
+def matmul_peak(device, dtype, n=1024, repeats=4):
+    """FLOP/s of a large square matmul measured now: the honest MFU denominator on any machine."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync()
+    return 2 * n**3 * repeats / (time.perf_counter() - t0)
+
+
+def peak_flops(device, dtype):
+    """The datasheet's dense bf16 peak of a known GPU, else a matmul measured now."""
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        name = torch.cuda.get_device_name(device)
+        for key, peak in GPU_BF16_PEAK.items():
+            if key in name:
+                return peak
+    return matmul_peak(device, dtype)

@@ -1,4 +1,4 @@
-"""Iterative diffusion decoding (and plain AR sampling for comparison).
+"""Iterative diffusion decoding (and plain AR sampling for comparison): this project's generate.py.
 
     python sample.py --ckpt DIR --prompt "Once upon a time" --length 64 --steps 64 --show
     python sample.py --ckpt DIR --prompt "Lily went to the park." --suffix "She was happy." --length 24
@@ -26,74 +26,152 @@ import argparse
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from model import UserError, load_checkpoint
+from checkpoint import load_checkpoint
+from model import UserError
 from tokenizer import MASK_GLYPH, load_tokenizer
 
 STRATEGIES = ("random", "confidence", "margin", "entropy")
 
 
-def sample_tokens(logits, temperature=1.0, top_k=0, top_p=1.0, greedy=False, generator=None):
-    """logits (N, V) -> (tokens (N,), probabilities (N, V) they were drawn from)."""
-    if greedy:
-        probs = logits.softmax(-1)
-        return probs.argmax(-1), probs
-    if temperature != 1.0:
-        logits = logits / temperature
-    if top_k and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(-1)
-    if top_p < 1.0:
-        probs = probs * nucleus(probs, top_p)
-        probs /= probs.sum(-1, keepdim=True)
-    # inverse-CDF sampling: exact, and much cheaper than torch.multinomial over a 50k vocabulary
-    cdf = probs.cumsum(-1)
-    u = torch.rand(len(probs), 1, generator=generator, device=probs.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1), probs
+@dataclass(frozen=True)
+class Sampling:
+    """How a token is drawn from a predicted distribution."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no top-k filtering
+    top_p: float = 1.0  # 1: no nucleus filtering
+    greedy: bool = False  # always the most probable token
 
 
-def nucleus(probs, top_p):
-    """Boolean (N, V): the most probable tokens whose mass first reaches top_p (ties at the edge all kept).
+# ---------------------------------------------------------------------------------------------
+# Diffusion decoding (the paper's Algorithm 2)
 
-    Exact and sort-free: non-negative float32 values order as their bit patterns, so the edge value
-    is found 11, 10 and 10 bits at a time from histograms of the mass under each bit prefix (a radix
-    select, sums in float64). Sorting 50k probabilities per position dominated decoding on CPU.
+
+@torch.no_grad()
+def generate(
+    model,
+    prefix,
+    length,
+    *,
+    mask_id,
+    suffix=(),
+    steps=None,
+    strategy="random",
+    sampling=Sampling(),
+    threshold=None,
+    block_length=0,
+    num_samples=1,
+    seed=0,
+    shift=True,
+    vocab=None,
+    cache=False,
+    on_step=None,
+):
+    """Diffusion decoding -> (tokens (num_samples, len(prefix) + length + len(suffix)), forward passes).
+
+    prefix: token ids starting with BOS; suffix: ids kept after the generated part (infilling).
+    threshold, block_length: see the module's docstring; cache: see Denoiser.
+    on_step(tokens, step): called after every step (the --show display).
     """
-    probs = probs.float()
-    bits, mass_of = probs.view(torch.int32), probs.double()
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}")
+    device = model.tok_emb.weight.device
+    P = len(prefix)
+    x = torch.tensor([list(prefix) + [mask_id] * length + list(suffix)], device=device).repeat(num_samples, 1)
+    masked = torch.zeros_like(x, dtype=torch.bool)
+    masked[:, P : P + length] = True
+    generator = torch.Generator(device=device).manual_seed(seed)
+    denoiser = Denoiser(model, x.shape, mask_id, vocab, shift, cache)
+    step = 0
+    for lo, hi, budget in block_schedule(P, length, block_length, steps or length):
+        in_block = torch.zeros_like(masked)
+        in_block[:, lo:hi] = True
+        denoiser.new_block()
+        for k in range(budget, 0, -1):  # k steps left in this block
+            eligible = masked & in_block
+            if not eligible.any():
+                break
+            # The random order reveals each masked token with probability 1/k whatever the model says:
+            # draw that first, and (without a threshold) predict only the tokens it reveals.
+            picked = None
+            if strategy == "random":
+                picked = eligible & (torch.rand(x.shape, generator=generator, device=device) < 1 / k)
+            predict = picked if strategy == "random" and threshold is None else eligible
+            if predict.any():
+                # 1. predict the masked positions: a token and its distribution for each
+                logits = denoiser(x, predict, eligible)  # (N, V), one row per predicted position
+                tokens, probs = sample_tokens(logits, sampling, generator)
+                # 2. choose which to reveal, leaving as many masked as this block's remaining steps need
+                keep = (hi - lo) * (k - 1) // budget
+                reveal = choose(strategy, eligible, tokens, probs, keep, threshold, picked)
+                # 3. reveal them
+                proposal = torch.full_like(x, mask_id)
+                proposal[predict] = tokens
+                x = torch.where(reveal, proposal, x)
+                masked &= ~reveal
+                denoiser.revealed(reveal)
+            step += 1
+            if on_step:
+                on_step(x, step)
+    return x, denoiser.forwards
 
-    def edge(mass, above):  # the highest bin at or above which the mass reaches top_p; the mass above it
-        at_or_above = mass.flip(1).cumsum(1).flip(1) + above
-        b = ((at_or_above >= top_p).sum(1, keepdim=True) - 1).clamp(min=0)
-        return b, (at_or_above - mass).gather(1, b)
 
-    high = (bits >> 20).long()  # sign (always 0), exponent and the top 3 mantissa bits
-    b, above = edge(torch.zeros(len(probs), 1 << 11, dtype=torch.float64, device=probs.device).scatter_add_(1, high, mass_of), 0)
-    threshold = b << 20
-    row, col = (high == b).nonzero(as_tuple=True)  # only the tokens in the edge bin are refined
-    low, mass_of = bits[row, col].long(), mass_of[row, col]
-    for shift in (10, 0):
-        key = (low >> shift) & 1023
-        mass = torch.zeros(len(probs) * 1024, dtype=torch.float64, device=probs.device).scatter_add_(0, row * 1024 + key, mass_of)
-        b, above = edge(mass.view(len(probs), 1024), above)
-        threshold |= b << shift
-        inside = key == b[row, 0]
-        row, low, mass_of = row[inside], low[inside], mass_of[inside]
-    return bits >= threshold.int()
+def block_schedule(start, length, block_length, steps):
+    """Semi-autoregressive blocks (lo, hi, steps) of the generated span; one block when block_length is 0."""
+    block = block_length or length
+    blocks = [(lo, min(lo + block, start + length)) for lo in range(start, start + length, block)]
+    if steps < len(blocks):
+        raise ValueError(f"{steps} steps cannot decode {len(blocks)} blocks")
+    return [(lo, hi, steps // len(blocks) + (i < steps % len(blocks))) for i, (lo, hi) in enumerate(blocks)]
 
 
-def scores_for(strategy, probs, tokens):
-    """Higher = reveal first."""
-    if strategy == "margin":
-        top2 = probs.topk(2, dim=-1).values
-        return top2[:, 0] - top2[:, 1]
-    if strategy == "entropy":
-        return (probs * probs.clamp_min(1e-30).log()).sum(-1)  # negative entropy
-    return probs.gather(-1, tokens[:, None]).squeeze(-1)
+class Denoiser:
+    """The model's logits at the positions asked for, as cheaply as is exact (or, with cache=True, approximately).
+
+    Exact: a step in which nothing was revealed since the last forward pass reuses that pass (the
+    model has no time input, so its output would repeat).
+    cache (approximate): keys and values of every position are computed at the start of each block
+    (of the whole generation without blocks); later passes recompute only the block's masked
+    positions, the tokens revealed since the previous pass and the positions whose logits are needed,
+    and read every other position from the cache: prompt, suffix, other blocks (as Fast-dLLM's dual
+    cache) and tokens decoded earlier (as dKV-Cache).
+    """
+
+    def __init__(self, model, shape, mask_id, vocab, shift, cache):
+        self.model, self.mask_id, self.vocab, self.shift = model, mask_id, vocab, shift
+        self.kv = model.make_cache(*shape) if cache else None
+        self.logits, self.fresh, self.forwards = None, True, 0
+        self.stale = torch.zeros(shape, dtype=torch.bool, device=model.tok_emb.weight.device)  # revealed since the pass
+
+    def new_block(self):
+        self.fresh = True
+
+    def __call__(self, x, predict, eligible):
+        if self.logits is None:
+            where = F.pad(predict[:, 1:], (0, 1)) if self.shift else predict  # shift: the logit at i predicts i+1
+            if self.kv is None or self.fresh:
+                out = self.model(x, attn="full", where=where, cache=self.kv)
+            else:
+                cols = (eligible | self.stale | where).any(0).nonzero().squeeze(1)
+                out = self.model(x[:, cols], attn="full", where=where[:, cols], cache=self.kv, start=cols)
+            self.logits, self.fresh, self.forwards = (
+                valid_logits(out, self.mask_id, self.vocab),
+                False,
+                self.forwards + 1,
+            )
+            self.stale = torch.zeros_like(self.stale)
+        return self.logits
+
+    def revealed(self, reveal):
+        self.stale |= reveal
+        if reveal.any():
+            self.logits = None
 
 
 def valid_logits(logits, mask_id, vocab):
@@ -105,8 +183,8 @@ def valid_logits(logits, mask_id, vocab):
 
 
 def choose(strategy, eligible, tokens, probs, keep, threshold, picked):
-    """Which eligible positions to reveal, given the proposed tokens (one row per eligible position)
-    and the distributions they were drawn from; keep tokens stay masked after this step.
+    """Which eligible positions to reveal, given the proposed tokens (one row per predicted position)
+    and the distributions they were drawn from; `keep` tokens stay masked after this step.
     picked: the random order's draw, made before the forward pass."""
     score = torch.full(eligible.shape, float("-inf"), device=eligible.device)
     if strategy != "random" or threshold is not None:
@@ -125,82 +203,99 @@ def choose(strategy, eligible, tokens, probs, keep, threshold, picked):
     return reveal
 
 
-@torch.no_grad()
-def generate(model, prefix, length, *, mask_id, suffix=(), steps=None, strategy="random", temperature=1.0, top_k=0,
-             top_p=1.0, greedy=False, threshold=None, block_length=0, num_samples=1, seed=0, shift=True, vocab=None,
-             cache=False, on_step=None):
-    """Diffusion decoding -> (tokens (num_samples, len(prefix) + length + len(suffix)), forward passes).
+def scores_for(strategy, probs, tokens):
+    """Higher = reveal first."""
+    if strategy == "margin":
+        top2 = probs.topk(2, dim=-1).values
+        return top2[:, 0] - top2[:, 1]
+    if strategy == "entropy":
+        return (probs * probs.clamp_min(1e-30).log()).sum(-1)  # negative entropy
+    return probs.gather(-1, tokens[:, None]).squeeze(-1)
 
-    prefix: token ids starting with BOS; suffix: ids kept after the generated part (infilling).
-    cache: approximate. Keys and values of every position are computed at the start of each block
-        (of the whole generation without blocks); later steps recompute only the block's masked
-        positions, the tokens revealed since the previous pass and the positions whose logits are
-        needed, and read every other position from the cache: prompt, suffix, other blocks (as
-        Fast-dLLM's dual cache) and tokens decoded earlier (as dKV-Cache).
-    on_step(tokens, step): called after every step (the --show display).
+
+# ---------------------------------------------------------------------------------------------
+# Drawing tokens
+
+
+def sample_tokens(logits, sampling=Sampling(), generator=None):
+    """logits (N, V) -> (tokens (N,), probabilities (N, V) they were drawn from)."""
+    if sampling.greedy:
+        probs = logits.softmax(-1)
+        return probs.argmax(-1), probs
+    if sampling.temperature != 1.0:
+        logits = logits / sampling.temperature
+    if sampling.top_k and sampling.top_k < logits.shape[-1]:
+        kth = logits.topk(sampling.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1)
+    if sampling.top_p < 1.0:
+        probs = probs * nucleus(probs, sampling.top_p)
+        probs /= probs.sum(-1, keepdim=True)
+    # inverse-CDF sampling: exact, and much cheaper than torch.multinomial over a 50k vocabulary
+    cdf = probs.cumsum(-1)
+    u = torch.rand(len(probs), 1, generator=generator, device=probs.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1), probs
+
+
+def nucleus_by_sorting(probs, top_p):
+    """Boolean (N, V): the most probable tokens whose mass first reaches top_p, plus every token tied
+    with the least probable of them. The textbook version, and nucleus()'s reference in the tests."""
+    sorted_probs, order = probs.double().sort(-1, descending=True)
+    prefix = sorted_probs.cumsum(-1) - sorted_probs < top_p  # the mass before a token is not yet top_p
+    inside = torch.zeros_like(prefix).scatter_(-1, order, prefix)
+    least = torch.where(inside, probs, 2).min(-1, keepdim=True).values
+    return inside | (probs >= least)
+
+
+def nucleus(probs, top_p):
+    """nucleus_by_sorting(probs, top_p), exact and without sorting: sorting 50k probabilities per
+    position dominated decoding on CPU.
+
+    Non-negative float32 values order as their bit patterns, so the edge value is found 11, 10 and
+    10 bits at a time from histograms of the mass under each bit prefix (a radix select, sums in float64).
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}")
-    device = model.tok_emb.weight.device
-    P, N, steps = len(prefix), length, steps or length
-    x = torch.tensor([list(prefix) + [mask_id] * N + list(suffix)], device=device).repeat(num_samples, 1)
-    masked = torch.zeros_like(x, dtype=torch.bool)
-    masked[:, P : P + N] = True
-    block = block_length or N
-    blocks = [(lo, min(lo + block, P + N)) for lo in range(P, P + N, block)]
-    if steps < len(blocks):
-        raise ValueError(f"{steps} steps cannot decode {len(blocks)} blocks")
-    budgets = [steps // len(blocks) + (i < steps % len(blocks)) for i in range(len(blocks))]
-    generator = torch.Generator(device=device).manual_seed(seed)
-    kv = model.make_cache(num_samples, x.shape[1]) if cache else None
-    # Without a threshold the random order ignores the model's output: predict only the picked tokens.
-    choose_first = strategy == "random" and threshold is None
-    forwards, logits, step_count, stale = 0, None, 0, torch.zeros_like(masked)
-    for (lo, hi), budget in zip(blocks, budgets):
-        in_block = torch.zeros_like(masked)
-        in_block[:, lo:hi] = True
-        fresh = True  # the cache is refreshed at every block's first step
-        for k in range(budget, 0, -1):  # k steps left in this block
-            eligible = masked & in_block
-            if not eligible.any():
-                break
-            picked = None
-            if strategy == "random":  # each masked token with probability 1/k, whatever the model says
-                picked = eligible & (torch.rand(x.shape, generator=generator, device=device) < 1 / k)
-            if choose_first:
-                predict, logits = picked, None
-            else:
-                predict = eligible
-            if predict.any():
-                if logits is None:  # (otherwise nothing was revealed since the last forward pass: reuse it)
-                    where = torch.nn.functional.pad(predict[:, 1:], (0, 1)) if shift else predict
-                    if kv is None or fresh:
-                        out = model(x, attn="full", where=where, cache=kv)
-                    else:  # recompute only the masked positions of this block, those revealed since the last
-                        # pass (cached as masks) and those whose logits are asked for; the rest comes from the cache
-                        cols = (eligible | stale | where).any(0).nonzero().squeeze(1)
-                        out = model(x[:, cols], attn="full", where=where[:, cols], cache=kv, start=cols)
-                    logits, fresh, stale = valid_logits(out, mask_id, vocab), False, torch.zeros_like(masked)
-                    forwards += 1
-                tokens, probs = sample_tokens(logits, temperature, top_k, top_p, greedy, generator)
-                reveal = picked if choose_first else choose(strategy, eligible, tokens, probs, (hi - lo) * (k - 1) // budget,
-                                                            threshold, picked)
-                proposal = torch.full_like(x, mask_id)
-                proposal[predict] = tokens
-                x = torch.where(reveal, proposal, x)
-                masked &= ~reveal
-                stale |= reveal
-                if reveal.any():
-                    logits = None
-            step_count += 1
-            if on_step:
-                on_step(x, step_count)
-    return x, forwards
+    probs = probs.float()
+    bits, mass_of = probs.view(torch.int32), probs.double()
+
+    def edge(mass, above):  # the highest bin at or above which the mass reaches top_p; the mass above it
+        at_or_above = mass.flip(1).cumsum(1).flip(1) + above
+        b = ((at_or_above >= top_p).sum(1, keepdim=True) - 1).clamp(min=0)
+        return b, (at_or_above - mass).gather(1, b)
+
+    high = (bits >> 20).long()  # sign (always 0), exponent and the top 3 mantissa bits
+    histogram = torch.zeros(len(probs), 1 << 11, dtype=torch.float64, device=probs.device)
+    b, above = edge(histogram.scatter_add_(1, high, mass_of), 0)
+    threshold = b << 20
+    row, col = (high == b).nonzero(as_tuple=True)  # only the tokens in the edge bin are refined
+    low, mass_of = bits[row, col].long(), mass_of[row, col]
+    for shift in (10, 0):
+        key = (low >> shift) & 1023
+        histogram = torch.zeros(len(probs) * 1024, dtype=torch.float64, device=probs.device)
+        b, above = edge(histogram.scatter_add_(0, row * 1024 + key, mass_of).view(len(probs), 1024), above)
+        threshold |= b << shift
+        inside = key == b[row, 0]
+        row, low, mass_of = row[inside], low[inside], mass_of[inside]
+    return bits >= threshold.int()
+
+
+# ---------------------------------------------------------------------------------------------
+# AR decoding, and decoding as a checkpoint was trained
 
 
 @torch.no_grad()
-def generate_ar(model, prefix, length, *, mask_id, eos_id=None, temperature=1.0, top_k=0, top_p=1.0, greedy=False,
-                num_samples=1, seed=0, vocab=None, use_cache=True):
+def generate_ar(
+    model,
+    prefix,
+    length,
+    *,
+    mask_id,
+    eos_id=None,
+    sampling=Sampling(),
+    num_samples=1,
+    seed=0,
+    vocab=None,
+    use_cache=True,
+):
     """Autoregressive sampling with a KV cache -> (tokens (num_samples, len(prefix) + generated), forward passes)."""
     device = model.tok_emb.weight.device
     x = torch.tensor([list(prefix)], device=device).repeat(num_samples, 1)
@@ -208,10 +303,10 @@ def generate_ar(model, prefix, length, *, mask_id, eos_id=None, temperature=1.0,
     generator = torch.Generator(device=device).manual_seed(seed)
     last = torch.zeros_like(x, dtype=torch.bool)
     last[:, -1] = True
-    logits = model(x, attn="causal", where=last, cache=cache)
+    logits = model(x, attn="causal", where=last, cache=cache)  # prefill
     done = torch.zeros(num_samples, dtype=torch.bool, device=device)
     for i in range(length):
-        token, _ = sample_tokens(valid_logits(logits, mask_id, vocab), temperature, top_k, top_p, greedy, generator)
+        token, _ = sample_tokens(valid_logits(logits, mask_id, vocab), sampling, generator)
         x = torch.cat([x, token[:, None]], dim=1)
         done |= token == eos_id
         if done.all() or i == length - 1:
@@ -221,6 +316,17 @@ def generate_ar(model, prefix, length, *, mask_id, eos_id=None, temperature=1.0,
         else:
             logits = model(x, attn="causal")[:, -1]
     return x, length
+
+
+def decode(
+    model, meta, prefix, length, *, vocab, suffix=(), sampling=Sampling(), num_samples=1, seed=0, **diffusion_options
+):
+    """Decode as the checkpoint was trained: AR sampling for an AR checkpoint (which cannot see a
+    suffix: it continues the prefix), else diffusion decoding with the checkpoint's shift."""
+    common = dict(mask_id=meta["mask_token_id"], sampling=sampling, num_samples=num_samples, seed=seed, vocab=vocab)
+    if meta["objective"] == "ar":
+        return generate_ar(model, prefix, length, **common)
+    return generate(model, prefix, length, suffix=suffix, shift=meta.get("shift", True), **common, **diffusion_options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,14 +365,20 @@ class Show:
         sys.stderr.flush()
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     a = p.add_argument
+    # what to generate
     a("--ckpt", required=True, type=Path, help="checkpoint directory")
     a("--prompt", default="", help="text before the generated part")
     a("--prompt-file", type=Path, help="read the prompt from a file")
     a("--suffix", default="", help="text after the generated part (infilling)")
     a("--length", type=int, default=128, help="tokens to generate")
+    a("--num-samples", type=int, default=1)
+    a("--seed", type=int, default=0)
+    # how
     a("--steps", type=int, default=0, help="denoising steps T (default: --length)")
     a("--strategy", choices=STRATEGIES, default="random")
     a("--temperature", type=float, default=1.0)
@@ -275,16 +387,19 @@ def main(argv=None):
     a("--greedy", action="store_true", help="always the most probable token")
     a("--threshold", type=float, help="also reveal every token with probability above this (0, 1]")
     a("--block-length", type=int, default=0, help="semi-autoregressive blocks of this many tokens")
-    a("--num-samples", type=int, default=1)
-    a("--seed", type=int, default=0)
-    a("--show", action="store_true", help="draw the denoising as it happens (standard error)")
-    a("--cache", action="store_true", help="approximate: reuse the keys/values of positions that are neither masked "
-                                           "nor just revealed (Fast-dLLM, dKV-Cache)")
+    a(
+        "--cache",
+        action="store_true",
+        help="approximate: reuse the keys/values of positions that are neither masked "
+        "nor just revealed (Fast-dLLM, dKV-Cache)",
+    )
     a("--ar", action="store_true", help="plain autoregressive sampling with a KV cache")
+    # output and system
+    a("--show", action="store_true", help="draw the denoising as it happens (standard error)")
     a("--device", default="cpu")
     args = p.parse_args(argv)
-    steps = args.steps or args.length
-    if args.length < 1 or steps < 1 or args.num_samples < 1:
+    args.steps = args.steps or args.length
+    if args.length < 1 or args.steps < 1 or args.num_samples < 1:
         raise UserError("--length, --steps and --num-samples must be at least 1")
     if args.threshold is not None and not 0 < args.threshold <= 1:
         raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
@@ -299,38 +414,65 @@ def main(argv=None):
             args.prompt = args.prompt_file.read_text()
         except OSError as e:
             raise UserError(f"cannot read --prompt-file: {e}") from None
+    return args
 
+
+def main(argv=None):
+    args = parse_args(argv)
     model, meta = load_checkpoint(args.ckpt, device=args.device)
     tok = load_tokenizer(args.ckpt, meta)
-    prefix = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(args.prompt)
-    suffix = tok.encode(args.suffix)
+    prefix, suffix = tok.encode(args.prompt, bos=True), tok.encode(args.suffix)
     total = len(prefix) + args.length + len(suffix)
     if total > model.cfg.block_size:
-        raise UserError(f"prompt ({len(prefix)}) + length ({args.length}) + suffix ({len(suffix)}) = {total} tokens "
-                        f"exceeds the model's context of {model.cfg.block_size}")
+        raise UserError(
+            f"prompt ({len(prefix)}) + length ({args.length}) + suffix ({len(suffix)}) = {total} tokens "
+            f"exceeds the model's context of {model.cfg.block_size}"
+        )
     blocks = -(-args.length // args.block_length) if args.block_length else 1
-    if not args.ar and steps < blocks:
-        raise UserError(f"--steps {steps} is fewer than the {blocks} blocks of --block-length {args.block_length}")
+    if not args.ar and args.steps < blocks:
+        raise UserError(f"--steps {args.steps} is fewer than the {blocks} blocks of --block-length {args.block_length}")
     if args.ar != (meta["objective"] == "ar"):
-        print(f"note: {args.ckpt} was trained with the {meta['objective']} objective, decoding "
-              f"{'autoregressively' if args.ar else 'by diffusion'}", file=sys.stderr)
+        print(
+            f"note: {args.ckpt} was trained with the {meta['objective']} objective, decoding "
+            f"{'autoregressively' if args.ar else 'by diffusion'}",
+            file=sys.stderr,
+        )
 
-    common = dict(mask_id=meta["mask_token_id"], temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                  greedy=args.greedy, num_samples=args.num_samples, seed=args.seed, vocab=tok.n_vocab)
+    sampling = Sampling(args.temperature, args.top_k, args.top_p, args.greedy)
+    common = dict(
+        mask_id=meta["mask_token_id"],
+        sampling=sampling,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        vocab=tok.n_vocab,
+    )
     t0 = time.perf_counter()
     if args.ar:
         x, forwards = generate_ar(model, prefix, args.length, eos_id=tok.eos_id, **common)
     else:
-        x, forwards = generate(model, prefix, args.length, suffix=suffix, steps=steps, strategy=args.strategy,
-                               threshold=args.threshold, block_length=args.block_length, shift=meta.get("shift", True),
-                               cache=args.cache, on_step=Show(tok, steps) if args.show else None, **common)
+        x, forwards = generate(
+            model,
+            prefix,
+            args.length,
+            suffix=suffix,
+            steps=args.steps,
+            strategy=args.strategy,
+            threshold=args.threshold,
+            block_length=args.block_length,
+            shift=meta.get("shift", True),
+            cache=args.cache,
+            on_step=Show(tok, args.steps) if args.show else None,
+            **common,
+        )
     elapsed = time.perf_counter() - t0
     end = x.shape[1] - len(suffix)
     texts = [render(tok, row, len(prefix), end, tok.eos_id) for row in x]
     print(("\n\n" + "-" * 40 + "\n\n").join(texts))
     generated = args.num_samples * (end - len(prefix))
-    print(f"{generated} tokens in {elapsed:.2f} s ({generated / elapsed:,.1f} tokens/s), {forwards} forward passes",
-          file=sys.stderr)
+    print(
+        f"{generated} tokens in {elapsed:.2f} s ({generated / elapsed:,.1f} tokens/s), {forwards} forward passes",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from model import UserError, read_meta
+from checkpoint import read_meta
+from model import UserError
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_FILES = ["encoder.json", "vocab.bpe"]
@@ -46,7 +47,9 @@ class Tokenizer:
             # GPT-2's token ids are its merge ranks, which is what tiktoken needs.
             ranks = {bytes(byte_of[c] for c in token): i for token, i in encoder.items()}
             specials = {"<|endoftext|>": eot} if eot is not None else {}
-            self.enc = tiktoken.Encoding("gpt2-local", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+            self.enc = tiktoken.Encoding(
+                "gpt2-local", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=specials
+            )
             self.n_vocab = self.enc.n_vocab
         elif self.kind == "sentencepiece":
             import sentencepiece
@@ -77,12 +80,12 @@ class Tokenizer:
                 ids.append(i)
         return ids
 
-    def encode(self, text):
-        """Text -> token ids, without BOS/EOS and never containing the mask token."""
+    def encode(self, text, bos=False):
+        """Text -> token ids, never containing the mask token; with bos=True [BOS] first (if there is one)."""
         ids = self.enc.encode_ordinary(text) if self.kind == "gpt2-bpe" else self.sp.encode(text)
         if self.mask_spelling is not None and self.mask_id in ids:
             ids = [j for i in ids for j in (self.mask_spelling if i == self.mask_id else [i])]
-        return ids
+        return ([self.bos_id] if bos and self.bos_id is not None else []) + ids
 
     def encode_document(self, text):
         """A document as stored for training: [BOS] tokens [EOS], or tokens [EOS] where BOS is EOS (GPT-2)."""

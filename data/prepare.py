@@ -23,7 +23,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -31,86 +30,32 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model import UserError, atomic_dir, read_meta  # noqa: E402
+from checkpoint import atomic_dir, read_meta  # noqa: E402
+from corpus import pairs, texts  # noqa: E402
+from download import download_url  # noqa: E402
+from model import UserError  # noqa: E402
 from tokenizer import fingerprint, load_tokenizer  # noqa: E402
-
-SUFFIXES = (".txt", ".jsonl", ".json")
 
 # Public sources of the paper's corpora (and two small ones). Each is downloaded into the cache
 # when online; --source PATH points at a local copy instead.
 RECIPES = {
-    "tinystories": {"url": "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-valid.txt",
-                    "split": "<|endoftext|>"},
+    "tinystories": {
+        "url": "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-valid.txt",
+        "split": "<|endoftext|>",
+    },
     "shakespeare": {"url": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"},
-    "fineweb": {"url": "https://huggingface.co/datasets/HuggingFaceFW/fineweb/resolve/main/sample/10BT/000_00000.parquet"},
-    "slimpajama": {"url": "https://huggingface.co/datasets/cerebras/SlimPajama-627B/resolve/main/train/chunk1/example_train_0.jsonl.zst"},
-    "starcoder": {"url": "https://huggingface.co/datasets/bigcode/starcoderdata/resolve/main/python/train-00000-of-00059.parquet",
-                  "field": "content"},
+    "fineweb": {
+        "url": "https://huggingface.co/datasets/HuggingFaceFW/fineweb/resolve/main/sample/10BT/000_00000.parquet"
+    },
+    "slimpajama": {
+        "url": "https://huggingface.co/datasets/cerebras/SlimPajama-627B/resolve/main/train/chunk1/example_train_0.jsonl.zst"
+    },
+    "starcoder": {
+        "url": "https://huggingface.co/datasets/bigcode/starcoderdata/resolve/main/python/train-00000-of-00059.parquet",
+        "field": "content",
+    },
     "diffullama": {"mix": {"slimpajama": 0.7, "starcoder": 0.3}},  # DiffuLLaMA's corpus: text and code at 7:3
 }
-
-
-def read_text(path):
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (undecodable byte at offset {e.start})") from None
-
-
-def records(path, field="text", split=None):
-    """Yield the records (dicts for JSON, {"text": ...} for text) of a file or a folder of files."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES + (".parquet", ".zst")))
-        if not files:
-            raise UserError(f"{path} holds no {', '.join(SUFFIXES)} files")
-        for f in files:
-            yield from records(f, field, split)
-    elif not path.is_file():
-        raise UserError(f"input {path} does not exist")
-    elif path.name.endswith(".parquet"):  # the hub's datasets (FineWeb, StarCoder); pyarrow only when needed
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(path).iter_batches(columns=[field], batch_size=1024):
-            yield from ({"text": t} for t in batch.column(0).to_pylist())
-    elif path.name.endswith(".zst"):  # SlimPajama ships zstd-compressed jsonl
-        import io
-
-        import zstandard
-
-        with open(path, "rb") as f:
-            for line in io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(f), encoding="utf-8"):
-                yield json.loads(line)
-    elif path.suffix == ".txt":
-        text = read_text(path)  # a recipe's own separator, else blank lines
-        pattern = re.escape(split) if split and split in text else r"\n\s*\n"
-        for doc in re.split(pattern, text):
-            if doc.strip():
-                yield {"text": doc.strip()}
-    elif path.suffix == ".jsonl":
-        for n, line in enumerate(read_text(path).splitlines(), 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except ValueError:
-                    raise UserError(f"{path}:{n} is not valid JSON") from None
-    elif path.suffix == ".json":
-        try:
-            data = json.loads(read_text(path))
-        except ValueError as e:
-            raise UserError(f"{path} is not valid JSON: {e}") from None
-        yield from data if isinstance(data, list) else [data]
-    else:
-        raise UserError(f"{path}: unsupported file type (expected {', '.join(SUFFIXES)} or a folder)")
-
-
-def texts(inputs, field="text", split=None):
-    for path in inputs:
-        for n, rec in enumerate(records(path, field, split)):
-            text = rec.get(field) if isinstance(rec, dict) else None
-            if not isinstance(text, str):
-                raise UserError(f"{path}: record {n} has no {field!r} string field")
-            yield text
 
 
 def mixed(streams, weights):
@@ -135,17 +80,6 @@ def recipe_texts(name, sources):
     return texts([path], recipe.get("field", "text"), recipe.get("split"))
 
 
-def pairs(inputs):
-    for path in inputs:
-        for n, rec in enumerate(records(path)):
-            for p, r in (("prompt", "response"), ("instruction", "output"), ("src", "trg")):
-                if isinstance(rec, dict) and isinstance(rec.get(p), str) and isinstance(rec.get(r), str):
-                    yield rec[p], rec[r]
-                    break
-            else:
-                raise UserError(f"{path}: record {n} has no prompt/response (or instruction/output, src/trg) fields")
-
-
 _tok = None
 
 
@@ -160,8 +94,7 @@ def _encode_document(text):
 
 def _encode_pair(pair):
     prompt, response = pair
-    head = [_tok.bos_id] if _tok.bos_id is not None else []
-    src = head + _tok.encode(prompt)
+    src = _tok.encode(prompt, bos=True)
     return np.array(src + _tok.encode(response) + [_tok.eos_id], dtype=np.int64), len(src)
 
 
@@ -176,7 +109,9 @@ def encoded(items, fn, ckpt, workers):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("inputs", nargs="*", type=Path, help=".txt / .jsonl / .json files or folders")
     p.add_argument("--tokenizer", required=True, type=Path, help="a checkpoint directory (its tokenizer is used)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
@@ -185,8 +120,12 @@ def main(argv=None):
     p.add_argument("--sft", action="store_true", help="prompt/response pairs with a source mask")
     p.add_argument("--block-size", type=int, default=512, help="row length for --sft")
     p.add_argument("--recipe", choices=sorted(RECIPES), help="a public corpus, downloaded unless --source is given")
-    p.add_argument("--source", action="append", default=[],
-                   help="local copy of the recipe's corpus: PATH, or NAME=PATH for each part of a mix")
+    p.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        help="local copy of the recipe's corpus: PATH, or NAME=PATH for each part of a mix",
+    )
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     args = p.parse_args(argv)
     if not 0 < args.val_fraction < 1:
@@ -213,9 +152,17 @@ def main(argv=None):
         files = {s: open(tmp / f"{s}.bin", "wb") for s in counts}
         src_files = {s: open(tmp / f"{s}_src.bin", "wb") for s in counts} if args.sft else {}
         skipped = 0
-        items = pairs(args.inputs) if args.sft else recipe_texts(args.recipe, sources) if args.recipe else texts(args.inputs)
+        items = (
+            pairs(args.inputs)
+            if args.sft
+            else recipe_texts(args.recipe, sources)
+            if args.recipe
+            else texts(args.inputs)
+        )
         fn = _encode_pair if args.sft else _encode_document
-        for i, item in enumerate(tqdm(encoded(items, fn, args.tokenizer, args.workers), desc="tokenizing", unit="doc", file=sys.stderr)):
+        for i, item in enumerate(
+            tqdm(encoded(items, fn, args.tokenizer, args.workers), desc="tokenizing", unit="doc", file=sys.stderr)
+        ):
             split_name = "val" if i % every == 0 else "train"
             ids = item
             if args.sft:
@@ -234,7 +181,9 @@ def main(argv=None):
             f.close()
         for s in ("train", "val"):
             if counts[s][1] == 0:
-                raise UserError(f"no {s} data: the input is empty or too small (got {sum(c[0] for c in counts.values())} documents)")
+                raise UserError(
+                    f"no {s} data: the input is empty or too small (got {sum(c[0] for c in counts.values())} documents)"
+                )
         if skipped:
             print(f"skipped {skipped} pairs longer than --block-size {args.block_size}", file=sys.stderr)
         info = {
@@ -253,16 +202,10 @@ def main(argv=None):
         if args.sft:
             info["block_size"] = args.block_size
         (tmp / "meta.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(f"wrote {args.out}: {info['train_tokens']:,} train and {info['val_tokens']:,} val tokens ({info['dtype']})", file=sys.stderr)
-
-
-def download_url(url):
-    """Fetch url into the cache once (resumable), and return the local path."""
-    from convert import cache_dir, download_file
-
-    target = cache_dir() / "data" / url.rsplit("/", 1)[-1]
-    download_file(url, target, token=os.environ.get("HF_TOKEN") if "huggingface.co" in url else None)
-    return target
+    print(
+        f"wrote {args.out}: {info['train_tokens']:,} train and {info['val_tokens']:,} val tokens ({info['dtype']})",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,13 @@ def test_bench_tiny_suite(tmp_path):
     assert "ours/official" in proc.stdout and "/official" in proc.stdout and "matmul peak" in proc.stdout
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     train = {(r["engine"], r["mode"]) for r in rows if r["bench"] == "train"}
-    assert train == {("ours", "anneal"), ("ours", "full"), ("ours", "ar"), ("official-style", "anneal"), ("official-style", "full")}
+    assert train == {
+        ("ours", "anneal"),
+        ("ours", "full"),
+        ("ours", "ar"),
+        ("official-style", "anneal"),
+        ("official-style", "full"),
+    }
     engines = {r["engine"] for r in rows if r["bench"] == "decode"}
     assert "official-style loop" in engines and "ours AR with KV cache" in engines and len(engines) == 8
     assert all(r["tokens_per_s"] > 0 for r in rows)
@@ -26,8 +32,15 @@ def test_bench_tiny_suite(tmp_path):
 def test_official_engine_computes_our_function(arch):
     """The official-style side of every ratio runs transformers with our weights: the same logits."""
     torch.manual_seed(0)
-    cfg = ModelConfig(arch=arch, vocab_size=100, block_size=32, n_layer=2, n_head=4, n_embd=32,
-                      **(dict(n_kv_head=2, tie_embeddings=False, rope_theta=500.0) if arch == "llama" else {}))
+    cfg = ModelConfig(
+        arch=arch,
+        vocab_size=100,
+        block_size=32,
+        n_layer=2,
+        n_head=4,
+        n_embd=32,
+        **(dict(n_kv_head=2, tie_embeddings=False, rope_theta=500.0) if arch == "llama" else {}),
+    )
     model = Transformer(cfg).eval()
     with torch.no_grad():
         for name, w in model.named_parameters():
@@ -47,8 +60,21 @@ def test_bench_quality_of_the_approximate_options(stories_ckpt, tmp_path):
     shutil.copytree(stories_ckpt, diffusion)
     meta = json.loads((diffusion / "config.json").read_text())
     (diffusion / "config.json").write_text(json.dumps({**meta, "objective": "diffusion"}))
-    proc = run("bench.py", "--suite", "tiny", "--skip", "train,decode", "--quality-ckpt", diffusion, "--judge", stories_ckpt,
-               "--quality-samples", "16", "--json", tmp_path / "rows.json")
+    proc = run(
+        "bench.py",
+        "--suite",
+        "tiny",
+        "--skip",
+        "train,decode",
+        "--quality-ckpt",
+        diffusion,
+        "--judge",
+        stories_ckpt,
+        "--quality-samples",
+        "16",
+        "--json",
+        tmp_path / "rows.json",
+    )
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == list(QUALITY_VARIANTS)
     assert all(r["gen_ppl"] > 1 and 0 < r["passes_per_batch"] <= 64 for r in rows)

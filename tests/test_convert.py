@@ -9,8 +9,8 @@ import threading
 import pytest
 import torch
 
+from checkpoint import load_checkpoint
 from conftest import STORIES_BIN, STORIES_TOK, STORY_START, assert_user_error, hf_tokenizer_files, run
-from model import load_checkpoint
 from tokenizer import load_tokenizer
 
 
@@ -29,10 +29,18 @@ def tiny_llama(directory, **save_kwargs):
     import transformers
 
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=32000, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   tie_word_embeddings=False, rms_norm_eps=1e-5,
-                                   rope_parameters={"rope_type": "default", "rope_theta": 50000.0})
+    cfg = transformers.LlamaConfig(
+        vocab_size=32000,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 50000.0},
+    )
     model = transformers.LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # random init leaves norms at 1: perturb them so they are really tested
         for name, p in model.named_parameters():
@@ -100,7 +108,9 @@ def test_diffugpt_layout_and_reused_mask(tmp_path):
     ref = tiny_gpt2(tmp_path / "hf")
     state = load_file(tmp_path / "hf" / "model.safetensors")
     wrapped = {"embed_tokens.weight": state["transformer.wte.weight"].clone()}
-    wrapped |= {"denoise_model." + k.removeprefix("transformer."): v for k, v in state.items() if k != "transformer.wte.weight"}
+    wrapped |= {
+        "denoise_model." + k.removeprefix("transformer."): v for k, v in state.items() if k != "transformer.wte.weight"
+    }
     wrapped["lm_head.weight"] = state["transformer.wte.weight"].clone()
     (tmp_path / "hf" / "model.safetensors").unlink()
     save_file(wrapped, tmp_path / "hf" / "model.safetensors")
@@ -215,7 +225,9 @@ def test_bad_inputs_fail_cleanly(tmp_path):
         (d / "config.json").write_text(json.dumps(cfg))
 
     assert_user_error(run("convert.py", variant("shape", wrong_shape), out, check=False), "shape")
-    assert_user_error(run("convert.py", tmp_path / "hf", out, "--mask-token", "60000", check=False), "outside the vocabulary")
+    assert_user_error(
+        run("convert.py", tmp_path / "hf", out, "--mask-token", "60000", check=False), "outside the vocabulary"
+    )
     assert_user_error(run("convert.py", tmp_path / "hf", out, "--mask-token", "x", check=False), "--mask-token")
     truncated_bin = tmp_path / "s.bin"
     truncated_bin.write_bytes(STORIES_BIN.read_bytes()[:5000])

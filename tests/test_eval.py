@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
+from checkpoint import load_checkpoint
 from conftest import ASSETS, assert_user_error, run
-from eval import distinct_n, elbo, noise_levels, rouge, task_choice, task_lambada
-from model import load_checkpoint
+from eval import distinct_n, elbo, rouge, task_choice, task_lambada
+from model import noise_levels
 from tokenizer import load_tokenizer
 
 
@@ -44,20 +45,30 @@ def test_lambada_stub_that_is_always_right_scores_one_counted_once(stories_ckpt,
     args = argparse.Namespace(data=tmp_path / "lambada.txt", limit=0, strategy="confidence")
     assert task_lambada(oracle, {**meta, "objective": "diffusion"}, tok, args) == {"accuracy": 1.0, "n": 3}
     wrong = {k: tok.encode(" dog") for k in answers}  # always the same wrong word
-    assert task_lambada(AnswerOracle(wrong, 513, meta["mask_token_id"]), {**meta, "objective": "diffusion"}, tok, args)["accuracy"] == 0.0
+    assert (
+        task_lambada(AnswerOracle(wrong, 513, meta["mask_token_id"]), {**meta, "objective": "diffusion"}, tok, args)[
+            "accuracy"
+        ]
+        == 0.0
+    )
 
 
 def test_choice_prefers_the_choice_the_model_predicts(stories_ckpt, tmp_path):
     model, meta = load_checkpoint(stories_ckpt)
     tok = load_tokenizer(stories_ckpt)
-    items = [{"context": "Lily went to the", "choices": ["park", "zebra moon"], "label": 0},
-             {"context": "Tom ate an", "choices": ["purple sky", "apple"], "label": 1}]
+    items = [
+        {"context": "Lily went to the", "choices": ["park", "zebra moon"], "label": 0},
+        {"context": "Tom ate an", "choices": ["purple sky", "apple"], "label": 1},
+    ]
     (tmp_path / "c.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
-    answers = {tuple([tok.bos_id] + tok.encode(i["context"])): tok.encode(" " + i["choices"][i["label"]]) for i in items}
+    answers = {
+        tuple([tok.bos_id] + tok.encode(i["context"])): tok.encode(" " + i["choices"][i["label"]]) for i in items
+    }
 
     args = argparse.Namespace(data=tmp_path / "c.jsonl", limit=0, mc=4, seed=0, device="cpu")
-    assert task_choice(AnswerOracle(answers, 513, meta["mask_token_id"]), {**meta, "objective": "diffusion"}, tok, args) == \
-        {"accuracy": 1.0, "n": 2}
+    assert task_choice(
+        AnswerOracle(answers, 513, meta["mask_token_id"]), {**meta, "objective": "diffusion"}, tok, args
+    ) == {"accuracy": 1.0, "n": 2}
 
 
 def test_rouge_known_values():
@@ -74,30 +85,42 @@ def test_distinct_n():
 
 
 def test_noise_levels():
-    assert noise_levels(4, True, 0) == pytest.approx([1e-3 + 0.999 * (j + 0.5) / 4 for j in range(4)])
-    mc = noise_levels(8, False, 1)
-    assert mc == noise_levels(8, False, 1) and all((j / 8) < (t - 1e-3) / 0.999 < (j + 1) / 8 for j, t in enumerate(mc))
+    assert noise_levels(4) == pytest.approx([1e-3 + 0.999 * (j + 0.5) / 4 for j in range(4)])
+    mc = noise_levels(8, seed=1)
+    assert mc == noise_levels(8, seed=1) and all((j / 8) < (t - 1e-3) / 0.999 < (j + 1) / 8 for j, t in enumerate(mc))
 
 
 def test_elbo_of_a_perfect_denoiser_is_zero_and_of_uniform_is_log_v():
     x = torch.tensor([[0, 3, 4, 5]])
     maskable = torch.tensor([[False, True, True, True]])
     perfect = AnswerOracle({}, 8, 7)
-    perfect.__class__ = type("P", (), {"__call__": lambda self, xt, attn, where: torch.nn.functional.one_hot(
-        torch.nn.functional.pad(x[:, 1:], (0, 1)), 8).float().mul(60)[where]})
-    assert elbo(perfect, x, maskable, 7, noise_levels(16, True, 0), 0) < 1e-6
+    perfect.__class__ = type(
+        "P",
+        (),
+        {
+            "__call__": lambda self, xt, attn, where: (
+                torch.nn.functional.one_hot(torch.nn.functional.pad(x[:, 1:], (0, 1)), 8).float().mul(60)[where]
+            )
+        },
+    )
+    assert elbo(perfect, x, maskable, 7, noise_levels(16), 0) < 1e-6
 
     def uniform(xt, attn, where):
         return torch.zeros(int(where.sum()), 8)
 
     # E_t[(1/t) · (number masked) · log V] = 3 log V exactly in expectation; a fine grid gets close
-    assert elbo(uniform, x, maskable, 7, noise_levels(2000, True, 0), 0) == pytest.approx(3 * math.log(8), rel=0.05)
+    assert elbo(uniform, x, maskable, 7, noise_levels(2000), 0) == pytest.approx(3 * math.log(8), rel=0.05)
 
 
 def test_cli_tasks_on_the_real_model(stories_ckpt, tmp_path):
     text = ASSETS / "text" / "tinystories_val.txt"
     ar = json.loads(run("eval.py", "--ckpt", stories_ckpt, "--task", "nll", "--data", text, "--limit", "3").stdout)
-    assert ar["task"] == "nll" and ar["bound"] is False and 1.0 < ar["nll"] < 3.0 and ar["ppl"] == pytest.approx(math.exp(ar["nll"]))
+    assert (
+        ar["task"] == "nll"
+        and ar["bound"] is False
+        and 1.0 < ar["nll"] < 3.0
+        and ar["ppl"] == pytest.approx(math.exp(ar["nll"]))
+    )
     # the same weights read as a diffusion model before any adaptation: a bound, and a poor one
     ckpt = tmp_path / "as_diffusion"
     import shutil
@@ -107,13 +130,41 @@ def test_cli_tasks_on_the_real_model(stories_ckpt, tmp_path):
     (ckpt / "config.json").write_text(json.dumps({**meta, "objective": "diffusion"}))
     d = json.loads(run("eval.py", "--ckpt", ckpt, "--task", "nll", "--data", text, "--limit", "3", "--mc", "4").stdout)
     assert d["bound"] is True and d["nll"] > ar["nll"] and d["tokens"] == ar["tokens"]
-    lam = json.loads(run("eval.py", "--ckpt", stories_ckpt, "--task", "lambada", "--data", ASSETS / "eval" / "lambada_test.txt",
-                         "--limit", "5").stdout)
+    lam = json.loads(
+        run(
+            "eval.py",
+            "--ckpt",
+            stories_ckpt,
+            "--task",
+            "lambada",
+            "--data",
+            ASSETS / "eval" / "lambada_test.txt",
+            "--limit",
+            "5",
+        ).stdout
+    )
     assert lam["n"] == 5 and 0 <= lam["accuracy"] <= 1
     inf = json.loads(run("eval.py", "--ckpt", ckpt, "--task", "infill", "--data", text, "--limit", "3").stdout)
     assert inf["n"] == 3 and 0 <= inf["rouge1"] <= 100
-    g = json.loads(run("eval.py", "--ckpt", ckpt, "--task", "genppl", "--judge", stories_ckpt, "--limit", "2",
-                       "--length", "16", "--steps", "4").stdout)
+    g = json.loads(
+        run(
+            "eval.py",
+            "--ckpt",
+            ckpt,
+            "--task",
+            "genppl",
+            "--judge",
+            stories_ckpt,
+            "--limit",
+            "2",
+            "--length",
+            "16",
+            "--steps",
+            "4",
+        ).stdout
+    )
     assert g["n"] == 2 and g["gen_ppl"] > 1 and 0 < g["distinct2"] <= 1
     assert_user_error(run("eval.py", "--ckpt", ckpt, "--task", "genppl", check=False), "--judge")
-    assert_user_error(run("eval.py", "--ckpt", ckpt, "--task", "nll", "--data", tmp_path / "none.txt", check=False), "does not exist")
+    assert_user_error(
+        run("eval.py", "--ckpt", ckpt, "--task", "nll", "--data", tmp_path / "none.txt", check=False), "does not exist"
+    )

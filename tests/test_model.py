@@ -5,12 +5,23 @@ import json
 import pytest
 import torch
 
-from model import ModelConfig, Transformer, UserError, load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
+from model import ModelConfig, Transformer, UserError
 
 CONFIGS = {
     "gpt2": ModelConfig(arch="gpt2", vocab_size=97, block_size=32, n_layer=2, n_head=4, n_embd=32),
-    "llama": ModelConfig(arch="llama", vocab_size=97, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
-                         ffn_dim=48, tie_embeddings=False, rope_theta=500.0),
+    "llama": ModelConfig(
+        arch="llama",
+        vocab_size=97,
+        block_size=32,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=2,
+        n_embd=32,
+        ffn_dim=48,
+        tie_embeddings=False,
+        rope_theta=500.0,
+    ),
 }
 
 
@@ -35,7 +46,9 @@ def test_boolean_masks_reproduce_causal_and_full(model):
     idx = torch.randint(0, 97, (2, 16))
     tril = torch.ones(16, 16, dtype=torch.bool).tril()
     torch.testing.assert_close(model(idx, attn=tril), model(idx, attn="causal"), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(model(idx, attn=torch.ones(16, 16, dtype=torch.bool)), model(idx, attn="full"), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        model(idx, attn=torch.ones(16, 16, dtype=torch.bool)), model(idx, attn="full"), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_logits_at_chosen_positions(model):
@@ -62,8 +75,13 @@ def test_flops_per_token_counts_matmuls():
 
 
 def test_checkpoint_round_trip_and_atomicity(tmp_path, model):
-    meta = {"objective": "ar", "mask_token_id": 96, "bos_token_id": 1, "eos_token_id": 2,
-            "tokenizer": {"type": "sentencepiece", "files": []}}
+    meta = {
+        "objective": "ar",
+        "mask_token_id": 96,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "tokenizer": {"type": "sentencepiece", "files": []},
+    }
     save_checkpoint(tmp_path / "ck", model, meta, tokenizer_from=tmp_path)
     loaded, meta2 = load_checkpoint(tmp_path / "ck")
     idx = torch.randint(0, 97, (1, 8))

@@ -23,11 +23,11 @@ from test_convert import tiny_gpt2, tiny_llama
 
 TINY = {
     "train.py": "--max-iters 2 --eval-interval 1 --eval-iters 1 --batch-size 2 --block-size 32 --grad-accum 2 "
-                "--warmup-iters 1 --anneal-steps 2",
+    "--warmup-iters 1 --anneal-steps 2",
     "sample.py": "--length 8 --steps 4",
     "eval.py": "--limit 2 --mc 2 --length 8 --steps 4",
     "miniature.py": f"--assets {ASSETS} --out mini --iters 4 --batch-size 2 --block-size 32 --eval-windows 2 --mc 2 "
-                    "--gen-steps 2,4 --gen-samples 2 --gen-length 8 --test-stories 4",
+    "--gen-steps 2,4 --gen-samples 2 --gen-length 8 --test-stories 4",
 }
 SOURCES = {"fineweb": "--source web.jsonl", "diffullama": "--source slimpajama=web.jsonl --source starcoder=code.jsonl"}
 
@@ -46,7 +46,11 @@ def test_ci_runs_the_readme_test_command():
 
 def tiny_command(cmd):
     """The README command with tiny settings: local processes, small sizes, local corpus copies."""
-    cmd = re.sub(r"--nnodes=\S+ --nproc_per_node=\S+ --rdzv-backend=\S+ --rdzv-endpoint=\S+", "--standalone --nproc_per_node=2", cmd)
+    cmd = re.sub(
+        r"--nnodes=\S+ --nproc_per_node=\S+ --rdzv-backend=\S+ --rdzv-endpoint=\S+",
+        "--standalone --nproc_per_node=2",
+        cmd,
+    )
     cmd = cmd.replace("--nproc_per_node=8", "--nproc_per_node=2")
     script = next((s for s in ["train.py", "sample.py", "eval.py", "miniature.py"] if f" {s}" in f" {cmd}"), None)
     if script:
@@ -62,7 +66,17 @@ def tiny_command(cmd):
 
 @pytest.fixture
 def sandbox(tmp_path, monkeypatch):
-    for name in ["model.py", "tokenizer.py", "convert.py", "train.py", "sample.py", "eval.py", "miniature.py", "config", "requirements.txt"]:
+    for name in [
+        "model.py",
+        "tokenizer.py",
+        "convert.py",
+        "train.py",
+        "sample.py",
+        "eval.py",
+        "miniature.py",
+        "config",
+        "requirements.txt",
+    ]:
         (tmp_path / name).symlink_to(ROOT / name)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "prepare.py").symlink_to(ROOT / "data" / "prepare.py")
@@ -73,11 +87,17 @@ def sandbox(tmp_path, monkeypatch):
     (tmp_path / "stories.txt").write_text("\n\n".join(stories[:6]))
     (tmp_path / "data" / "test.txt").write_text("\n\n".join(stories[6:12]))
     (tmp_path / "web.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in stories))
-    (tmp_path / "code.jsonl").write_text("".join(json.dumps({"content": f"def f{i}(x):\n    return x * {i}\n"}) + "\n" for i in range(40)))
+    (tmp_path / "code.jsonl").write_text(
+        "".join(json.dumps({"content": f"def f{i}(x):\n    return x * {i}\n"}) + "\n" for i in range(40))
+    )
     lambada = (ASSETS / "eval" / "lambada_test.txt").read_text().splitlines()[:3]
     (tmp_path / "lambada_test.txt").write_text("\n".join(lambada) + "\n")
-    (tmp_path / "hellaswag.jsonl").write_text(json.dumps({"context": "The cat", "choices": ["sat down.", "flew."], "label": 0}) + "\n")
-    (tmp_path / "gsm8k_train.json").write_text(json.dumps([{"instruction": f"What is {i} + 1?", "output": f"{i + 1}"} for i in range(30)]))
+    (tmp_path / "hellaswag.jsonl").write_text(
+        json.dumps({"context": "The cat", "choices": ["sat down.", "flew."], "label": 0}) + "\n"
+    )
+    (tmp_path / "gsm8k_train.json").write_text(
+        json.dumps([{"instruction": f"What is {i} + 1?", "output": f"{i + 1}"} for i in range(30)])
+    )
     # a hub on 127.0.0.1 with tiny random models under the README's ids
     site = tmp_path / "site"
     for repo, make in [("gpt2", tiny_gpt2), ("gpt2-medium", tiny_gpt2), ("meta-llama/Llama-2-7b-hf", tiny_llama)]:
@@ -87,8 +107,14 @@ def sandbox(tmp_path, monkeypatch):
     from safetensors.torch import load_file, save_file
 
     state = load_file(diffugpt / "model.safetensors")
-    wrapped = {("embed_tokens.weight" if k == "transformer.wte.weight" else "denoise_model." + k.removeprefix("transformer.")): v
-               for k, v in state.items()}
+    wrapped = {
+        (
+            "embed_tokens.weight"
+            if k == "transformer.wte.weight"
+            else "denoise_model." + k.removeprefix("transformer.")
+        ): v
+        for k, v in state.items()
+    }
     save_file(wrapped, diffugpt / "model.safetensors")
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
@@ -98,8 +124,12 @@ def sandbox(tmp_path, monkeypatch):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=site))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.chdir(tmp_path)
-    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "DIFFU_CACHE": str(tmp_path / "cache"),
-           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
+        "DIFFU_CACHE": str(tmp_path / "cache"),
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+    }
     yield tmp_path, env
     server.shutdown()
 
@@ -117,6 +147,8 @@ def test_every_readme_command_runs(sandbox):
             continue  # tests/test_bench.py runs exactly this
         tiny = tiny_command(cmd)
         proc = subprocess.run(tiny, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"README command failed: {cmd}\nran: {tiny}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        assert proc.returncode == 0, (
+            f"README command failed: {cmd}\nran: {tiny}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        )
         ran += 1
     assert ran >= 20

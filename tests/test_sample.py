@@ -1,13 +1,11 @@
 """sample.py: shift handling pinned by a stub, strategies, the exact speed-ups, AR with a KV cache, bad input."""
 
-import itertools
-
 import pytest
 import torch
 
 from conftest import STORY_START, assert_user_error, run
-from model import ModelConfig, Transformer, load_checkpoint
-from sample import STRATEGIES, generate, generate_ar
+from model import ModelConfig, Transformer
+from sample import STRATEGIES, Sampling, generate, generate_ar
 
 V, MASK, BOS = 50, 49, 0
 
@@ -47,16 +45,30 @@ CASES = {  # (prefix length incl. BOS, generated length, suffix length)
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("threshold,block,cache", [(None, 0, False), (None, 4, False), (0.9, 0, False), (0.9, 3, False),
-                                                   (None, 4, True), (0.9, 3, True)])
+@pytest.mark.parametrize(
+    "threshold,block,cache",
+    [(None, 0, False), (None, 4, False), (0.9, 0, False), (0.9, 3, False), (None, 4, True), (0.9, 3, True)],
+)
 def test_oracle_is_reproduced_exactly(case, strategy, threshold, block, cache):
     P, N, S = CASES[case]
     target = torch.randint(1, MASK, (P + N + S,), generator=torch.Generator().manual_seed(P * N))
     target[0] = BOS
     oracle = Oracle(target)
     steps = 6
-    x, forwards = generate(oracle, target[:P].tolist(), N, mask_id=MASK, suffix=target[P + N :].tolist(), steps=steps,
-                           strategy=strategy, threshold=threshold, block_length=block, num_samples=3, seed=1, cache=cache)
+    x, forwards = generate(
+        oracle,
+        target[:P].tolist(),
+        N,
+        mask_id=MASK,
+        suffix=target[P + N :].tolist(),
+        steps=steps,
+        strategy=strategy,
+        threshold=threshold,
+        block_length=block,
+        num_samples=3,
+        seed=1,
+        cache=cache,
+    )
     assert torch.equal(x, target.expand(3, -1))  # prompt and suffix unchanged, every mask replaced correctly
     assert forwards == oracle.calls <= steps
 
@@ -94,18 +106,33 @@ def tiny_model():
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_real_model_same_seed_same_text(tiny_model, strategy):
-    kw = dict(mask_id=MASK, steps=5, strategy=strategy, num_samples=2, top_p=0.9, temperature=0.8)
+    kw = dict(mask_id=MASK, steps=5, strategy=strategy, num_samples=2, sampling=Sampling(top_p=0.9, temperature=0.8))
     a, _ = generate(tiny_model, [BOS, 3, 4], 10, seed=7, suffix=[5, 6], **kw)
     b, _ = generate(tiny_model, [BOS, 3, 4], 10, seed=7, suffix=[5, 6], **kw)
     c, _ = generate(tiny_model, [BOS, 3, 4], 10, seed=8, suffix=[5, 6], **kw)
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert not (a == MASK).any() and a[:, :3].eq(torch.tensor([BOS, 3, 4])).all() and a[:, -2:].eq(torch.tensor([5, 6])).all()
+    assert (
+        not (a == MASK).any()
+        and a[:, :3].eq(torch.tensor([BOS, 3, 4])).all()
+        and a[:, -2:].eq(torch.tensor([5, 6])).all()
+    )
 
 
 def test_ar_cache_equals_no_cache(tiny_model):
     for greedy, seed in [(True, 0), (False, 3)]:
-        a, _ = generate_ar(tiny_model, [BOS, 7], 20, mask_id=MASK, greedy=greedy, seed=seed, num_samples=2)
-        b, _ = generate_ar(tiny_model, [BOS, 7], 20, mask_id=MASK, greedy=greedy, seed=seed, num_samples=2, use_cache=False)
+        a, _ = generate_ar(
+            tiny_model, [BOS, 7], 20, mask_id=MASK, sampling=Sampling(greedy=greedy), seed=seed, num_samples=2
+        )
+        b, _ = generate_ar(
+            tiny_model,
+            [BOS, 7],
+            20,
+            mask_id=MASK,
+            sampling=Sampling(greedy=greedy),
+            seed=seed,
+            num_samples=2,
+            use_cache=False,
+        )
         assert torch.equal(a, b)
         assert not (a == MASK).any()
 
@@ -117,14 +144,49 @@ def test_ar_greedy_reproduces_the_stories260k_story(stories_ckpt):
 
 
 def test_cli_samples_infill_and_show(stories_ckpt):
-    proc = run("sample.py", "--ckpt", stories_ckpt, "--prompt", "Once upon a time", "--suffix", "The end.",
-               "--length", "12", "--steps", "6", "--num-samples", "2", "--seed", "3", "--show", "--strategy", "confidence")
+    proc = run(
+        "sample.py",
+        "--ckpt",
+        stories_ckpt,
+        "--prompt",
+        "Once upon a time",
+        "--suffix",
+        "The end.",
+        "--length",
+        "12",
+        "--steps",
+        "6",
+        "--num-samples",
+        "2",
+        "--seed",
+        "3",
+        "--show",
+        "--strategy",
+        "confidence",
+    )
     samples = proc.stdout.strip().split("\n\n" + "-" * 40 + "\n\n")
     assert len(samples) == 2 and all(s.startswith("Once upon a time") and s.endswith("The end.") for s in samples)
     frames = [line for line in proc.stderr.splitlines() if line.startswith("[step ")]
     assert len(frames) == 6 and "█" in frames[0] and "█" not in frames[-1]
-    again = run("sample.py", "--ckpt", stories_ckpt, "--prompt", "Once upon a time", "--suffix", "The end.",
-                "--length", "12", "--steps", "6", "--num-samples", "2", "--seed", "3", "--strategy", "confidence")
+    again = run(
+        "sample.py",
+        "--ckpt",
+        stories_ckpt,
+        "--prompt",
+        "Once upon a time",
+        "--suffix",
+        "The end.",
+        "--length",
+        "12",
+        "--steps",
+        "6",
+        "--num-samples",
+        "2",
+        "--seed",
+        "3",
+        "--strategy",
+        "confidence",
+    )
     assert again.stdout == proc.stdout
 
 
@@ -145,16 +207,18 @@ def test_bad_inputs(stories_ckpt, tmp_path):
 
 def test_cache_with_one_step_per_block_is_exact(tiny_model):
     """Every block decoded in its first step starts from a fresh cache: the same tokens as without it."""
-    kw = dict(mask_id=MASK, steps=4, block_length=3, strategy="confidence", greedy=True, suffix=[5, 6])
+    kw = dict(
+        mask_id=MASK, steps=4, block_length=3, strategy="confidence", sampling=Sampling(greedy=True), suffix=[5, 6]
+    )
     exact, _ = generate(tiny_model, [BOS, 3], 12, **kw)
     cached, _ = generate(tiny_model, [BOS, 3], 12, cache=True, **kw)
     assert torch.equal(exact, cached)
 
 
 def test_nucleus_is_exact():
-    """The radix-select nucleus equals the textbook one: sort everything, keep the smallest prefix
-    reaching p (sums in float64), plus any token tied with the least probable one kept."""
-    from sample import nucleus
+    """The radix-select nucleus equals the textbook one beside it: sort everything, keep the smallest
+    prefix reaching p (sums in float64), plus any token tied with the least probable one kept."""
+    from sample import nucleus, nucleus_by_sorting
 
     torch.manual_seed(0)
     for scale in (0.5, 3, 10):  # near-flat (a random-weight model) to peaked (a trained one)
@@ -162,14 +226,12 @@ def test_nucleus_is_exact():
         probs[0, :2500] = probs[0, 2500:]  # every value twice: ties at every edge
         probs[0] /= probs[0].sum()
         for p in (0.1, 0.5, 0.9, 0.99, 1.0):
-            sorted_probs, order = probs.double().sort(-1, descending=True)
-            prefix = sorted_probs.cumsum(-1) - sorted_probs < p
-            reference = torch.zeros_like(prefix).scatter_(-1, order, prefix)
-            least = torch.where(reference, probs, 2).min(-1, keepdim=True).values
-            assert torch.equal(nucleus(probs, p), reference | (probs >= least)), (scale, p)
+            assert torch.equal(nucleus(probs, p), nucleus_by_sorting(probs, p)), (scale, p)
     uniform = torch.full((1, 10), 0.1)
-    assert nucleus(uniform, 0.5).all()  # one value: all tied, all kept
-    assert nucleus(torch.tensor([[0.5, 0.3, 0.2]]), 0.5).tolist() == [[True, False, False]]
+    assert nucleus(uniform, 0.5).all() and nucleus_by_sorting(uniform, 0.5).all()  # one value: all tied, all kept
+    for fn in (nucleus, nucleus_by_sorting):
+        assert fn(torch.tensor([[0.5, 0.3, 0.2]]), 0.5).tolist() == [[True, False, False]]
+        assert fn(torch.tensor([[0.2, 0.5, 0.3]]), 0.7).tolist() == [[False, True, True]]
 
 
 def test_sampling_follows_the_distribution():
@@ -179,6 +241,8 @@ def test_sampling_follows_the_distribution():
     logits = probs.log().expand(20000, -1)
     tokens, _ = sample_tokens(logits, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(torch.bincount(tokens, minlength=4) / 20000, probs, atol=0.015, rtol=0)
-    tokens, p = sample_tokens(logits, top_p=0.7, generator=torch.Generator().manual_seed(0))  # nucleus {0, 1}
-    torch.testing.assert_close(torch.bincount(tokens, minlength=4) / 20000, torch.tensor([0.625, 0.375, 0, 0]), atol=0.015, rtol=0)
+    tokens, p = sample_tokens(logits, Sampling(top_p=0.7), generator=torch.Generator().manual_seed(0))  # nucleus {0, 1}
+    torch.testing.assert_close(
+        torch.bincount(tokens, minlength=4) / 20000, torch.tensor([0.625, 0.375, 0, 0]), atol=0.015, rtol=0
+    )
     torch.testing.assert_close(p[0], torch.tensor([0.625, 0.375, 0, 0]))

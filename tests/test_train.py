@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -13,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from checkpoint import load_checkpoint
 from conftest import ASSETS, ROOT, assert_user_error, run
-from model import load_checkpoint
-from train import EPS, Data, anneal_ratio, attention_at, diffusion_loss, lr_at, parse_args
+from model import anneal_ratio, attention_at, diffusion_loss
+from train import Data, lr_at, parse_args
 
 STORIES_TXT = ASSETS / "text" / "tinystories_val.txt"
 TINY = ["--max-iters", "6", "--eval-interval", "3", "--batch-size", "4", "--block-size", "64", "--eval-iters", "2"]
@@ -92,8 +92,22 @@ def test_annealing_schedule():
 
 
 def test_lr_schedule():
-    args = parse_args(["--init-from", "x", "--data-dir", "d", "--out-dir", "o", "--lr", "1.0", "--warmup-iters", "10",
-                       "--max-iters", "110"])
+    args = parse_args(
+        [
+            "--init-from",
+            "x",
+            "--data-dir",
+            "d",
+            "--out-dir",
+            "o",
+            "--lr",
+            "1.0",
+            "--warmup-iters",
+            "10",
+            "--max-iters",
+            "110",
+        ]
+    )
     assert lr_at(0, args) == pytest.approx(1 / 11) and lr_at(10, args) == pytest.approx(1.0)
     assert lr_at(60, args) == pytest.approx(0.55) and lr_at(110, args) == pytest.approx(0.1)
 
@@ -102,16 +116,41 @@ def test_presets_parse():
     for preset in sorted((ROOT / "config").glob("*.json")):
         args = parse_args(["--config", str(preset), "--init-from", "x", "--data-dir", "d", "--out-dir", "o"])
         assert args.lr > 0
-    gpt = parse_args(["--config", str(ROOT / "config" / "diffugpt-s.json"), "--init-from", "x", "--data-dir", "d",
-                      "--out-dir", "o", "--lr", "1e-4"])
+    gpt = parse_args(
+        [
+            "--config",
+            str(ROOT / "config" / "diffugpt-s.json"),
+            "--init-from",
+            "x",
+            "--data-dir",
+            "d",
+            "--out-dir",
+            "o",
+            "--lr",
+            "1e-4",
+        ]
+    )
     assert gpt.anneal_steps == 10000 and gpt.warmup_iters == 2000 and gpt.lr == 1e-4  # the command line wins
-    llama = parse_args(["--config", str(ROOT / "config" / "diffullama-7b.json"), "--init-from", "x", "--data-dir", "d", "--out-dir", "o"])
+    llama = parse_args(
+        [
+            "--config",
+            str(ROOT / "config" / "diffullama-7b.json"),
+            "--init-from",
+            "x",
+            "--data-dir",
+            "d",
+            "--out-dir",
+            "o",
+        ]
+    )
     assert llama.anneal_steps == 0 and llama.lr == 2e-5 and llama.lr_schedule == "constant" and llama.block_size == 2048
 
 
 def test_sft_source_tokens_are_never_noised(stories_ckpt, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"prompt": f"Tom had {i} apples.", "response": f"He ate {i}."}) + "\n" for i in range(40)))
+    pairs.write_text(
+        "".join(json.dumps({"prompt": f"Tom had {i} apples.", "response": f"He ate {i}."}) + "\n" for i in range(40))
+    )
     run("data/prepare.py", "--tokenizer", stories_ckpt, "--out", tmp_path / "sft", "--sft", "--block-size", "32", pairs)
     data = Data(tmp_path / "sft", "train", 32)
     x, maskable, _, noise = data.train_batch(0, 0, 0, 16, "cpu")
@@ -120,7 +159,9 @@ def test_sft_source_tokens_are_never_noised(stories_ckpt, tmp_path):
     stub = TableModel(torch.zeros(1, 32, 513))
     diffusion_loss(stub, x, maskable, torch.ones(16), noise, 512)  # t = 1: every maskable token is masked
     for row, xt in zip(x, stub.xt):
-        i = next(k for k in range(len(data.tokens)) if torch.equal(torch.from_numpy(data.tokens[k].astype("int64")), row))
+        i = next(
+            k for k in range(len(data.tokens)) if torch.equal(torch.from_numpy(data.tokens[k].astype("int64")), row)
+        )
         keep = src[i].clone()
         keep[0] = True
         assert torch.equal(xt[keep], row[keep])  # the prompt (and BOS) untouched
@@ -128,11 +169,35 @@ def test_sft_source_tokens_are_never_noised(stories_ckpt, tmp_path):
 
 
 def test_ddp_and_fsdp_match_one_process(stories_ckpt, stories_data, tmp_path):
-    common = ["--init-from", stories_ckpt, "--data-dir", stories_data, *TINY, "--grad-accum", "2", "--anneal-steps", "4"]
+    common = [
+        "--init-from",
+        stories_ckpt,
+        "--data-dir",
+        stories_data,
+        *TINY,
+        "--grad-accum",
+        "2",
+        "--anneal-steps",
+        "4",
+    ]
     run("train.py", *common, "--out-dir", tmp_path / "one")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *map(str, common)]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "train.py",
+        *map(str, common),
+    ]
     for name, extra in [("ddp", []), ("fsdp", ["--fsdp"])]:
-        proc = subprocess.run([*torchrun, "--out-dir", str(tmp_path / name), *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [*torchrun, "--out-dir", str(tmp_path / name), *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
         a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / name / "model.safetensors")
         assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5, name
@@ -141,8 +206,26 @@ def test_ddp_and_fsdp_match_one_process(stories_ckpt, stories_data, tmp_path):
 
 
 def test_sigkill_then_resume_equals_uninterrupted(stories_ckpt, stories_data, tmp_path):
-    common = ["--init-from", stories_ckpt, "--data-dir", stories_data, "--batch-size", "4", "--block-size", "64",
-              "--eval-iters", "2", "--eval-interval", "5", "--max-iters", "40", "--anneal-steps", "20", "--warmup-iters", "5"]
+    common = [
+        "--init-from",
+        stories_ckpt,
+        "--data-dir",
+        stories_data,
+        "--batch-size",
+        "4",
+        "--block-size",
+        "64",
+        "--eval-iters",
+        "2",
+        "--eval-interval",
+        "5",
+        "--max-iters",
+        "40",
+        "--anneal-steps",
+        "20",
+        "--warmup-iters",
+        "5",
+    ]
     run("train.py", *common, "--out-dir", tmp_path / "whole")
     cmd = [sys.executable, "train.py", *map(str, common), "--out-dir", str(tmp_path / "cut")]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -156,7 +239,9 @@ def test_sigkill_then_resume_equals_uninterrupted(stories_ckpt, stories_data, tm
     run("train.py", *[c if c != stories_ckpt else "resume" for c in common], "--out-dir", tmp_path / "cut")
     a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
-    curve = lambda d: [(m["iter"], m["val_loss"]) for m in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]  # noqa: E731
+    curve = lambda d: [
+        (m["iter"], m["val_loss"]) for m in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+    ]  # noqa: E731
     whole, cut = curve(tmp_path / "whole"), curve(tmp_path / "cut")
     assert [i for i, _ in whole] == [i for i, _ in cut] == list(range(0, 41, 5))
     assert all(math.isclose(x, y, rel_tol=1e-6) for (_, x), (_, y) in zip(whole, cut))
@@ -167,9 +252,27 @@ def test_sigkill_then_resume_equals_uninterrupted(stories_ckpt, stories_data, tm
 
 
 def test_sigterm_saves_before_exit(stories_ckpt, stories_data, tmp_path):
-    cmd = [sys.executable, "train.py", "--init-from", str(stories_ckpt), "--data-dir", str(stories_data), "--batch-size", "4",
-           "--block-size", "64", "--eval-iters", "1", "--eval-interval", "100000", "--max-iters", "100000"]
-    proc = subprocess.Popen([*cmd, "--out-dir", str(tmp_path / "run")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "train.py",
+        "--init-from",
+        str(stories_ckpt),
+        "--data-dir",
+        str(stories_data),
+        "--batch-size",
+        "4",
+        "--block-size",
+        "64",
+        "--eval-iters",
+        "1",
+        "--eval-interval",
+        "100000",
+        "--max-iters",
+        "100000",
+    ]
+    proc = subprocess.Popen(
+        [*cmd, "--out-dir", str(tmp_path / "run")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 60
     while time.time() < deadline:  # wait until it is training (the step-0 eval is printed first)
         line = proc.stderr.readline()
@@ -184,9 +287,30 @@ def test_sigterm_saves_before_exit(stories_ckpt, stories_data, tmp_path):
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(stories_ckpt, stories_data, tmp_path):
-    proc = run("train.py", "--init-from", stories_ckpt, "--data-dir", stories_data, "--batch-size", "4", "--block-size", "64",
-               "--eval-iters", "1", "--eval-interval", "1", "--max-iters", "20", "--lr", "1e30", "--grad-clip", "0",
-               "--out-dir", tmp_path / "run", check=False)
+    proc = run(
+        "train.py",
+        "--init-from",
+        stories_ckpt,
+        "--data-dir",
+        stories_data,
+        "--batch-size",
+        "4",
+        "--block-size",
+        "64",
+        "--eval-iters",
+        "1",
+        "--eval-interval",
+        "1",
+        "--max-iters",
+        "20",
+        "--lr",
+        "1e30",
+        "--grad-clip",
+        "0",
+        "--out-dir",
+        tmp_path / "run",
+        check=False,
+    )
     assert proc.returncode != 0 and "loss is" in proc.stderr
     load_checkpoint(tmp_path / "run")  # still a valid checkpoint
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -207,8 +331,20 @@ def test_bad_inputs(stories_ckpt, stories_data, tmp_path):
     meta["tokenizer_fingerprint"] = "0" * 16  # as data/prepare.py writes for another tokenizer
     (gpt2_tok / "meta.json").write_text(json.dumps(meta))
     assert_user_error(run(*base, "--data-dir", gpt2_tok, *out, check=False), "another tokenizer")
-    assert_user_error(run("train.py", "--init-from", stories_ckpt, "--data-dir", stories_data, "--block-size", "1024", *out,
-                          check=False), "beyond the model")
+    assert_user_error(
+        run(
+            "train.py",
+            "--init-from",
+            stories_ckpt,
+            "--data-dir",
+            stories_data,
+            "--block-size",
+            "1024",
+            *out,
+            check=False,
+        ),
+        "beyond the model",
+    )
     assert not (tmp_path / "out").exists()
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("keep")
@@ -218,11 +354,17 @@ def test_bad_inputs(stories_ckpt, stories_data, tmp_path):
 
 def test_prepare_bad_inputs(stories_ckpt, tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
-    assert_user_error(run("data/prepare.py", "--tokenizer", stories_ckpt, "--out", tmp_path / "o", tmp_path / "empty.txt",
-                          check=False), "no train data")
+    assert_user_error(
+        run(
+            "data/prepare.py", "--tokenizer", stories_ckpt, "--out", tmp_path / "o", tmp_path / "empty.txt", check=False
+        ),
+        "no train data",
+    )
     (tmp_path / "bad.txt").write_bytes(b"hello \xff\xfe world\n\nmore")
-    assert_user_error(run("data/prepare.py", "--tokenizer", stories_ckpt, "--out", tmp_path / "o", tmp_path / "bad.txt",
-                          check=False), "not UTF-8")
+    assert_user_error(
+        run("data/prepare.py", "--tokenizer", stories_ckpt, "--out", tmp_path / "o", tmp_path / "bad.txt", check=False),
+        "not UTF-8",
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -233,13 +375,24 @@ def test_prepare_formats_and_workers(stories_ckpt, tmp_path):
     (tmp_path / "in" / "b.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[2:4]))
     (tmp_path / "in" / "c.json").write_text(json.dumps([{"text": d} for d in docs[4:]]))
     for workers in ("1", "2"):
-        run("data/prepare.py", "--tokenizer", stories_ckpt, "--out", tmp_path / workers, "--workers", workers,
-            "--val-fraction", "0.3", tmp_path / "in")
+        run(
+            "data/prepare.py",
+            "--tokenizer",
+            stories_ckpt,
+            "--out",
+            tmp_path / workers,
+            "--workers",
+            workers,
+            "--val-fraction",
+            "0.3",
+            tmp_path / "in",
+        )
     assert (tmp_path / "1" / "train.bin").read_bytes() == (tmp_path / "2" / "train.bin").read_bytes()
     info = json.loads((tmp_path / "1" / "meta.json").read_text())
     assert info["documents"] == {"train": 4, "val": 2} and info["dtype"] == "uint16"
-    from tokenizer import load_tokenizer
     import numpy as np
+
+    from tokenizer import load_tokenizer
 
     tok = load_tokenizer(stories_ckpt)
     val = np.fromfile(tmp_path / "1" / "val.bin", dtype=np.uint16).tolist()
@@ -250,15 +403,20 @@ def test_flex_attention_mask_equals_the_boolean_mask():
     """On GPU the annealing mask is a FlexAttention BlockMask from the same hash; check it here (forward, CPU)."""
     import warnings
 
-    from model import ModelConfig, Transformer
-    from train import AnnealFlex
+    from model import AnnealFlex, ModelConfig, Transformer
 
     warnings.simplefilter("ignore")  # eager FlexAttention warns that it is a slow reference
     L = 128
-    model = Transformer(ModelConfig(arch="llama", vocab_size=50, block_size=L, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)).eval()
+    model = Transformer(
+        ModelConfig(arch="llama", vocab_size=50, block_size=L, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
+    ).eval()
     idx = torch.randint(0, 50, (2, L))
     flex = AnnealFlex(L, "cpu")
     for step in (0, 40):
         with torch.no_grad():
-            torch.testing.assert_close(model(idx, attn=attention_at(step, 100, L, 5, "cpu", flex)),
-                                       model(idx, attn=attention_at(step, 100, L, 5, "cpu")), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                model(idx, attn=attention_at(step, 100, L, 5, "cpu", flex)),
+                model(idx, attn=attention_at(step, 100, L, 5, "cpu")),
+                atol=1e-5,
+                rtol=1e-5,
+            )

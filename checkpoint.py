@@ -1,0 +1,243 @@
+"""Checkpoint directories, and Hugging Face's names for the same tensors.
+
+A checkpoint is a directory, the one hand-off between scripts:
+    config.json        {"model": ModelConfig, "objective": "ar" | "diffusion", "mask_token_id", "bos_token_id",
+                        "eos_token_id", "tokenizer": {"type", "files"}, "shift"?, "source"?, "training"?}
+    model.safetensors  the weights in our names (a tied head is stored once, as tok_emb.weight)
+    tokenizer files    encoder.json + vocab.bpe (GPT-2 BPE) or tokenizer.model (SentencePiece)
+It is written atomically: a crash leaves the old directory (or none), never a half-written one.
+"""
+
+import json
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from model import ModelConfig, Transformer, UserError
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+@contextmanager
+def atomic_dir(path, overwrite=False):
+    """Yield a temporary directory that becomes `path` only once the block succeeds."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists (pass --force to overwrite it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in tmp.iterdir():  # the data must be on disk before the rename makes it visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+            f.chmod(0o666 & ~umask)  # safetensors writes owner-only files
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(path)
+
+
+def save_checkpoint(path, model, meta, tokenizer_from, overwrite=False, extra=None):
+    """Write a checkpoint directory atomically.
+
+    model: a Transformer or a {name: tensor} state dict in our naming. meta: the config.json
+    content; meta["model"] is filled from a Transformer. tokenizer_from: a checkpoint
+    directory to copy meta["tokenizer"]["files"] from, or a {name: source path} map.
+    extra: {filename: writer(path)} for more files (train.py's optimizer state).
+    """
+    from safetensors.torch import save_file
+
+    if isinstance(model, Transformer):
+        meta = {**meta, "model": asdict(model.cfg)}
+        state = model.state_dict()
+    else:
+        state = model
+    tied = meta["model"].get("tie_embeddings", True)
+    tensors = {k: v.detach().contiguous() for k, v in state.items() if not (tied and k == "lm_head.weight")}
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        for name in meta["tokenizer"]["files"]:
+            src = tokenizer_from[name] if isinstance(tokenizer_from, dict) else Path(tokenizer_from) / name
+            shutil.copyfile(src, tmp / name)
+        for name, write in (extra or {}).items():
+            write(tmp / name)
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def read_meta(path):
+    """Parse and check a checkpoint's config.json, with a one-line error for each problem."""
+    path = Path(path)
+    if not path.exists():  # a crash between atomic_dir's two renames leaves the old one whole
+        for previous in sorted(path.parent.glob(f".{path.name}.old-*"))[-1:]:
+            previous.rename(path)
+    if not path.is_dir():
+        raise UserError(f"checkpoint {path} does not exist or is not a directory")
+    try:
+        meta = json.loads((path / CONFIG_FILE).read_text())
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} has no {CONFIG_FILE}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path / CONFIG_FILE} is not valid JSON: {e}") from None
+    for key in ("model", "objective", "mask_token_id", "eos_token_id", "tokenizer"):
+        if key not in meta:
+            raise UserError(f"{path / CONFIG_FILE} lacks {key!r}: not a checkpoint written by convert.py or train.py")
+    if not 0 <= meta["mask_token_id"] < meta["model"]["vocab_size"]:
+        raise UserError(f"{path / CONFIG_FILE}: mask_token_id {meta['mask_token_id']} is outside the vocabulary")
+    for name in meta["tokenizer"].get("files", []):
+        if not (path / name).is_file():
+            raise UserError(f"checkpoint {path} lacks its tokenizer file {name}")
+    return meta
+
+
+def expected_shapes(cfg):
+    """Name -> shape of every stored tensor for cfg, without allocating the model."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    return {k: v.shape for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+
+
+def check_shapes(state, cfg, where):
+    """Every tensor the config implies is present, with its shape, and nothing else."""
+    expected = expected_shapes(cfg)
+    for key in sorted(expected.keys() | state.keys()):
+        if key not in state:
+            raise UserError(f"{where}: tensor {key} is missing")
+        if key not in expected:
+            raise UserError(f"{where}: unexpected tensor {key}")
+        if state[key].shape != expected[key]:
+            raise UserError(
+                f"{where}: tensor {key} has shape {tuple(state[key].shape)}, the config implies {tuple(expected[key])}"
+            )
+
+
+def load_checkpoint(path, device="cpu", dtype=torch.float32):
+    """Load a checkpoint directory -> (model in eval mode, meta = parsed config.json)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    meta = read_meta(path)
+    cfg = ModelConfig.from_dict(meta["model"])
+    file = Path(path) / WEIGHTS_FILE
+    if not file.is_file():
+        raise UserError(f"checkpoint {path} has no {WEIGHTS_FILE}")
+    try:
+        state = load_file(file)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{file} is corrupted or truncated: {e}") from None
+    check_shapes(state, cfg, file)
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model.load_state_dict(state, strict=False, assign=True)  # the names were checked above
+    if cfg.tie_embeddings:  # assign=True replaced the shared Parameter: tie again
+        model.lm_head.weight = model.tok_emb.weight
+    return model.to(device=device, dtype=dtype).eval(), meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face names: convert.py reads HF checkpoints through this table, bench.py builds its
+# transformers twin through its inverse.
+
+HF_NAMES = {  # HF module name -> ours; inside layer i, "h.{i}." / "layers.{i}." is stripped first
+    "gpt2": {
+        "top": {"wte": "tok_emb", "embed_tokens": "tok_emb", "wpe": "pos_emb", "ln_f": "norm", "lm_head": "lm_head"},
+        "layer": {
+            "ln_1": "attn_norm",
+            "ln_2": "mlp_norm",
+            "attn.c_attn": "attn.wqkv",
+            "attn.c_proj": "attn.wo",
+            "mlp.c_fc": "mlp.up",
+            "mlp.c_proj": "mlp.down",
+        },
+    },
+    "llama": {  # several HF modules for one of ours: fused in this order (q, k, v; gate, up)
+        "top": {"embed_tokens": "tok_emb", "norm": "norm", "lm_head": "lm_head"},
+        "layer": {
+            "input_layernorm": "attn_norm",
+            "post_attention_layernorm": "mlp_norm",
+            "self_attn.q_proj": "attn.wqkv",
+            "self_attn.k_proj": "attn.wqkv",
+            "self_attn.v_proj": "attn.wqkv",
+            "self_attn.o_proj": "attn.wo",
+            "mlp.gate_proj": "mlp.up",
+            "mlp.up_proj": "mlp.up",
+            "mlp.down_proj": "mlp.down",
+        },
+    },
+}
+HF_PREFIX = {"gpt2": "transformer.", "llama": "model."}
+HF_SKIPPED = ("attn", "self_attn.rotary_emb")  # buffers of old transformers versions: causal masks, RoPE tables
+
+
+def is_conv1d(arch, name, param):
+    """GPT-2's Conv1D layers store their weight as [in, out]: transposed from nn.Linear's [out, in]."""
+    return arch == "gpt2" and param == "weight" and name.startswith(("attn.", "mlp."))
+
+
+def from_hf(arch, tensors):
+    """Stream (HF name, tensor) -> (our name, tensor), holding only the parts of a fused matrix."""
+    table, label = HF_NAMES[arch], {"gpt2": "GPT-2", "llama": "LLaMA"}[arch]
+    pending = {}  # our fused name -> {HF name: tensor}
+    for key, t in tensors:
+        module, _, param = key.removeprefix(HF_PREFIX[arch]).removeprefix("denoise_model.").rpartition(".")
+        layer = re.fullmatch(r"(?:h|layers)\.(\d+)\.(.+)", module)
+        if layer and layer[2] in HF_SKIPPED:
+            continue
+        theirs, names = (layer[2], table["layer"]) if layer else (module, table["top"])
+        if theirs not in names:
+            raise UserError(f"unexpected {label} tensor {key}")
+        ours = f"layers.{layer[1]}.{names[theirs]}" if layer else names[theirs]
+        t = t.t() if layer and is_conv1d(arch, names[theirs], param) else t
+        parts = [n for n, o in names.items() if o == names[theirs]] if layer else [theirs]
+        if len(parts) == 1:
+            yield f"{ours}.{param}", t
+            continue
+        group = pending.setdefault(f"{ours}.{param}", {})
+        group[theirs] = t
+        if len(group) == len(parts):
+            del pending[f"{ours}.{param}"]
+            yield f"{ours}.{param}", torch.cat([group[p] for p in parts])
+    if pending:
+        raise UserError(f"incomplete weights: {sorted(pending)[0]} lacks some of its parts")
+
+
+def to_hf(model):
+    """Our weights under HF's names (GPT2LMHeadModel / LlamaForCausalLM): the inverse of from_hf."""
+    cfg, table = model.cfg, HF_NAMES[model.cfg.arch]
+    fused_sizes = {
+        "attn.wqkv": [cfg.n_head * cfg.head_dim] + [cfg.n_kv_head * cfg.head_dim] * 2,
+        "mlp.up": [cfg.ffn_dim] * 2,
+    }
+    state = {}
+    for key, t in model.state_dict().items():
+        module, _, param = key.rpartition(".")
+        layer = re.fullmatch(r"layers\.(\d+)\.(.+)", module)
+        ours, names = (layer[2], table["layer"]) if layer else (module, table["top"])
+        parts = [n for n, o in names.items() if o == ours]
+        if not layer:
+            parts = parts[:1]  # GPT-2's embedding has two HF names (wte, and DiffuGPT's embed_tokens): the first
+        pieces = t.split(fused_sizes[ours]) if len(parts) > 1 else [t]
+        for theirs, piece in zip(parts, pieces):
+            if theirs == "lm_head":
+                name = f"lm_head.{param}"
+            elif layer:
+                name = f"{HF_PREFIX[cfg.arch]}{'h' if cfg.arch == 'gpt2' else 'layers'}.{layer[1]}.{theirs}.{param}"
+            else:
+                name = f"{HF_PREFIX[cfg.arch]}{theirs}.{param}"
+            state[name] = (piece.t() if is_conv1d(cfg.arch, ours, param) else piece).detach().clone()
+    return state

@@ -1,0 +1,104 @@
+"""Downloads over plain HTTPS into a cache, resumable, with a progress bar; no huggingface_hub needed.
+
+convert.py fetches hub models (HF_ENDPOINT and HF_TOKEN honoured), data/prepare.py and miniature.py
+fetch corpora and stories260K. The cache is $DIFFU_CACHE, else ~/.cache/diffu.
+"""
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from model import UserError
+
+
+def cache_dir():
+    return Path(os.environ.get("DIFFU_CACHE", Path.home() / ".cache" / "diffu"))
+
+
+def download_file(url, target, required=True, token=None):
+    """Fetch url into target with a progress bar, resuming a partial .part file.
+
+    Returns False if the file is absent (404) and not required. token: a bearer token (HF_TOKEN).
+    """
+    from tqdm import tqdm
+
+    target = Path(target)
+    if target.is_file():
+        return True
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url)
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as e:
+        if e.code == 404 and not required:
+            return False
+        if e.code == 416 and have:  # the .part is already whole
+            part.rename(target)
+            return True
+        hint = " (a gated model? set HF_TOKEN)" if e.code in (401, 403) else ""
+        raise UserError(f"cannot download {url}: HTTP {e.code}{hint}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise UserError(f"cannot download {url}: {e}") from None
+    with response:
+        if response.status != 206:  # the server ignored the range: start over
+            have = 0
+        size = response.headers.get("Content-Length")
+        total = have + int(size) if size else None
+        bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=target.name, file=sys.stderr)
+        with open(part, "ab" if have else "wb") as f, bar:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+    part.rename(target)
+    return True
+
+
+def download_url(url):
+    """Fetch url into the cache once (resumable), and return the local path."""
+    target = cache_dir() / "data" / url.rsplit("/", 1)[-1]
+    download_file(url, target, token=os.environ.get("HF_TOKEN") if "huggingface.co" in url else None)
+    return target
+
+
+def download_model(repo_id):
+    """Fetch the files of a hub model into the cache and return its directory (offline once complete)."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    cache = cache_dir() / repo_id.replace("/", "--")
+    manifest = cache / "downloaded.json"  # written last: the cached copy is complete
+    if manifest.is_file() and all((cache / f).is_file() for f in json.loads(manifest.read_text())):
+        return cache
+    got = []
+
+    def fetch(name, required=True):
+        url = f"{endpoint}/{repo_id}/resolve/main/{name}"
+        if download_file(url, cache / name, required, os.environ.get("HF_TOKEN")):
+            got.append(name)
+            return True
+        return False
+
+    fetch("config.json")
+    for index, single in (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
+        if fetch(index, required=False):
+            for shard in sorted(set(json.loads((cache / index).read_text())["weight_map"].values())):
+                fetch(shard)
+            break
+        if fetch(single, required=False):
+            break
+    else:
+        raise UserError(f"{repo_id} has neither safetensors nor pytorch_model.bin weights")
+    for name in ("vocab.json", "merges.txt", "tokenizer.model"):
+        fetch(name, required=False)
+    manifest.write_text(json.dumps(got))
+    return cache
