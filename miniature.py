@@ -28,10 +28,10 @@ from tokenizer import load_tokenizer
 STORIES_URL = "https://huggingface.co/karpathy/tinyllamas/resolve/main/stories260K/"
 TINYSTORIES_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-valid.txt"
 RUNS = {  # name: (description, extra train.py options)
-    "adapt": ("adapted: annealing + shift", []),
-    "no_anneal": ("adapted: no annealing", ["--anneal-steps", "0"]),
-    "no_shift": ("adapted: no shift", ["--no-shift"]),
-    "scratch": ("from scratch (random init)", ["--reinit"]),
+    "adapt": ("adapted: annealing + shift", {}),
+    "no_anneal": ("adapted: no annealing", {"anneal_steps": 0}),
+    "no_shift": ("adapted: no shift", {"no_shift": True}),
+    "scratch": ("from scratch (random init)", {"reinit": True}),
 }
 
 
@@ -41,9 +41,9 @@ def fetch_assets(args, cache):
     if root:
         root = Path(root)
         files = (
-            root / "stories260K" / "stories260K.bin",
-            root / "stories260K" / "tok512.model",
-            root / "text" / "tinystories_val.txt",
+            root / "stories260K/stories260K.bin",
+            root / "stories260K/tok512.model",
+            root / "text/tinystories_val.txt",
         )
         for f in files:
             if not f.is_file():
@@ -65,38 +65,158 @@ def split_stories(text_file, separator, out, n_test):
     return stories[-n_test:]
 
 
-def script(name, *args):
-    """Run one of the project's scripts as a user would; -> the last line of its standard output."""
-    out = subprocess.run(
-        [sys.executable, str(Path(__file__).parent / name), *map(str, args)], stdout=subprocess.PIPE, text=True
-    )
+def script(name, *positional, **options):
+    """Run one of the project's scripts as a user would: `python NAME POSITIONAL --OPTION VALUE ...`
+    (True: a bare flag) -> the last line of its standard output. Its progress goes to standard error."""
+    flags = [str(x) for k, v in options.items() for x in [f"--{k.replace('_', '-')}"] + ([] if v is True else [v])]
+    command = [sys.executable, str(Path(__file__).parent / name), *map(str, positional), *flags]
+    out = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if out.returncode:
         sys.exit(out.returncode)  # the script has said why on standard error
     return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
 
 
-def evaluate(*args):
-    return json.loads(script("eval.py", *args))
-
-
-def nll(ckpt, test_file, args):
-    return evaluate(
-        "--ckpt",
-        ckpt,
-        "--task",
-        "nll",
-        "--data",
-        test_file,
-        "--mc",
-        args.mc,
-        "--block-size",
-        args.block_size,
-        "--limit",
-        args.eval_windows,
-    )
+def evaluate(**options):
+    return json.loads(script("eval.py", **options))
 
 
 def main(argv=None):
+    args = parse_args(argv)
+    (stories_bin, tokenizer_model, text), separator = fetch_assets(args, cache_dir() / "miniature")
+    if args.out.exists():
+        if not args.force:
+            raise UserError(f"{args.out} exists (pass --force to start over)")
+        shutil.rmtree(args.out)
+    args.out.mkdir(parents=True)
+
+    # the AR model as a checkpoint, and TinyStories split into training text and held-out stories
+    base, test = args.out / "stories260K", args.out / "test.txt"
+    script("convert.py", stories_bin, base, tokenizer=tokenizer_model)
+    test_stories = split_stories(text, separator, args.out, args.test_stories)
+    script("data/prepare.py", args.out / "train.txt", tokenizer=base, out=args.out / "data", workers=1)
+
+    # the NLL column: the AR model, the same weights read as diffusion, then one training run per setting
+    nll = lambda ckpt: evaluate(
+        ckpt=ckpt, task="nll", data=test, mc=args.mc, block_size=args.block_size, limit=args.eval_windows
+    )
+    rows = [("stories260K, AR (exact NLL)", nll(base))]
+    as_diffusion = args.out / "stories260K-as-diffusion"  # the same weights, read with full attention and masks
+    shutil.copytree(base, as_diffusion)
+    meta = json.loads((as_diffusion / "config.json").read_text())
+    (as_diffusion / "config.json").write_text(json.dumps({**meta, "objective": "diffusion"}, indent=2))
+    rows.append(("AR weights as diffusion, before training", nll(as_diffusion)))
+    common = dict(
+        init_from=base,
+        data_dir=args.out / "data",
+        max_iters=args.iters,
+        batch_size=args.batch_size,
+        block_size=args.block_size,
+        lr=args.lr,
+        warmup_iters=max(1, args.iters // 20),
+        anneal_steps=args.anneal_steps,
+        eval_interval=max(1, args.iters // 6),
+        eval_iters=8,
+    )
+    curves = {}
+    for name, (description, extra) in RUNS.items():
+        print(f"\n== {description}", file=sys.stderr)
+        script("train.py", **{**common, **extra}, out_dir=args.out / name)
+        rows.append((description, nll(args.out / name)))
+        curves[description] = [
+            json.loads(line) for line in (args.out / name / "metrics.jsonl").read_text().splitlines()
+        ]
+
+    # the Gen PPL column: unconditional samples judged by the AR model, against decoding steps
+    gen = []
+    for strategy in ("random", "confidence"):
+        for steps in map(int, args.gen_steps.split(",")):
+            result = evaluate(
+                ckpt=args.out / "adapt",
+                task="genppl",
+                judge=base,
+                steps=steps,
+                length=args.gen_length,
+                limit=args.gen_samples,
+                strategy=strategy,
+            )
+            gen.append({**result, "strategy": strategy})
+    ar_gen = evaluate(ckpt=base, task="genppl", judge=base, length=args.gen_length, limit=args.gen_samples)
+
+    samples = show_samples(args.out / "adapt", test_stories[0])
+    table = results_table(rows, gen, ar_gen, samples, curves[RUNS["adapt"][0]][-1]["tokens"], args)
+    (args.out / "results.md").write_text(table + "\n")
+    results = {
+        "nll": dict(rows),
+        "genppl": gen,
+        "ar_genppl": ar_gen,
+        "samples": samples,
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    if plot_available():
+        bounds = {d: ([m["tokens"] for m in ms], [m["val_nll_bound"] for m in ms]) for d, ms in curves.items()}
+        plot(bounds, args.out / "loss.png", "val NLL bound (nats/token)", "Adapting stories260K into a diffusion LM")
+    print("\n" + table)
+    return rows
+
+
+def show_samples(ckpt, story):
+    """A continuation of "Once upon a time" and the infilled second sentence of a held-out story."""
+    model, meta = load_checkpoint(ckpt)
+    tok = load_tokenizer(ckpt, meta)
+    samples = []
+    sentences = story.split(". ")
+    for prompt, suffix in [("Once upon a time", ""), (sentences[0] + ".", " " + ". ".join(sentences[2:]))]:
+        n = 24 if suffix else 48
+        x, _ = generate(
+            model,
+            tok.encode(prompt, bos=True),
+            n,
+            suffix=tok.encode(suffix),
+            steps=n,
+            seed=0,
+            mask_id=meta["mask_token_id"],
+            vocab=tok.n_vocab,
+            strategy="confidence",
+            sampling=Sampling(top_p=0.9),
+        )
+        text = tok.decode([i for i in x[0].tolist() if i != tok.bos_id])
+        samples.append({"prompt": prompt, "suffix": suffix, "text": text})
+    return samples
+
+
+def results_table(rows, gen, ar_gen, samples, tokens, args):
+    bound = lambda r: "≤ " if r["bound"] else ""
+    lines = [
+        f"Adaptation of stories260K on TinyStories: {tokens:,} training tokens per run "
+        f"({args.iters} steps × {args.batch_size} × {args.block_size}), "
+        f"test NLL on {rows[0][1]['tokens']:,} held-out tokens.",
+        "",
+        "| model | NLL (nats/token) | PPL |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {d} | {bound(r)}{r['nll']:.3f} | {bound(r)}{r['ppl']:.1f} |" for d, r in rows]
+    lines += [
+        "",
+        f"Generation perplexity of {args.gen_samples} unconditional {args.gen_length}-token samples, "
+        "judged by stories260K:",
+        "",
+        "| decoder | steps | Gen PPL | distinct-2 |",
+        "|---|---|---|---|",
+    ]
+    for g in gen:
+        lines.append(
+            f"| diffusion (adapted), {g['strategy']} | {g['steps']} | {g['gen_ppl']:.1f} | {g['distinct2']:.3f} |"
+        )
+    lines += [
+        f"| stories260K, AR sampling | {args.gen_length} | {ar_gen['gen_ppl']:.1f} | {ar_gen['distinct2']:.3f} |",
+        "",
+    ]
+    lines += [f"Sample ({'infill' if s['suffix'] else 'prefix'}): {s['text']}" for s in samples]
+    return "\n".join(lines)
+
+
+def parse_args(argv):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -115,153 +235,7 @@ def main(argv=None):
     a("--gen-samples", type=int, default=16)
     a("--gen-length", type=int, default=64)
     a("--force", action="store_true", help="start over if --out exists")
-    args = p.parse_args(argv)
-    if args.out.exists():
-        if not args.force:
-            raise UserError(f"{args.out} exists (pass --force to start over)")
-        shutil.rmtree(args.out)
-    args.out.mkdir(parents=True)
-    (stories_bin, tokenizer_model, text), separator = fetch_assets(args, cache_dir() / "miniature")
-
-    base = args.out / "stories260K"
-    script("convert.py", stories_bin, base, "--tokenizer", tokenizer_model)
-    test_stories = split_stories(text, separator, args.out, args.test_stories)
-    script("data/prepare.py", "--tokenizer", base, "--out", args.out / "data", args.out / "train.txt", "--workers", 1)
-    test = args.out / "test.txt"
-
-    rows = [("stories260K, AR (exact NLL)", nll(base, test, args))]
-    as_diffusion = args.out / "stories260K-as-diffusion"  # the same weights, read with full attention and masks
-    shutil.copytree(base, as_diffusion)
-    meta = json.loads((as_diffusion / "config.json").read_text())
-    (as_diffusion / "config.json").write_text(json.dumps({**meta, "objective": "diffusion"}, indent=2))
-    rows.append(("AR weights as diffusion, before training", nll(as_diffusion, test, args)))
-
-    common = [
-        "--init-from",
-        base,
-        "--data-dir",
-        args.out / "data",
-        "--max-iters",
-        args.iters,
-        "--batch-size",
-        args.batch_size,
-        "--block-size",
-        args.block_size,
-        "--lr",
-        args.lr,
-        "--warmup-iters",
-        max(1, args.iters // 20),
-        "--anneal-steps",
-        args.anneal_steps,
-        "--eval-interval",
-        max(1, args.iters // 6),
-        "--eval-iters",
-        8,
-    ]
-    curves = {}
-    for name, (description, extra) in RUNS.items():
-        print(f"\n== {description}", file=sys.stderr)
-        script("train.py", *common, *extra, "--out-dir", args.out / name)  # later options win
-        rows.append((description, nll(args.out / name, test, args)))
-        curves[description] = [
-            json.loads(line) for line in (args.out / name / "metrics.jsonl").read_text().splitlines()
-        ]
-    tokens = curves[RUNS["adapt"][0]][-1]["tokens"]
-
-    gen = []
-    for strategy in ("random", "confidence"):
-        for steps in map(int, args.gen_steps.split(",")):
-            result = evaluate(
-                "--ckpt",
-                args.out / "adapt",
-                "--task",
-                "genppl",
-                "--judge",
-                base,
-                "--steps",
-                steps,
-                "--length",
-                args.gen_length,
-                "--limit",
-                args.gen_samples,
-                "--strategy",
-                strategy,
-            )
-            gen.append({**result, "strategy": strategy})
-    ar_gen = evaluate(
-        "--ckpt", base, "--task", "genppl", "--judge", base, "--length", args.gen_length, "--limit", args.gen_samples
-    )
-
-    model, meta = load_checkpoint(args.out / "adapt")
-    tok = load_tokenizer(args.out / "adapt", meta)
-    samples = []
-    story = test_stories[0].split(". ")
-    for prompt, suffix in [("Once upon a time", ""), (story[0] + ".", " " + ". ".join(story[2:]))]:
-        n = 24 if suffix else 48
-        x, _ = generate(
-            model,
-            tok.encode(prompt, bos=True),
-            n,
-            suffix=tok.encode(suffix),
-            steps=n,
-            seed=0,
-            mask_id=meta["mask_token_id"],
-            vocab=tok.n_vocab,
-            strategy="confidence",
-            sampling=Sampling(top_p=0.9),
-        )
-        samples.append(
-            {"prompt": prompt, "suffix": suffix, "text": tok.decode([i for i in x[0].tolist() if i != tok.bos_id])}
-        )
-
-    lines = [
-        f"Adaptation of stories260K on TinyStories: {tokens:,} training tokens per run "
-        f"({args.iters} steps × {args.batch_size} × {args.block_size}), "
-        f"test NLL on {rows[0][1]['tokens']:,} held-out tokens.",
-        "",
-        "| model | NLL (nats/token) | PPL |",
-        "|---|---|---|",
-    ]
-    lines += [
-        f"| {d} | {'≤ ' if r['bound'] else ''}{r['nll']:.3f} | {'≤ ' if r['bound'] else ''}{r['ppl']:.1f} |"
-        for d, r in rows
-    ]
-    lines += [
-        "",
-        f"Generation perplexity of {args.gen_samples} unconditional {args.gen_length}-token samples, "
-        "judged by stories260K:",
-        "",
-        "| decoder | steps | Gen PPL | distinct-2 |",
-        "|---|---|---|---|",
-    ]
-    lines += [
-        f"| diffusion (adapted), {g['strategy']} | {g['steps']} | {g['gen_ppl']:.1f} | {g['distinct2']:.3f} |"
-        for g in gen
-    ]
-    lines += [
-        f"| stories260K, AR sampling | {args.gen_length} | {ar_gen['gen_ppl']:.1f} | {ar_gen['distinct2']:.3f} |",
-        "",
-    ]
-    lines += [f"Sample ({'infill' if s['suffix'] else 'prefix'}): {s['text']}" for s in samples]
-    table = "\n".join(lines)
-    (args.out / "results.md").write_text(table + "\n")
-    (args.out / "results.json").write_text(
-        json.dumps(
-            {
-                "nll": dict((d, r) for d, r in rows),
-                "genppl": gen,
-                "ar_genppl": ar_gen,
-                "samples": samples,
-                "args": {k: str(v) for k, v in vars(args).items()},
-            },
-            indent=2,
-        )
-    )
-    if plot_available():
-        bounds = {d: ([m["tokens"] for m in ms], [m["val_nll_bound"] for m in ms]) for d, ms in curves.items()}
-        plot(bounds, args.out / "loss.png", "val NLL bound (nats/token)", "Adapting stories260K into a diffusion LM")
-    print("\n" + table)
-    return rows
+    return p.parse_args(argv)
 
 
 if __name__ == "__main__":

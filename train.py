@@ -259,7 +259,7 @@ class Objective:
     shift: bool
 
     def loss_sums(self, model, x, maskable, t, noise, attn):
-        """-> (Σ loss, Σ CE, number of targets): the loss is the first over the third."""
+        """-> (Σ loss, Σ CE, number of targets): the loss is the first over the third. attn: diffusion only."""
         if self.name == "diffusion":
             return diffusion_loss(model, x, maskable, t, noise, self.mask_id, attn, self.shift)
         ce = ar_loss(model, x)
@@ -340,36 +340,55 @@ def resume_state(init_dir, model, optimizer):
 # ---------------------------------------------------------------------------------------------
 
 
-def main(argv=None):
-    # -- options, and every check that needs no model
-    args = parse_args(argv)
+def check_run(args):
+    """Every check that needs no model -> (the checkpoint to start from, whether it resumes a run)."""
     resume = args.init_from == "resume"
     init_dir = args.out_dir if resume else Path(args.init_from)
     if not resume and args.out_dir.exists():
-        raise UserError(
-            f"--out-dir {args.out_dir} already exists: pass --init-from resume to continue it, or another --out-dir"
-        )
+        raise UserError(f"--out-dir {args.out_dir} already exists: pass --init-from resume to continue it, or another")
     init_meta = read_meta(init_dir)
     if resume and not (init_dir / "train_state.pt").is_file():
         raise UserError(f"{init_dir} has no train_state.pt: not a train.py output to resume")
     model_block = init_meta["model"]["block_size"]
     args.block_size = args.block_size or min(model_block, 1024)
     check_data(args.data_dir, init_dir, init_meta, args.block_size, model_block)
+    return init_dir, resume
 
-    # -- setup: processes, precision, model, optimizer, data
+
+def precision(args, device):
+    """-> (dtype, autocast context): --dtype, or bf16 where the GPU has it and fp32 elsewhere."""
+    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(args.dtype)
+    dtype = dtype or (torch.bfloat16 if bf16_ok else torch.float32)
+    args.dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype]
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return dtype, torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
+
+class StopRequest:
+    """SIGINT / SIGTERM set a flag: the loop finishes its step, saves and exits."""
+
+    def __init__(self):
+        self.signal = None
+        signal.signal(signal.SIGINT, self.set)
+        signal.signal(signal.SIGTERM, self.set)
+
+    def set(self, signum, frame):
+        self.signal = signum
+
+
+def main(argv=None):
+    # options, and every check that needs no model
+    args = parse_args(argv)
+    init_dir, resume = check_run(args)
+
+    # setup: processes, precision, model, optimizer, data
     rank, world, device = setup_distributed(args.device)
     if args.grad_accum % world:
         raise UserError(f"--grad-accum {args.grad_accum} is not a multiple of the {world} processes")
     master = rank == 0
-    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(args.dtype) or (
-        torch.bfloat16 if bf16_ok else torch.float32
-    )
-    args.dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype]
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-
+    dtype, autocast = precision(args, device)
     raw_model, meta = load_checkpoint(init_dir, device="cpu")  # on resume: the weights of the last save
     if args.reinit and not resume:
         torch.manual_seed(args.seed)
@@ -385,23 +404,11 @@ def main(argv=None):
     diffusion = args.objective == "diffusion"
     accum = args.grad_accum // world  # micro-batches per process
     tokens_per_step = args.batch_size * args.block_size * args.grad_accum
-    flops_per_step = (
-        raw_model.flops_per_token(args.block_size, logit_fraction=0.5 if diffusion else 1.0) * tokens_per_step
-    )
+    flops_per_step = raw_model.flops_per_token(args.block_size, 0.5 if diffusion else 1.0) * tokens_per_step
     peak = peak_flops(device, dtype) * world
-    flex = (
-        AnnealFlex(args.block_size, device)
-        if device.type == "cuda" and diffusion and step < args.anneal_steps
-        else None
-    )
-
-    stop = {"signal": None}  # SIGINT / SIGTERM: finish the step, save, exit
-
-    def on_signal(signum, frame):
-        stop["signal"] = signum
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    annealing_on_gpu = device.type == "cuda" and diffusion and step < args.anneal_steps
+    flex = AnnealFlex(args.block_size, device) if annealing_on_gpu else None  # FlexAttention's BlockMask, not L×L
+    stop = StopRequest()
 
     if master:
         method = f", shift {objective.shift}, anneal {args.anneal_steps} steps" if diffusion else ""
@@ -429,9 +436,7 @@ def main(argv=None):
             group["lr"] = lr
 
         # this step's attention: causal OR Bernoulli(min(1, (step+1)/A)), then full (model.attention_at)
-        attn = (
-            attention_at(step, args.anneal_steps, args.block_size, args.seed, device, flex) if diffusion else "causal"
-        )
+        attn = attention_at(step, args.anneal_steps, args.block_size, args.seed, device, flex) if diffusion else None
 
         # forward and backward, accumulating gradients over micro-batches (synchronised on the last one)
         running = torch.zeros(3, dtype=torch.float64, device=device)  # loss, unweighted CE, stop flag
@@ -440,11 +445,9 @@ def main(argv=None):
             if args.fsdp:
                 model.set_requires_gradient_sync(last)
             with contextlib.nullcontext() if last or world == 1 or args.fsdp else model.no_sync():
-                x, maskable, t, noise = train_data.train_batch(
-                    args.seed, step, micro * world + rank, args.batch_size, device
-                )
+                batch = train_data.train_batch(args.seed, step, micro * world + rank, args.batch_size, device)
                 with autocast:
-                    weighted, ce, n = objective.loss_sums(model, x, maskable, t, noise, attn)
+                    weighted, ce, n = objective.loss_sums(model, *batch, attn)
                 loss = weighted / n.clamp(min=1)
                 (loss / accum).backward()
             running[0] += loss.detach().double() / accum
@@ -453,7 +456,7 @@ def main(argv=None):
         # clip, then one all-reduce for the logged losses and a stop request (one sync per step, not three)
         if args.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        running[2] = float(stop["signal"] is not None)
+        running[2] = float(stop.signal is not None)
         if world > 1:
             dist.all_reduce(running)
             running[:2] /= world

@@ -108,7 +108,8 @@ def encoded(items, fn, ckpt, workers):
         yield from pool.imap(fn, items, chunksize=64)
 
 
-def main(argv=None):
+def parse_args(argv):
+    """-> (args, the tokenizer checkpoint's meta, {recipe part: local copy})."""
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -143,6 +144,11 @@ def main(argv=None):
             raise UserError(f"--source {name}=...: unknown recipe part {name!r}")
         if not Path(path).exists():
             raise UserError(f"--source {path} does not exist")
+    return args, meta, sources
+
+
+def main(argv=None):
+    args, meta, sources = parse_args(argv)
     vocab = meta["model"]["vocab_size"]
     dtype = np.uint16 if vocab <= 2**16 else np.uint32
     every = max(1, round(1 / args.val_fraction))
@@ -152,17 +158,12 @@ def main(argv=None):
         files = {s: open(tmp / f"{s}.bin", "wb") for s in counts}
         src_files = {s: open(tmp / f"{s}_src.bin", "wb") for s in counts} if args.sft else {}
         skipped = 0
-        items = (
-            pairs(args.inputs)
-            if args.sft
-            else recipe_texts(args.recipe, sources)
-            if args.recipe
-            else texts(args.inputs)
-        )
-        fn = _encode_pair if args.sft else _encode_document
-        for i, item in enumerate(
-            tqdm(encoded(items, fn, args.tokenizer, args.workers), desc="tokenizing", unit="doc", file=sys.stderr)
-        ):
+        if args.sft:
+            items, fn = pairs(args.inputs), _encode_pair
+        else:
+            items, fn = recipe_texts(args.recipe, sources) if args.recipe else texts(args.inputs), _encode_document
+        bar = tqdm(encoded(items, fn, args.tokenizer, args.workers), desc="tokenizing", unit="doc", file=sys.stderr)
+        for i, item in enumerate(bar):
             split_name = "val" if i % every == 0 else "train"
             ids = item
             if args.sft:
@@ -181,9 +182,8 @@ def main(argv=None):
             f.close()
         for s in ("train", "val"):
             if counts[s][1] == 0:
-                raise UserError(
-                    f"no {s} data: the input is empty or too small (got {sum(c[0] for c in counts.values())} documents)"
-                )
+                n_docs = sum(c[0] for c in counts.values())
+                raise UserError(f"no {s} data: the input is empty or too small (got {n_docs} documents)")
         if skipped:
             print(f"skipped {skipped} pairs longer than --block-size {args.block_size}", file=sys.stderr)
         info = {
