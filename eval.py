@@ -73,7 +73,7 @@ def rouge(predictions, references):
 def fit_prompt(tok, text, room):
     """[BOS] + the end of the text's tokens: as much as fits in `room` tokens (long passages lose their start)."""
     head, ids = tok.encode("", bos=True), tok.encode(text)
-    return head + ids[len(ids) - (room - len(head)) :] if room > len(head) else head
+    return head + ids[max(0, len(ids) - (room - len(head))) :] if room > len(head) else head
 
 
 def decoding_options(args):

@@ -9,7 +9,7 @@ import torch
 
 from checkpoint import load_checkpoint
 from conftest import ASSETS, assert_user_error, run
-from eval import distinct_n, elbo, rouge, task_choice, task_lambada
+from eval import distinct_n, elbo, fit_prompt, rouge, task_choice, task_lambada
 from model import noise_levels
 from tokenizer import load_tokenizer
 
@@ -168,3 +168,12 @@ def test_cli_tasks_on_the_real_model(stories_ckpt, tmp_path):
     assert_user_error(
         run("eval.py", "--ckpt", ckpt, "--task", "nll", "--data", tmp_path / "none.txt", check=False), "does not exist"
     )
+
+
+def test_fit_prompt_keeps_whole_contexts_and_the_end_of_long_ones(stories_ckpt):
+    tok = load_tokenizer(stories_ckpt)
+    text = "Lily went to the park with her mom. " * 8
+    ids = tok.encode(text)
+    assert fit_prompt(tok, text, len(ids) + 5) == [tok.bos_id] + ids  # fits, even when more than half the room
+    assert fit_prompt(tok, text, len(ids) - 3) == [tok.bos_id] + ids[4:]  # room - 1 tokens from the end
+    assert fit_prompt(tok, text, 1) == [tok.bos_id]
