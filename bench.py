@@ -371,54 +371,39 @@ def run_eval(*args):
 
 
 def report(rows):
+    """The rows as tables, each speed beside the official-style engine's on the same work."""
+    of_kind = lambda kind: [r for r in rows if r["bench"] == kind]
     lines = []
-    train = [r for r in rows if r["bench"] == "train"]
-    if train:
+    if train := of_kind("train"):
+        official = {(r["shape"], r["mode"]): r["tokens_per_s"] for r in train if r["engine"] == "official-style"}
         lines += [
             "training step",
             f"{'shape':12} {'mode':7} {'engine':15} {'tokens/s':>10} {'MFU':>7} {'ours/official':>14}",
         ]
         for r in train:
-            official = next(
-                (
-                    o
-                    for o in train
-                    if o["engine"] == "official-style" and o["shape"] == r["shape"] and o["mode"] == r["mode"]
-                ),
-                None,
-            )
-            ratio = f"{r['tokens_per_s'] / official['tokens_per_s']:.2f}x" if official and r["engine"] == "ours" else ""
-            lines.append(
-                f"{r['shape']:12} {r['mode']:7} {r['engine']:15} {r['tokens_per_s']:10,.0f} {r['mfu']:7.1%} {ratio:>14}"
-            )
-    decode = [r for r in rows if r["bench"] == "decode"]
-    if decode:
+            ref = official.get((r["shape"], r["mode"])) if r["engine"] == "ours" else None
+            ratio = f"{r['tokens_per_s'] / ref:.2f}x" if ref else ""
+            speed = f"{r['tokens_per_s']:10,.0f} {r['mfu']:7.1%} {ratio:>14}"
+            lines.append(f"{r['shape']:12} {r['mode']:7} {r['engine']:15} {speed}")
+    if decode := of_kind("decode"):
+        official = {
+            (r["length"], r["steps"], r["sampling"]): r["tokens_per_s"]
+            for r in decode
+            if r["engine"] == "official-style loop"
+        }
+        ar = {r["length"]: r["tokens_per_s"] for r in decode if r["engine"].startswith("ours AR")}
         lines += [
             "",
             "decoding (official defaults: temperature 0.95, top-p 0.9; plain: temperature 1, no top-p)",
             f"{'length':>6} {'steps':>5} {'sampling':17} {'engine':64} {'tokens/s':>9} {'/official':>9} {'/AR':>6}",
         ]
         for r in decode:
-            same = [o for o in decode if o["length"] == r["length"]]
-            official = next(
-                (
-                    o
-                    for o in same
-                    if o["engine"] == "official-style loop"
-                    and o["steps"] == r["steps"]
-                    and o["sampling"] == r["sampling"]
-                ),
-                None,
-            )
-            ar = next(o for o in same if o["engine"].startswith("ours AR"))
-            vs_official = f"{r['tokens_per_s'] / official['tokens_per_s']:.2f}x" if official else ""
-            lines.append(
-                f"{r['length']:6} {r['steps']:5} {r['sampling']:17} {r['engine']:64} {r['tokens_per_s']:9,.1f} "
-                f"{vs_official:>9} {r['tokens_per_s'] / ar['tokens_per_s']:5.2f}x"
-            )
-    quality = [r for r in rows if r["bench"] == "quality"]
-    if quality:
-        by_name = {r["variant"]: r for r in quality}
+            ref = official.get((r["length"], r["steps"], r["sampling"]))
+            vs_official = f"{r['tokens_per_s'] / ref:.2f}x" if ref else ""
+            speed = f"{r['tokens_per_s']:9,.1f} {vs_official:>9} {r['tokens_per_s'] / ar[r['length']]:5.2f}x"
+            lines.append(f"{r['length']:6} {r['steps']:5} {r['sampling']:17} {r['engine']:64} {speed}")
+    if quality := of_kind("quality"):
+        gen_ppl = {r["variant"]: r["gen_ppl"] for r in quality}
         lines += [
             "",
             "approximate decoding: quality against the exact sampler, and against the exact one with the same blocks",
@@ -426,11 +411,11 @@ def report(rows):
             f"{'ROUGE-L':>8}",
         ]
         for r in quality:
-            vs_exact = f"{r['gen_ppl'] / by_name['exact']['gen_ppl'] - 1:+9.1%}"
-            vs_blocks = f"{r['gen_ppl'] / by_name[r['reference']]['gen_ppl'] - 1:+9.1%}"
+            vs_exact, vs_blocks = r["gen_ppl"] / gen_ppl["exact"] - 1, r["gen_ppl"] / gen_ppl[r["reference"]] - 1
+            rouge_l = r.get("rougeL", float("nan"))
             lines.append(
-                f"{r['variant']:38} {r['gen_ppl']:8.1f} {vs_exact} {vs_blocks} {r['distinct2']:10.3f} "
-                f"{r['passes_per_batch']:7.1f} {r.get('rougeL', float('nan')):8.2f}"
+                f"{r['variant']:38} {r['gen_ppl']:8.1f} {vs_exact:+9.1%} {vs_blocks:+9.1%} "
+                f"{r['distinct2']:10.3f} {r['passes_per_batch']:7.1f} {rouge_l:8.2f}"
             )
     return "\n".join(lines)
 

@@ -316,7 +316,7 @@ def check_against_transformers(src, kind, out):
     print(f"check: max abs logit difference vs transformers = {diff:.3g}")
 
 
-def main(argv=None):
+def parse_args(argv):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -338,7 +338,11 @@ def main(argv=None):
         raise UserError(f"{out} already exists (pass --force to overwrite it)")
     if args.mask_token not in (None, "new") and not args.mask_token.isdigit():
         raise UserError(f"--mask-token must be 'new' or a token id, got {args.mask_token!r}")
+    return args, out
 
+
+def main(argv=None):
+    args, out = parse_args(argv)
     src = Path(args.src).expanduser()
     hub_id = None
     if not src.exists():
