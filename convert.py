@@ -25,7 +25,7 @@ from model import ModelConfig, UserError
 from tokenizer import GPT2_FILES, SENTENCEPIECE_FILES
 
 # Mask tokens of the released diffusion checkpoints.
-DIFFUGPT_S_MASK, DIFFUGPT_M_MASK, DIFFULLAMA_MASK = 10541, 50257, 811
+DIFFUGPT_S_MASK, DIFFUGPT_M_MASK = 10541, 50257
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ def is_hub_id(src):
     return len(parts) <= 2 and all(parts) and not src.startswith((".", "~")) and not src.endswith(".bin")
 
 
-def load_source(src, args):
+def load_source(src):
     """-> (cfg, state dict in our naming, source description, default objective, released mask id or None)."""
     if src.is_file():
         cfg, state = read_llama2c(src)
@@ -264,13 +264,44 @@ def load_source(src, args):
             del state["lm_head.weight"]  # a tied head saved twice
         else:
             cfg.tie_embeddings = False
-    # The released diffusion checkpoints: DiffuGPT by its key names, DiffuLLaMA (HF layout) by its name.
-    name = (str(args.src) + " " + hf.get("_name_or_path", "")).lower()
+    # DiffuGPT's own layout wraps GPT-2 in denoise_model.*: its mask is 10541 (S) or an added 50257 (M)
+    # unless its tokenizer says otherwise (released_mask_id)
     if kind == "gpt2" and "denoise_model" in prefixes:
         return cfg, state, "diffugpt", "diffusion", DIFFUGPT_M_MASK if vocab_size > DIFFUGPT_M_MASK else DIFFUGPT_S_MASK
-    if kind == "llama" and "diffullama" in name:
-        return cfg, state, "diffullama", "diffusion", DIFFULLAMA_MASK
     return cfg, state, f"hf-{kind}", "ar", None
+
+
+def released_mask_id(src, spec, files):
+    """The mask token a released diffusion checkpoint's tokenizer files declare, as an id; None if none.
+
+    The official code decodes with tokenizer.mask_token_id, so DiffuGPT and DiffuLLaMA (811, "ти")
+    ship a "mask_token" in special_tokens_map.json or tokenizer_config.json; stock GPT-2 and LLaMA do not.
+    """
+    configs = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json", "added_tokens.json"):
+        try:
+            configs[name] = json.loads((src / name).read_text())
+        except (OSError, ValueError):
+            configs[name] = {}
+    mask = configs["special_tokens_map.json"].get("mask_token") or configs["tokenizer_config.json"].get("mask_token")
+    mask = mask.get("content") if isinstance(mask, dict) else mask
+    if not isinstance(mask, str):
+        return None
+    added = dict(configs["added_tokens.json"])
+    for i, token in configs["tokenizer_config.json"].get("added_tokens_decoder", {}).items():
+        added[token.get("content")] = int(i)
+    if mask in added:
+        return added[mask]
+    if spec["type"] == "gpt2-bpe":
+        mask_id = json.loads(Path(files["encoder.json"]).read_text()).get(mask)
+    else:
+        import sentencepiece
+
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(files["tokenizer.model"]))
+        mask_id = sp.piece_to_id(mask) if sp.id_to_piece(sp.piece_to_id(mask)) == mask else None
+    if mask_id is None:
+        raise UserError(f"{src}: its tokenizer's mask token {mask!r} is not in the vocabulary")
+    return mask_id
 
 
 def add_mask_token(cfg, state):
@@ -349,7 +380,7 @@ def main(argv=None):
         if not is_hub_id(args.src):
             raise UserError(f"source {args.src} does not exist")
         hub_id, src = args.src, download_model(args.src)
-    cfg, state, kind, objective, released_mask = load_source(src, args)
+    cfg, state, kind, objective, released_mask = load_source(src)
 
     if args.tokenizer and not Path(args.tokenizer).exists():
         raise UserError(f"tokenizer {args.tokenizer} does not exist")
@@ -360,6 +391,10 @@ def main(argv=None):
             "vocab.json+merges.txt or tokenizer.model); pass --tokenizer"
         )
     spec, files = tok
+    declared = None if src.is_file() else released_mask_id(src, spec, files)
+    if declared is not None:  # a released diffusion checkpoint, whatever its directory is called
+        objective, released_mask = "diffusion", declared
+    label = {"hf-gpt2": "diffugpt", "hf-llama": "diffullama"}.get(kind, kind) if declared is not None else kind
     n_tok, bos, eos = tokenizer_size_and_ids(spec, files)
     if n_tok > cfg.vocab_size:
         raise UserError(
@@ -385,14 +420,14 @@ def main(argv=None):
         "tokenizer": spec,
         "source": {
             "from": hub_id or str(src.resolve()),
-            "format": kind,
+            "format": label,
             "mask_token": choice,
             "converted": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         },
     }
     save_checkpoint(out, state, meta, tokenizer_from=files, overwrite=args.force)
     print(
-        f"wrote {out}: {kind}, {cfg.arch}, {sum(t.numel() for t in state.values()) / 1e6:.2f}M params, "
+        f"wrote {out}: {label}, {cfg.arch}, {sum(t.numel() for t in state.values()) / 1e6:.2f}M params, "
         f"vocab {cfg.vocab_size}, mask token {mask_id}, objective {meta['objective']}",
         file=sys.stderr,
     )

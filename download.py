@@ -98,7 +98,14 @@ def download_model(repo_id):
             break
     else:
         raise UserError(f"{repo_id} has neither safetensors nor pytorch_model.bin weights")
-    for name in ("vocab.json", "merges.txt", "tokenizer.model"):
+    for name in (
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.model",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+    ):
         fetch(name, required=False)
     manifest.write_text(json.dumps(got))
     return cache

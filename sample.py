@@ -421,7 +421,8 @@ def main(argv=None):
     args = parse_args(argv)
     model, meta = load_checkpoint(args.ckpt, device=args.device)
     tok = load_tokenizer(args.ckpt, meta)
-    prefix, suffix = tok.encode(args.prompt, bos=True), tok.encode(args.suffix)
+    prompt_ids, suffix = tok.encode_continuation(args.prompt, args.suffix)  # the suffix as it follows text
+    prefix = tok.encode("", bos=True) + prompt_ids
     total = len(prefix) + args.length + len(suffix)
     if total > model.cfg.block_size:
         raise UserError(

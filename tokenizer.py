@@ -87,6 +87,20 @@ class Tokenizer:
             ids = [j for i in ids for j in (self.mask_spelling if i == self.mask_id else [i])]
         return ([self.bos_id] if bos and self.bos_id is not None else []) + ids
 
+    def encode_continuation(self, context, continuation):
+        """(context ids, continuation ids) with the continuation tokenized as it follows the context.
+
+        Together they are encode(context + continuation), split where encode(context) stops matching:
+        a word's ids as they appear inside its passage, as the official scripts take them
+        (encode(passage) minus encode(context)). Encoding " Lily" alone would not do for SentencePiece:
+        it puts a stray "▁" (LLaMA-2: id 29871) in front of the word's own tokens.
+        """
+        whole, head = self.encode(context + continuation), self.encode(context)
+        n = 0
+        while n < min(len(whole), len(head)) and whole[n] == head[n]:
+            n += 1
+        return whole[:n], whole[n:]
+
     def encode_document(self, text):
         """A document as stored for training: [BOS] tokens [EOS], or tokens [EOS] where BOS is EOS (GPT-2)."""
         head = [self.bos_id] if self.bos_id is not None and self.bos_id != self.eos_id else []

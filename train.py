@@ -67,6 +67,7 @@ def build_parser():
     a("--min-lr-ratio", type=float, default=0.1, help="cosine decays to lr × this")
     a("--warmup-iters", type=int, default=0)
     a("--weight-decay", type=float, default=0.1)
+    a("--beta2", type=float, default=0.95, help="AdamW's second-moment decay (the HF Trainer's default: 0.999)")
     a("--grad-clip", type=float, default=1.0, help="0 disables")
     # evaluation
     a("--eval-interval", type=int, default=100)
@@ -108,8 +109,8 @@ def parse_args(argv=None):
     for name in ["anneal_steps", "warmup_iters", "block_size", "weight_decay", "grad_clip"]:
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative")
-    if not args.lr > 0 or not 0 <= args.min_lr_ratio <= 1:
-        raise UserError("--lr must be positive and --min-lr-ratio in [0, 1]")
+    if not args.lr > 0 or not 0 <= args.min_lr_ratio <= 1 or not 0 <= args.beta2 < 1:
+        raise UserError("--lr must be positive, --min-lr-ratio in [0, 1] and --beta2 in [0, 1)")
     return args
 
 
@@ -247,7 +248,7 @@ def make_optimizer(model, args, device):
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = device.type == "cuda" and not args.fsdp
-    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, args.beta2), eps=1e-8, fused=fused)
 
 
 @dataclass

@@ -126,6 +126,36 @@ def test_diffugpt_layout_and_reused_mask(tmp_path):
     assert max_logit_diff(ref, tmp_path / "out2")[0] < 1e-4
 
 
+def test_released_checkpoints_are_recognised_by_content_not_name(tmp_path):
+    """DiffuLLaMA's and DiffuGPT's tokenizers declare their mask token (the official code decodes with
+    tokenizer.mask_token_id): that, not a directory name, marks a released diffusion checkpoint."""
+    ref = tiny_llama(tmp_path / "model-a")  # a name that says nothing
+    (tmp_path / "model-a" / "special_tokens_map.json").write_text(json.dumps({"mask_token": "ти"}))
+    run("convert.py", tmp_path / "model-a", tmp_path / "out-a")
+    diff, ours, meta = max_logit_diff(ref, tmp_path / "out-a")
+    assert diff < 1e-4 and ours.cfg.vocab_size == 32000  # the mask reuses an id: no new row
+    assert (meta["objective"], meta["mask_token_id"], meta["source"]["format"]) == ("diffusion", 811, "diffullama")
+    tiny_gpt2(tmp_path / "model-b")
+    config = {"mask_token": {"content": "------------", "special": True}}
+    (tmp_path / "model-b" / "tokenizer_config.json").write_text(json.dumps(config))
+    run("convert.py", tmp_path / "model-b", tmp_path / "out-b")
+    meta = json.loads((tmp_path / "out-b" / "config.json").read_text())
+    assert (meta["objective"], meta["mask_token_id"], meta["source"]["format"]) == ("diffusion", 10541, "diffugpt")
+    # an added token, as DiffuGPT-M's 50257, is found through added_tokens.json
+    (tmp_path / "model-b" / "tokenizer_config.json").write_text(json.dumps({"mask_token": "[MASK]"}))
+    (tmp_path / "model-b" / "added_tokens.json").write_text(json.dumps({"[MASK]": 50256}))
+    run("convert.py", tmp_path / "model-b", tmp_path / "out-c")
+    assert json.loads((tmp_path / "out-c" / "config.json").read_text())["mask_token_id"] == 50256
+    # stock models declare none: AR, with a new mask token; so does a directory merely called diffullama
+    tiny_llama(tmp_path / "diffullama")
+    run("convert.py", tmp_path / "diffullama", tmp_path / "out-d")
+    meta = json.loads((tmp_path / "out-d" / "config.json").read_text())
+    assert (meta["objective"], meta["mask_token_id"]) == ("ar", 32000)
+    (tmp_path / "model-b" / "tokenizer_config.json").write_text(json.dumps({"mask_token": "<no such token>"}))
+    (tmp_path / "model-b" / "added_tokens.json").unlink()
+    assert_user_error(run("convert.py", tmp_path / "model-b", tmp_path / "out-e", check=False), "mask token")
+
+
 def test_text_never_encodes_to_a_reused_mask_token(tmp_path):
     tiny_gpt2(tmp_path / "hf")
     run("convert.py", tmp_path / "hf", tmp_path / "out", "--mask-token", "10541")

@@ -3,15 +3,16 @@
 import argparse
 import json
 import math
+import shutil
 
 import pytest
 import torch
 
 from checkpoint import load_checkpoint
-from conftest import ASSETS, assert_user_error, run
-from eval import distinct_n, elbo, fit_prompt, rouge, task_choice, task_lambada
+from conftest import ASSETS, ROOT, assert_user_error, run
+from eval import distinct_n, elbo, fit_prompt, official_choice_score, rouge, task_choice, task_lambada
 from model import noise_levels
-from tokenizer import load_tokenizer
+from tokenizer import Tokenizer, load_tokenizer
 
 
 class AnswerOracle:
@@ -40,17 +41,18 @@ def test_lambada_stub_that_is_always_right_scores_one_counted_once(stories_ckpt,
     answers = {}
     for line in lines:
         context, word = line.rsplit(" ", 1)
-        answers[tuple([tok.bos_id] + tok.encode(context))] = tok.encode(" " + word)
+        context_ids, answer_ids = tok.encode_continuation(context, " " + word)
+        answers[tuple([tok.bos_id] + context_ids)] = answer_ids
     oracle = AnswerOracle(answers, 513, meta["mask_token_id"])
-    args = argparse.Namespace(data=tmp_path / "lambada.txt", limit=0, strategy="confidence")
-    assert task_lambada(oracle, {**meta, "objective": "diffusion"}, tok, args) == {"accuracy": 1.0, "n": 3}
+    diffusion = {**meta, "objective": "diffusion"}
+    for greedy in (False, True):  # the official sampling at temperature 1, and greedy
+        args = argparse.Namespace(data=tmp_path / "lambada.txt", limit=0, strategy="confidence", greedy=greedy, seed=0)
+        result, records = task_lambada(oracle, diffusion, tok, args)
+        assert result == {"accuracy": 1.0, "stderr": 0.0, "n": 3}
+        assert [r["prediction_ids"] for r in records] == [r["answer_ids"] for r in records] == list(answers.values())
     wrong = {k: tok.encode(" dog") for k in answers}  # always the same wrong word
-    assert (
-        task_lambada(AnswerOracle(wrong, 513, meta["mask_token_id"]), {**meta, "objective": "diffusion"}, tok, args)[
-            "accuracy"
-        ]
-        == 0.0
-    )
+    result, records = task_lambada(AnswerOracle(wrong, 513, meta["mask_token_id"]), diffusion, tok, args)
+    assert result["accuracy"] == 0.0 and not any(r["correct"] for r in records)
 
 
 def test_choice_prefers_the_choice_the_model_predicts(stories_ckpt, tmp_path):
@@ -61,14 +63,18 @@ def test_choice_prefers_the_choice_the_model_predicts(stories_ckpt, tmp_path):
         {"context": "Tom ate an", "choices": ["purple sky", "apple"], "label": 1},
     ]
     (tmp_path / "c.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
-    answers = {
-        tuple([tok.bos_id] + tok.encode(i["context"])): tok.encode(" " + i["choices"][i["label"]]) for i in items
-    }
-
-    args = argparse.Namespace(data=tmp_path / "c.jsonl", limit=0, mc=4, seed=0, device="cpu")
-    assert task_choice(
-        AnswerOracle(answers, 513, meta["mask_token_id"]), {**meta, "objective": "diffusion"}, tok, args
-    ) == {"accuracy": 1.0, "n": 2}
+    items.append({"context": "Ben saw that", "choices": ["the dog", "the sky"], "label": 1, "after": " was blue."})
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    answers = {}
+    for i in items:  # the right choice, and the text after it, as they follow the context
+        context_ids, ids = tok.encode_continuation(i["context"], " " + i["choices"][i["label"]] + i.get("after", ""))
+        answers[tuple([tok.bos_id] + context_ids)] = ids
+    oracle = AnswerOracle(answers, 513, meta["mask_token_id"])
+    for score in ("official", "elbo"):
+        args = argparse.Namespace(data=tmp_path / "c.jsonl", limit=0, mc=4, seed=0, device="cpu", score=score)
+        result, records = task_choice(oracle, {**meta, "objective": "diffusion"}, tok, args)
+        assert result == {"accuracy": 1.0, "stderr": 0.0, "n": 3, "score": score}
+        assert all(len(r["scores"]) == 2 and r["correct"] for r in records)
 
 
 def test_rouge_known_values():
@@ -129,7 +135,7 @@ def test_cli_tasks_on_the_real_model(stories_ckpt, tmp_path):
     meta = json.loads((ckpt / "config.json").read_text())
     (ckpt / "config.json").write_text(json.dumps({**meta, "objective": "diffusion"}))
     d = json.loads(run("eval.py", "--ckpt", ckpt, "--task", "nll", "--data", text, "--limit", "3", "--mc", "4").stdout)
-    assert d["bound"] is True and d["nll"] > ar["nll"] and d["tokens"] == ar["tokens"]
+    assert d["bound"] is True and d["nll"] > ar["nll"] and d["tokens"] == ar["tokens"] and d["stderr"] > 0
     lam = json.loads(
         run(
             "eval.py",
@@ -143,9 +149,9 @@ def test_cli_tasks_on_the_real_model(stories_ckpt, tmp_path):
             "5",
         ).stdout
     )
-    assert lam["n"] == 5 and 0 <= lam["accuracy"] <= 1
+    assert lam["n"] == 5 and 0 <= lam["accuracy"] <= 1 and lam["stderr"] >= 0
     inf = json.loads(run("eval.py", "--ckpt", ckpt, "--task", "infill", "--data", text, "--limit", "3").stdout)
-    assert inf["n"] == 3 and 0 <= inf["rouge1"] <= 100
+    assert inf["n"] == 3 and 0 <= inf["rouge1"] <= 100 and set(inf["stderr"]) == {"rouge1", "rouge2", "rougeL"}
     g = json.loads(
         run(
             "eval.py",
@@ -174,6 +180,172 @@ def test_fit_prompt_keeps_whole_contexts_and_the_end_of_long_ones(stories_ckpt):
     tok = load_tokenizer(stories_ckpt)
     text = "Lily went to the park with her mom. " * 8
     ids = tok.encode(text)
-    assert fit_prompt(tok, text, len(ids) + 5) == [tok.bos_id] + ids  # fits, even when more than half the room
-    assert fit_prompt(tok, text, len(ids) - 3) == [tok.bos_id] + ids[4:]  # room - 1 tokens from the end
-    assert fit_prompt(tok, text, 1) == [tok.bos_id]
+    assert fit_prompt(tok, ids, len(ids) + 5) == [tok.bos_id] + ids  # fits, even when more than half the room
+    assert fit_prompt(tok, ids, len(ids) - 3) == [tok.bos_id] + ids[4:]  # room - 1 tokens from the end
+    assert fit_prompt(tok, ids, 1) == [tok.bos_id]
+
+
+def test_continuations_are_encoded_as_inside_the_passage_for_every_lambada_passage():
+    """LLaMA-2's SentencePiece puts a stray "▁" (29871) before " word" encoded alone: every LAMBADA
+    answer came out wrong that way. In its context, each answer is exactly its ids inside the passage."""
+    spm = {"type": "sentencepiece", "files": ["tokenizer.model"]}
+    bpe = {"type": "gpt2-bpe", "files": []}
+    tokenizers = {
+        "llama2": Tokenizer(
+            ASSETS / "llama2", {"mask_token_id": 811, "bos_token_id": 1, "eos_token_id": 2, "tokenizer": spm}
+        ),
+        "gpt2": Tokenizer(
+            ASSETS / "gpt2", {"mask_token_id": 50257, "bos_token_id": 50256, "eos_token_id": 50256, "tokenizer": bpe}
+        ),
+    }
+    lines = [line.strip() for line in (ASSETS / "eval" / "lambada_test.txt").read_text().splitlines() if line.strip()]
+    assert len(lines) == 5153
+    for name, tok in tokenizers.items():
+        alone = 0
+        for line in lines:
+            context, word = line.rsplit(" ", 1)
+            context_ids, answer_ids = tok.encode_continuation(context, " " + word)
+            assert context_ids + answer_ids == tok.encode(line) and context_ids == tok.encode(context), (name, line)
+            assert tok.decode(answer_ids).strip() == word
+            alone += tok.encode(" " + word) != answer_ids
+        assert alone == {"llama2": 5153, "gpt2": 0}[name]  # how the answers were encoded before
+    assert tokenizers["llama2"].encode(" Lily") == [29871, 365, 2354]
+    assert tokenizers["llama2"].encode_continuation("Her name was", " Lily") == (
+        tokenizers["llama2"].encode("Her name was"),
+        [365, 2354],
+    )
+
+
+def test_official_choice_score_of_a_uniform_denoiser_is_log_v():
+    """eval_forward: the unweighted mean CE per masked token over t = j/T: log V for a uniform model."""
+    x = torch.randint(0, 7, (1, 401))
+    maskable = torch.ones_like(x, dtype=torch.bool)
+    maskable[:, 0] = False  # 400 answer tokens: every level masks some
+
+    def uniform(xt, attn, where):
+        return torch.zeros(int(where.sum()), 8)
+
+    assert official_choice_score(uniform, x, maskable, 7, 32, 0) == pytest.approx(math.log(8), rel=1e-6)
+
+
+def test_choice_and_lambada_bad_input(stories_ckpt, tmp_path):
+    def error(lines, *words, task="choice"):
+        (tmp_path / "d.txt").write_text("\n".join(lines) + "\n")
+        proc = run("eval.py", "--ckpt", stories_ckpt, "--task", task, "--data", tmp_path / "d.txt", check=False)
+        assert_user_error(proc, *words)
+
+    error(['{"context": "a", "label": 0}'], "choices")
+    error(['{"context": "a", "choices": [], "label": 0}'], "choices")
+    error(['{"context": "a", "choices": ["x", "y"], "label": 2}'], "label")
+    error(['{"context": "a", "choices": ["x", "y"]}'], "label")
+    error(["not json"], "not valid JSON")
+    error([""], "no items")
+    error([""], "no items", task="lambada")
+    error(["word"], "no context", task="lambada")
+
+
+def test_output_records_one_line_per_item(stories_ckpt, tmp_path):
+    items = [{"context": "Lily went to the", "choices": ["park", "moon"], "label": 0}] * 3
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    proc = run(
+        "eval.py",
+        "--ckpt",
+        stories_ckpt,
+        "--task",
+        "choice",
+        "--data",
+        tmp_path / "c.jsonl",
+        "--output",
+        tmp_path / "out.jsonl",
+    )
+    result = json.loads(proc.stdout)
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(len(r["scores"]) == 2 for r in records)
+    assert result["accuracy"] == sum(r["correct"] for r in records) / 3 and result["stderr"] is not None
+
+
+LM_EVAL = ROOT / "tests" / "lm_eval"
+OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.parametrize("objective", ["ar", "diffusion"])
+def test_lm_eval_harness_equals_eval_py_on_the_same_items(stories_ckpt, tmp_path, objective):
+    """The lm-eval model scores each choice exactly as --task choice does (same text, same noise)."""
+    pytest.importorskip("lm_eval")
+    ckpt = tmp_path / objective
+    shutil.copytree(stories_ckpt, ckpt)
+    meta = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**meta, "objective": objective}))
+    common = ["--ckpt", ckpt, "--mc", "4"]
+    ours = json.loads(
+        run(
+            "eval.py",
+            *common,
+            "--task",
+            "choice",
+            "--data",
+            LM_EVAL / "stories.jsonl",
+            "--output",
+            tmp_path / "ours.jsonl",
+        ).stdout
+    )
+    harness = json.loads(
+        run(
+            "eval.py",
+            *common,
+            "--lm-eval",
+            "diffu_story_choice",
+            "--include-path",
+            LM_EVAL,
+            "--output",
+            tmp_path / "harness.jsonl",
+            env=OFFLINE,
+        ).stdout
+    )
+    assert harness["results"]["diffu_story_choice"]["acc,none"] == ours["accuracy"]
+    tok = load_tokenizer(ckpt)
+    items = [json.loads(line) for line in (LM_EVAL / "stories.jsonl").read_text().splitlines()]
+    per_token = [json.loads(line)["scores"] for line in (tmp_path / "ours.jsonl").read_text().splitlines()]
+    samples = sorted(
+        (json.loads(line) for line in (tmp_path / "harness.jsonl").read_text().splitlines()), key=lambda s: s["doc_id"]
+    )
+    for item, scores, sample in zip(items, per_token, samples):
+        n = [len(tok.encode_continuation(item["context"], " " + c)[1]) for c in item["choices"]]
+        assert len(set(n)) == 1  # equal lengths: acc (sums) and our per-token choice agree
+        loglik = [float(r[0][0]) for r in sample["resps"]]
+        assert loglik == pytest.approx([-s * k for s, k in zip(scores, n)], rel=1e-9)
+
+
+def test_lm_eval_rolling_generation_and_unknown_tasks(stories_ckpt, tmp_path):
+    pytest.importorskip("lm_eval")
+    ckpt = tmp_path / "diffusion"
+    shutil.copytree(stories_ckpt, ckpt)
+    meta = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**meta, "objective": "diffusion"}))
+    out = json.loads(
+        run(
+            "eval.py",
+            "--ckpt",
+            ckpt,
+            "--mc",
+            "4",
+            "--lm-eval",
+            "diffu_story_rolling,diffu_story_generate",
+            "--include-path",
+            LM_EVAL,
+            "--limit",
+            "3",
+            "--output",
+            tmp_path / "s.jsonl",
+            env=OFFLINE,
+        ).stdout
+    )
+    rolling = out["results"]["diffu_story_rolling"]
+    assert math.isfinite(rolling["word_perplexity,none"]) and rolling["bits_per_byte,none"] > 0
+    generated = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    texts = [s["resps"][0][0] for s in generated if s["task"] == "diffu_story_generate"]
+    assert len(texts) == 3 and not any("." in t for t in texts)  # cut at the stop string
+    proc = run(
+        "eval.py", "--ckpt", ckpt, "--lm-eval", "no_such_task", "--include-path", LM_EVAL, check=False, env=OFFLINE
+    )
+    assert_user_error(proc, "no_such_task")

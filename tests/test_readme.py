@@ -29,6 +29,7 @@ TINY = {
     "miniature.py": f"--assets {ASSETS} --out mini --iters 4 --batch-size 2 --block-size 32 --eval-windows 2 --mc 2 "
     "--gen-steps 2,4 --gen-samples 2 --gen-length 8 --test-stories 4",
 }
+HUB_TASKS = "--lm-eval hellaswag,winogrande,piqa"  # lm-eval's tasks download their data: a local task instead
 SOURCES = {"fineweb": "--source web.jsonl", "diffullama": "--source slimpajama=web.jsonl --source starcoder=code.jsonl"}
 
 
@@ -55,6 +56,7 @@ def tiny_command(cmd):
     script = next((s for s in ["train.py", "sample.py", "eval.py", "miniature.py"] if f" {s}" in f" {cmd}"), None)
     if script:
         cmd += " " + TINY[script]
+    cmd = cmd.replace(HUB_TASKS, f"--lm-eval diffu_story_choice --include-path {ROOT / 'tests' / 'lm_eval'}")
     if "prepare.py" in cmd and "--recipe" in cmd:
         cmd += " " + SOURCES[shlex.split(cmd)[shlex.split(cmd).index("--recipe") + 1]]
     if "prepare.py" in cmd and "--sft" in cmd:
@@ -90,6 +92,11 @@ def sandbox(tmp_path, monkeypatch):
     (tmp_path / "code.jsonl").write_text(
         "".join(json.dumps({"content": f"def f{i}(x):\n    return x * {i}\n"}) + "\n" for i in range(40))
     )
+    (tmp_path / "tests" / "lm_eval").mkdir(parents=True)  # the local lm-eval task's data, where its YAML says
+    shutil.copy(ROOT / "tests" / "lm_eval" / "stories.jsonl", tmp_path / "tests" / "lm_eval")
+    (tmp_path / "my_tasks").mkdir()
+    rolling = (ROOT / "tests" / "lm_eval" / "diffu_story_rolling.yaml").read_text()
+    (tmp_path / "my_tasks" / "my_task.yaml").write_text(rolling.replace("task: diffu_story_rolling", "task: my_task"))
     lambada = (ASSETS / "eval" / "lambada_test.txt").read_text().splitlines()[:3]
     (tmp_path / "lambada_test.txt").write_text("\n".join(lambada) + "\n")
     (tmp_path / "hellaswag.jsonl").write_text(
@@ -129,6 +136,8 @@ def sandbox(tmp_path, monkeypatch):
         "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
         "DIFFU_CACHE": str(tmp_path / "cache"),
         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
     }
     yield tmp_path, env
     server.shutdown()
@@ -140,6 +149,9 @@ def test_every_readme_command_runs(sandbox):
     for cmd in readme_commands():
         if cmd.startswith("pip install"):
             assert all((ROOT / f).is_file() for f in re.findall(r"-r (\S+)", cmd))
+            if "&&" not in cmd:
+                assert "lm-eval" in (ROOT / "requirements-dev.txt").read_text()  # installed with the tests
+                continue
             cmd = cmd.split("&&", 1)[1].strip()
         if cmd == "python -m pytest -q":
             continue  # that is this suite

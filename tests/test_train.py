@@ -144,6 +144,9 @@ def test_presets_parse():
         ]
     )
     assert llama.anneal_steps == 0 and llama.lr == 2e-5 and llama.lr_schedule == "constant" and llama.block_size == 2048
+    # the official optimizers: the HF Trainer's AdamW for DiffuGPT, DeepSpeed's Adam config for DiffuLLaMA
+    assert (gpt.beta2, gpt.weight_decay, gpt.min_lr_ratio) == (0.999, 0.0, 0.0)
+    assert (llama.beta2, llama.weight_decay, llama.warmup_iters) == (0.95, 0.1, 0)
 
 
 def test_sft_source_tokens_are_never_noised(stories_ckpt, tmp_path):
