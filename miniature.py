@@ -49,9 +49,15 @@ def fetch_assets(args, cache):
             if not f.is_file():
                 raise UserError(f"--assets {root}: {f} is missing")
         return files, None
-    for name in ("stories260K.bin", "tok512.model"):
-        download_file(STORIES_URL + name, cache / name)
-    download_file(TINYSTORIES_URL, cache / "TinyStories-valid.txt")
+    try:
+        for name in ("stories260K.bin", "tok512.model"):
+            download_file(STORIES_URL + name, cache / name)
+        download_file(TINYSTORIES_URL, cache / "TinyStories-valid.txt")
+    except UserError as e:
+        raise UserError(
+            f"{e}. Offline? Pass --assets DIR (or set DIFFU_ASSETS) with local copies of "
+            "stories260K/stories260K.bin, stories260K/tok512.model and text/tinystories_val.txt"
+        ) from None
     return (cache / "stories260K.bin", cache / "tok512.model", cache / "TinyStories-valid.txt"), "<|endoftext|>"
 
 

@@ -334,13 +334,14 @@ def decode(
 
 
 def render(tok, ids, start, end, eos_id):
-    """Text of one sample: prompt, generated part up to its first EOS, suffix."""
+    """Text of one sample: prompt, generated part up to its first EOS, suffix, decoded in one pass
+    (SentencePiece drops a piece's leading space at the start of a decode: decoded apart, words glue)."""
     ids = ids.tolist()
     generated = ids[start:end]
     if eos_id in generated:
         generated = generated[: generated.index(eos_id)]
     prompt = [i for i in ids[:start] if i != tok.bos_id]
-    return tok.decode(prompt) + tok.decode(generated) + tok.decode(ids[end:])
+    return tok.decode(prompt + generated + ids[end:])
 
 
 class Show:

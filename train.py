@@ -368,7 +368,7 @@ def precision(args, device):
 
 
 class StopRequest:
-    """SIGINT / SIGTERM set a flag: the loop finishes its step, saves and exits."""
+    """SIGINT / SIGTERM set a flag: the loop finishes its step, saves and exits with 128 + the signal."""
 
     def __init__(self):
         self.signal = None
@@ -517,6 +517,8 @@ def main(argv=None):
     bar.close()
     if world > 1:
         dist.destroy_process_group()
+    if stop.signal is not None:
+        sys.exit(128 + stop.signal)  # saved, but stopped early: the shell's convention for a signal
     return metrics
 
 

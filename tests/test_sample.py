@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from conftest import STORY_START, assert_user_error, run
+from conftest import ASSETS, STORY_START, assert_user_error, run
 from model import ModelConfig, Transformer
 from sample import STRATEGIES, Sampling, generate, generate_ar
+from tokenizer import load_tokenizer
 
 V, MASK, BOS = 50, 49, 0
 
@@ -246,3 +247,27 @@ def test_sampling_follows_the_distribution():
         torch.bincount(tokens, minlength=4) / 20000, torch.tensor([0.625, 0.375, 0, 0]), atol=0.015, rtol=0
     )
     torch.testing.assert_close(p[0], torch.tensor([0.625, 0.375, 0, 0]))
+
+
+def test_prompt_generated_text_and_suffix_are_decoded_as_written(stories_ckpt):
+    """One decode for the whole sample: decoded apart, SentencePiece glued words ("day,Mat", "onthe")."""
+    from sample import render
+    from tokenizer import Tokenizer
+
+    spm, bpe = {"type": "sentencepiece", "files": []}, {"type": "gpt2-bpe", "files": []}
+    tokenizers = [
+        load_tokenizer(stories_ckpt),
+        Tokenizer(ASSETS / "llama2", {"mask_token_id": 32000, "bos_token_id": 1, "eos_token_id": 2, "tokenizer": spm}),
+        Tokenizer(
+            ASSETS / "gpt2", {"mask_token_id": 50257, "bos_token_id": 50256, "eos_token_id": 50256, "tokenizer": bpe}
+        ),
+    ]
+    text = "Today is a wonderful day, the cat sat on the mat and then it fell asleep."
+    for tok in tokenizers:
+        ids = torch.tensor(tok.encode(text, bos=True))
+        for start, end in [(3, 9), (5, 12), (2, len(ids))]:
+            assert render(tok, ids, start, end, tok.eos_id) == text, (tok.kind, start, end)
+    proc = run(
+        "sample.py", "--ckpt", stories_ckpt, "--ar", "--greedy", "--prompt", "Once upon a time,", "--length", "12"
+    )
+    assert proc.stdout.startswith("Once upon a time, there was a little girl"), proc.stdout
