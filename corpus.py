@@ -36,7 +36,7 @@ def records(path, field="text", split=None):
         import pyarrow.parquet as pq
 
         for batch in pq.ParquetFile(path).iter_batches(columns=[field], batch_size=1024):
-            yield from ({"text": t} for t in batch.column(0).to_pylist())
+            yield from ({field: t} for t in batch.column(0).to_pylist())
     elif path.name.endswith(".zst"):  # SlimPajama ships zstd-compressed jsonl
         import io
 

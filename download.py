@@ -74,8 +74,11 @@ def download_model(repo_id):
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     cache = cache_dir() / repo_id.replace("/", "--")
     manifest = cache / "downloaded.json"  # written last: the cached copy is complete
-    if manifest.is_file() and all((cache / f).is_file() for f in json.loads(manifest.read_text())):
-        return cache
+    if manifest.is_file():
+        done = json.loads(manifest.read_text())
+        # a list: written before the tokenizer configs were fetched too; fetch what is missing
+        if isinstance(done, dict) and all((cache / f).is_file() for f in done["files"]):
+            return cache
     got = []
 
     def fetch(name, required=True):
@@ -107,5 +110,5 @@ def download_model(repo_id):
         "added_tokens.json",
     ):
         fetch(name, required=False)
-    manifest.write_text(json.dumps(got))
+    manifest.write_text(json.dumps({"files": got}))
     return cache

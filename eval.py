@@ -398,12 +398,12 @@ def harness_model(model, meta, tok, args):
 
         def loglikelihood_rolling(self, requests, disable_tqdm=False):
             """log p(text) in nats: exact (AR), or minus the ELBO with the shift (diffusion: a bound),
-            over windows of the model's context as --task nll, each window's first token its context."""
+            over windows of the model's context, each window's first token the previous one's last."""
             out = []
             for r in tqdm(requests, desc="loglikelihood_rolling", file=sys.stderr, disable=disable_tqdm):
                 ids, L = tok.encode(r.args[0], bos=True), model.cfg.block_size
-                total = 0.0
-                for k, i in enumerate(range(0, len(ids) - 1, L)):
+                total = 0.0  # windows overlap by one token, the context of the next: every token is scored once
+                for k, i in enumerate(range(0, len(ids) - 1, L - 1)):
                     x = torch.tensor([ids[i : i + L]], device=args.device)
                     maskable = torch.ones_like(x, dtype=torch.bool)
                     maskable[:, 0] = False
@@ -418,7 +418,7 @@ def harness_model(model, meta, tok, args):
             for k, r in enumerate(tqdm(requests, desc="generate_until", file=sys.stderr, disable=disable_tqdm)):
                 context, options = r.args
                 until = options.get("until") or []
-                n = min(options.get("max_gen_toks", 256), model.cfg.block_size - 1)
+                n = min(options.get("max_gen_toks", 256), model.cfg.block_size // 2)  # leave room for context
                 prefix = fit_prompt(tok, tok.encode(context), model.cfg.block_size - n)
                 temperature = options.get("temperature", 0.0)
                 sampling = Sampling(

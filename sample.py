@@ -333,6 +333,16 @@ def decode(
 # Command line
 
 
+def suffix_ids(tok, prompt, suffix):
+    """A suffix that starts with a space, as it follows text (SentencePiece would put a stray "▁" before
+    it on its own); one that does not, on its own, as a new word. Never at the cost of the prompt's ids."""
+    if suffix[:1].isspace():
+        head, ids = tok.encode_continuation(prompt, suffix)
+        if head == tok.encode(prompt):
+            return ids
+    return tok.encode(suffix)
+
+
 def render(tok, ids, start, end, eos_id):
     """Text of one sample: prompt, generated part up to its first EOS, suffix, decoded in one pass
     (SentencePiece drops a piece's leading space at the start of a decode: decoded apart, words glue)."""
@@ -422,8 +432,7 @@ def main(argv=None):
     args = parse_args(argv)
     model, meta = load_checkpoint(args.ckpt, device=args.device)
     tok = load_tokenizer(args.ckpt, meta)
-    prompt_ids, suffix = tok.encode_continuation(args.prompt, args.suffix)  # the suffix as it follows text
-    prefix = tok.encode("", bos=True) + prompt_ids
+    prefix, suffix = tok.encode(args.prompt, bos=True), suffix_ids(tok, args.prompt, args.suffix)
     total = len(prefix) + args.length + len(suffix)
     if total > model.cfg.block_size:
         raise UserError(

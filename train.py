@@ -517,8 +517,8 @@ def main(argv=None):
     bar.close()
     if world > 1:
         dist.destroy_process_group()
-    if stop.signal is not None:
-        sys.exit(128 + stop.signal)  # saved, but stopped early: the shell's convention for a signal
+    if step < args.max_iters:  # stopped by a signal (here or on another rank) and saved: the shell's convention
+        sys.exit(128 + (stop.signal or signal.SIGTERM))
     return metrics
 
 

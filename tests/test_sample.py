@@ -271,3 +271,24 @@ def test_prompt_generated_text_and_suffix_are_decoded_as_written(stories_ckpt):
         "sample.py", "--ckpt", stories_ckpt, "--ar", "--greedy", "--prompt", "Once upon a time,", "--length", "12"
     )
     assert proc.stdout.startswith("Once upon a time, there was a little girl"), proc.stdout
+
+
+def test_suffix_ids_keep_the_prompt_and_lose_the_stray_piece():
+    from sample import suffix_ids
+    from tokenizer import Tokenizer
+
+    spm, bpe = {"type": "sentencepiece", "files": []}, {"type": "gpt2-bpe", "files": []}
+    llama = Tokenizer(
+        ASSETS / "llama2", {"mask_token_id": 32000, "bos_token_id": 1, "eos_token_id": 2, "tokenizer": spm}
+    )
+    gpt2 = Tokenizer(
+        ASSETS / "gpt2", {"mask_token_id": 50257, "bos_token_id": 50256, "eos_token_id": 50256, "tokenizer": bpe}
+    )
+    prompt = "Lily went to the park."
+    assert (
+        suffix_ids(llama, prompt, " She was happy.")
+        == llama.encode(prompt + " She was happy.")[len(llama.encode(prompt)) :]
+    )
+    assert 29871 not in suffix_ids(llama, prompt, " She was happy.")  # no stray "▁"
+    assert suffix_ids(llama, prompt, "She was happy.") == llama.encode("She was happy.")  # a new word, as written
+    assert suffix_ids(gpt2, "He said:", '"Yes."') == gpt2.encode('"Yes."')  # the prompt's ":" stays the prompt's

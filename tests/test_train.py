@@ -423,3 +423,14 @@ def test_flex_attention_mask_equals_the_boolean_mask():
                 atol=1e-5,
                 rtol=1e-5,
             )
+
+
+def test_parquet_documents_come_from_the_recipe_field(tmp_path):
+    """StarCoder's parquet files keep their text under "content" (the diffullama recipe's field)."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow
+
+    from corpus import texts
+
+    pq.write_table(pyarrow.table({"content": ["def f():\n    return 1\n", "x = 2\n"]}), tmp_path / "code.parquet")
+    assert list(texts([tmp_path / "code.parquet"], "content")) == ["def f():\n    return 1\n", "x = 2\n"]
