@@ -29,12 +29,11 @@ import zlib
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint
 from corpus import texts
-from model import UserError, ar_loss, diffusion_loss, mix, noise_levels
+from model import UserError, ar_loss, diffusion_loss, mix, noise_levels, predicting
 from sample import Sampling, decode, valid_logits
 from tokenizer import load_tokenizer
 
@@ -225,28 +224,37 @@ def read_choice_items(path):
     return items
 
 
-def score_continuation(model, meta, tok, context, continuation, args):
-    """-(log-likelihood) in nats of continuation after context, and its number of tokens; shared by
-    --task choice and the lm-eval model, so that both give the same number for the same text.
-
-    AR: exact. Diffusion, with only the continuation masked: --score official, the official mean CE
-    per masked token over t = j/T (T = --mc) times the token count; --score elbo, the ELBO (a bound)
-    over --mc stratified Monte Carlo levels, as LLaDA and Dream estimate it. The noise is seeded by
-    the text itself: an item scores the same wherever it sits in a file.
-    """
+def continuation_input(model, tok, context, continuation, device):
+    """x (1, L) = [BOS] + context + continuation, the continuation tokenized in its context and the
+    context cut from the start to fit; maskable (1, L) marks the continuation."""
     context_ids, ids = tok.encode_continuation(context, continuation)
     ids = ids[: model.cfg.block_size - 1]
     prefix = fit_prompt(tok, context_ids, model.cfg.block_size - len(ids))
-    x = torch.tensor([prefix + ids], device=args.device)
+    x = torch.tensor([prefix + ids], device=device)
     maskable = torch.zeros_like(x, dtype=torch.bool)
     maskable[:, len(prefix) :] = True
-    seed = mix(args.seed, zlib.crc32(f"{context}\0{continuation}".encode()))
+    return x, maskable
+
+
+def text_seed(seed, context, continuation):
+    """The noise of a scored continuation is seeded by its text: it scores the same wherever it sits in a file."""
+    return mix(seed, zlib.crc32(f"{context}\0{continuation}".encode()))
+
+
+def score_continuation(model, meta, x, maskable, seed, args):
+    """-(log-likelihood) in nats of x's maskable tokens (continuation_input); shared by --task choice
+    and the lm-eval model, so that both give the same number for the same text.
+
+    AR: exact. Diffusion, with only the continuation masked: --score official, the official mean CE
+    per masked token over t = j/T (T = --mc) times the token count; --score elbo, the ELBO (a bound)
+    over --mc stratified Monte Carlo levels, as LLaDA and Dream estimate it.
+    """
     if meta["objective"] == "diffusion" and args.score == "official":
         mean_ce = official_choice_score(
             model, x, maskable, meta["mask_token_id"], args.mc, seed, meta.get("shift", True)
         )
-        return mean_ce * len(ids), len(ids)
-    return sequence_nll(model, meta, x, maskable, noise_levels(args.mc, seed=seed), seed), len(ids)
+        return mean_ce * maskable.sum().item()
+    return sequence_nll(model, meta, x, maskable, noise_levels(args.mc, seed=seed), seed)
 
 
 def task_choice(model, meta, tok, args):
@@ -262,8 +270,9 @@ def task_choice(model, meta, tok, args):
         scores = []
         for choice in item["choices"]:
             continuation = " " + choice.strip() + item.get("after", "")
-            nll, n = score_continuation(model, meta, tok, item["context"], continuation, args)
-            scores.append(nll / n)
+            x, maskable = continuation_input(model, tok, item["context"], continuation, args.device)
+            seed = text_seed(args.seed, item["context"], continuation)
+            scores.append(score_continuation(model, meta, x, maskable, seed, args) / maskable.sum().item())
         prediction = min(range(len(scores)), key=scores.__getitem__)
         correct.append(prediction == item["label"])
         records.append({"scores": scores, "label": item["label"], "prediction": prediction, "correct": correct[-1]})
@@ -364,18 +373,12 @@ def task_genppl(model, meta, tok, args):
 
 
 @torch.no_grad()
-def is_greedy(model, meta, tok, context, continuation):
-    """Whether the continuation is the model's most probable: AR given the true prefix at every
-    token; diffusion with the whole continuation masked, in one pass."""
-    context_ids, ids = tok.encode_continuation(context, continuation)
-    ids = ids[: model.cfg.block_size - 1]
-    prefix = fit_prompt(tok, context_ids, model.cfg.block_size - len(ids))
-    x = torch.tensor([prefix + ids], device=model.tok_emb.weight.device)
-    maskable = torch.zeros_like(x, dtype=torch.bool)
-    maskable[:, len(prefix) :] = True
+def is_greedy(model, meta, tok, x, maskable):
+    """Whether x's maskable tokens (continuation_input) are the model's most probable: AR given the
+    true prefix at every token; diffusion with the whole continuation masked, in one pass."""
     ar = meta["objective"] == "ar"
     inputs = x if ar else x.masked_fill(maskable, meta["mask_token_id"])
-    where = F.pad(maskable[:, 1:], (0, 1)) if ar or meta.get("shift", True) else maskable
+    where = predicting(maskable, ar or meta.get("shift", True))
     logits = valid_logits(
         model(inputs, attn="causal" if ar else "full", where=where), meta["mask_token_id"], tok.n_vocab
     )
@@ -392,8 +395,9 @@ def harness_model(model, meta, tok, args):
             out = []
             for r in tqdm(requests, desc="loglikelihood", file=sys.stderr, disable=disable_tqdm):
                 context, continuation = r.args
-                nll, _ = score_continuation(model, meta, tok, context, continuation, args)
-                out.append((-nll, is_greedy(model, meta, tok, context, continuation)))
+                x, maskable = continuation_input(model, tok, context, continuation, args.device)
+                nll = score_continuation(model, meta, x, maskable, text_seed(args.seed, context, continuation), args)
+                out.append((-nll, is_greedy(model, meta, tok, x, maskable)))
             return out
 
         def loglikelihood_rolling(self, requests, disable_tqdm=False):

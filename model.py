@@ -256,6 +256,12 @@ class Transformer(nn.Module):
 EPS = 1e-3  # t ~ U(EPS, 1)
 
 
+def predicting(targets, shift=True):
+    """Where the logits that predict the target positions (B, L) sit: with the shift, the logit at i
+    predicts token i+1, so one position earlier (position 0 is never a target)."""
+    return F.pad(targets[:, 1:], (0, 1)) if shift else targets
+
+
 def diffusion_loss(model, x, maskable, t, noise, mask_id, attn="full", shift=True):
     """Masked-diffusion loss sums for one batch -> (Σ CE/t, Σ CE, number of masked targets).
 
@@ -269,7 +275,7 @@ def diffusion_loss(model, x, maskable, t, noise, mask_id, attn="full", shift=Tru
     # shift: the logit at i predicts token i+1, so select position i where token i+1 was masked
     if shift:
         target_mask = masked[:, 1:]  # (B, L-1)
-        where = F.pad(target_mask, (0, 1))
+        where = predicting(masked)
         targets, weights = x[:, 1:][target_mask], (1 / t)[:, None].expand_as(target_mask)[target_mask]
     else:  # the ablation: logit i predicts token i
         where, targets, weights = masked, x[masked], (1 / t)[:, None].expand_as(masked)[masked]
@@ -283,7 +289,7 @@ def ar_loss(model, x, targets=None):
 
     targets: optional boolean (B, L), the tokens that count (default: all after position 0).
     """
-    where = torch.ones_like(x, dtype=torch.bool) if targets is None else F.pad(targets[:, 1:], (0, 1))
+    where = torch.ones_like(x, dtype=torch.bool) if targets is None else predicting(targets)
     where[:, -1] = False  # the last logit predicts nothing
     return F.cross_entropy(model(x, attn="causal", where=where), x[:, 1:][where[:, :-1]], reduction="none")
 

@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from checkpoint import load_checkpoint
-from model import UserError
+from model import UserError, predicting
 from tokenizer import MASK_GLYPH, load_tokenizer
 
 STRATEGIES = ("random", "confidence", "margin", "entropy")
@@ -154,7 +153,7 @@ class Denoiser:
 
     def __call__(self, x, predict, eligible):
         if self.logits is None:
-            where = F.pad(predict[:, 1:], (0, 1)) if self.shift else predict  # shift: the logit at i predicts i+1
+            where = predicting(predict, self.shift)
             if self.kv is None or self.fresh:
                 out = self.model(x, attn="full", where=where, cache=self.kv)
             else:

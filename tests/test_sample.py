@@ -145,50 +145,14 @@ def test_ar_greedy_reproduces_the_stories260k_story(stories_ckpt):
 
 
 def test_cli_samples_infill_and_show(stories_ckpt):
-    proc = run(
-        "sample.py",
-        "--ckpt",
-        stories_ckpt,
-        "--prompt",
-        "Once upon a time",
-        "--suffix",
-        "The end.",
-        "--length",
-        "12",
-        "--steps",
-        "6",
-        "--num-samples",
-        "2",
-        "--seed",
-        "3",
-        "--show",
-        "--strategy",
-        "confidence",
-    )
+    command = ["sample.py", "--ckpt", stories_ckpt, "--prompt", "Once upon a time", "--suffix", "The end."]
+    command += ["--length", "12", "--steps", "6", "--num-samples", "2", "--seed", "3", "--strategy", "confidence"]
+    proc = run(*command, "--show")
     samples = proc.stdout.strip().split("\n\n" + "-" * 40 + "\n\n")
     assert len(samples) == 2 and all(s.startswith("Once upon a time") and s.endswith("The end.") for s in samples)
     frames = [line for line in proc.stderr.splitlines() if line.startswith("[step ")]
     assert len(frames) == 6 and "█" in frames[0] and "█" not in frames[-1]
-    again = run(
-        "sample.py",
-        "--ckpt",
-        stories_ckpt,
-        "--prompt",
-        "Once upon a time",
-        "--suffix",
-        "The end.",
-        "--length",
-        "12",
-        "--steps",
-        "6",
-        "--num-samples",
-        "2",
-        "--seed",
-        "3",
-        "--strategy",
-        "confidence",
-    )
-    assert again.stdout == proc.stdout
+    assert run(*command).stdout == proc.stdout  # the same without --show
 
 
 def test_bad_inputs(stories_ckpt, tmp_path):
