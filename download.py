@@ -1,9 +1,11 @@
 """Downloads over plain HTTPS into a cache, resumable, with a progress bar; no huggingface_hub needed.
 
 convert.py fetches hub models (HF_ENDPOINT and HF_TOKEN honoured), data/prepare.py and miniature.py
-fetch corpora and stories260K. The cache is $DIFFU_CACHE, else ~/.cache/diffu.
+fetch corpora and stories260K. The cache is $DIFFU_CACHE, else ~/.cache/diffu. A file whose source
+publishes its size and sha256 (the hub's dataset shards) is checked before it enters the cache.
 """
 
+import hashlib
 import json
 import os
 import sys
@@ -18,10 +20,11 @@ def cache_dir():
     return Path(os.environ.get("DIFFU_CACHE", Path.home() / ".cache" / "diffu"))
 
 
-def download_file(url, target, required=True, token=None):
+def download_file(url, target, required=True, token=None, size=None, sha256=None):
     """Fetch url into target with a progress bar, resuming a partial .part file.
 
     Returns False if the file is absent (404) and not required. token: a bearer token (HF_TOKEN).
+    size, sha256: what the source publishes; a .part that does not match is deleted, never cached.
     """
     from tqdm import tqdm
 
@@ -51,15 +54,31 @@ def download_file(url, target, required=True, token=None):
     with response:
         if response.status != 206:  # the server ignored the range: start over
             have = 0
-        size = response.headers.get("Content-Length")
-        total = have + int(size) if size else None
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length else None
         bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=target.name, file=sys.stderr)
         with open(part, "ab" if have else "wb") as f, bar:
             while chunk := response.read(1 << 20):
                 f.write(chunk)
                 bar.update(len(chunk))
+    check_download(part, url, size, sha256)
     part.rename(target)
     return True
+
+
+def check_download(part, url, size, sha256):
+    got = part.stat().st_size
+    if size is not None and got != size:
+        part.unlink()
+        raise UserError(f"download of {url} has {got:,} bytes, not the {size:,} its source lists; run again")
+    if sha256:
+        h = hashlib.sha256()
+        with open(part, "rb") as f:
+            while block := f.read(1 << 24):
+                h.update(block)
+        if h.hexdigest() != sha256:
+            part.unlink()
+            raise UserError(f"download of {url} does not match the sha256 its source lists; run again")
 
 
 def download_url(url):
@@ -69,9 +88,56 @@ def download_url(url):
     return target
 
 
+def hub_endpoint():
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_dataset_files(repo_id, folder):
+    """[{"path", "size", "sha256"}] of a hub dataset's folder, recursively, from the hub's tree API.
+
+    Cached after the first listing, so a rerun needs no network for it.
+    """
+    cached = cache_dir() / "data" / repo_id.replace("/", "--") / f"files-{folder.replace('/', '--') or 'all'}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    url = f"{hub_endpoint()}/api/datasets/{repo_id}/tree/main/{folder}?recursive=true"
+    entries = []
+    while url:  # the hub pages long listings: Link: <next>; rel="next"
+        request = urllib.request.Request(url)
+        if os.environ.get("HF_TOKEN"):
+            request.add_header("Authorization", f"Bearer {os.environ['HF_TOKEN']}")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                entries += json.loads(response.read())
+                link = response.headers.get("Link") or ""
+        except urllib.error.HTTPError as e:
+            raise UserError(f"cannot list {repo_id}/{folder} at {url}: HTTP {e.code}") from None
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise UserError(f"cannot list {repo_id}/{folder} at {url}: {e}") from None
+        url = next((part.split(";")[0].strip(" <>") for part in link.split(",") if 'rel="next"' in part), None)
+    files = [
+        {"path": e["path"], "size": e["size"], "sha256": (e.get("lfs") or {}).get("oid")}
+        for e in entries
+        if e.get("type") == "file"
+    ]
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(cached.name + ".part")
+    tmp.write_text(json.dumps(files))
+    tmp.rename(cached)
+    return files
+
+
+def download_dataset_file(repo_id, path, size=None, sha256=None):
+    """One file of a hub dataset into the cache (once, resumable, checked), -> its local path."""
+    target = cache_dir() / "data" / repo_id.replace("/", "--") / path
+    url = f"{hub_endpoint()}/datasets/{repo_id}/resolve/main/{path}"
+    download_file(url, target, token=os.environ.get("HF_TOKEN"), size=size, sha256=sha256)
+    return target
+
+
 def download_model(repo_id):
     """Fetch the files of a hub model into the cache and return its directory (offline once complete)."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    endpoint = hub_endpoint()
     cache = cache_dir() / repo_id.replace("/", "--")
     manifest = cache / "downloaded.json"  # written last: the cached copy is complete
     if manifest.is_file():
