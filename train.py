@@ -129,27 +129,61 @@ def lr_at(step, args):
 
 
 class Data:
-    """Token memmaps from data/prepare.py: random windows (pre-training) or fixed rows with a source mask (SFT)."""
+    """Token shards from data/prepare.py, read as one sequence: random windows (pre-training) or rows (SFT).
+
+    The shards are memory-mapped and joined end to end with int64 offsets (corpora beyond 4G tokens);
+    a window may run across two shards, so the split into shards never changes the examples.
+    """
 
     def __init__(self, data_dir, split, block_size):
-        info = json.loads((Path(data_dir) / "meta.json").read_text())
-        self.tokens = np.memmap(Path(data_dir) / f"{split}.bin", dtype=info["dtype"], mode="r")
+        data_dir, info = Path(data_dir), json.loads((Path(data_dir) / "meta.json").read_text())
         self.sft, self.block_size = info["sft"], block_size
+        shards = Data.shards(info, split)
+        self.parts = [
+            np.memmap(data_dir / s["file"], dtype=info["dtype"], mode="r", shape=(s["tokens"],)) for s in shards
+        ]
+        self.starts = np.cumsum([0] + [s["tokens"] for s in shards], dtype=np.int64)  # where each shard begins
+        self.size = int(self.starts[-1])
         if self.sft:
-            self.tokens = self.tokens.reshape(-1, info["block_size"])
-            src = np.memmap(Path(data_dir) / f"{split}_src.bin", dtype=np.uint8, mode="r")
-            self.src = src.reshape(self.tokens.shape)
-            self.n = len(self.tokens)
+            self.src_parts = [np.memmap(data_dir / s["src_file"], dtype=np.uint8, mode="r") for s in shards]
+            self.row = info["block_size"]
+            self.n = self.size // self.row
         else:
-            self.n = len(self.tokens) - block_size + 1  # window starts
+            self.n = self.size - block_size + 1  # window starts
+
+    @staticmethod
+    def shards(info, split):
+        """[{"file", "tokens", "src_file"?}] of a split; data prepared before shards is one file per split."""
+        if "shards" in info:
+            return [s for s in info["shards"][split] if s["tokens"] > 0]
+        return [{"file": f"{split}.bin", "tokens": info[f"{split}_tokens"], "src_file": f"{split}_src.bin"}]
+
+    def read(self, parts, start, length):
+        """Tokens [start, start + length) of the shards joined end to end."""
+        k = int(np.searchsorted(self.starts, start, side="right")) - 1
+        pieces = []
+        while length > 0:
+            piece = parts[k][start - self.starts[k] : start - self.starts[k] + length]
+            pieces.append(piece)
+            start, length, k = start + len(piece), length - len(piece), k + 1
+        return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+
+    def repetition_note(self, tokens, data_dir):
+        """A line for a run that reads `tokens` tokens of this data, when that is more than one epoch."""
+        epochs = tokens / self.size
+        if epochs <= 1:
+            return None
+        # Muennighoff et al. 2023: up to ~4 epochs are nearly as good as new tokens, then returns fall fast
+        worse = "; beyond 4 repeated tokens are worth far less than new ones (prepare more)" if epochs > 4 else ""
+        return f"note: this run reads {tokens:,} tokens, {epochs:.1f} epochs of the {self.size:,} in {data_dir}{worse}"
 
     def example(self, i):
         """(tokens, maskable) of example i: window start i (pre-training) or row i (SFT)."""
         if self.sft:
-            x = torch.from_numpy(self.tokens[i].astype(np.int64))
-            maskable = torch.from_numpy(self.src[i] == 0)
+            x = torch.from_numpy(self.read(self.parts, i * self.row, self.row).astype(np.int64))
+            maskable = torch.from_numpy(self.read(self.src_parts, i * self.row, self.row) == 0)
         else:
-            x = torch.from_numpy(self.tokens[i : i + self.block_size].astype(np.int64))
+            x = torch.from_numpy(self.read(self.parts, i, self.block_size).astype(np.int64))
             maskable = torch.ones(self.block_size, dtype=torch.bool)
         maskable[0] = False  # the anchor: never noised, as BOS at decoding time
         return x, maskable
@@ -186,10 +220,12 @@ def check_data(data_dir, init_dir, init_meta, block_size, model_block_size):
     if not (data_dir / "meta.json").is_file():
         raise UserError(f"data dir {data_dir} has no meta.json (make one with data/prepare.py)")
     info = json.loads((data_dir / "meta.json").read_text())
+    itemsize = np.dtype(info["dtype"]).itemsize
     for split in ("train", "val"):
-        f = data_dir / f"{split}.bin"
-        if not f.is_file() or f.stat().st_size == 0:
-            raise UserError(f"{f} is missing or empty")
+        for shard in Data.shards(info, split):
+            f = data_dir / shard["file"]
+            if not f.is_file() or f.stat().st_size < shard["tokens"] * itemsize or shard["tokens"] == 0:
+                raise UserError(f"{f} is missing, empty or shorter than meta.json says")
     if info["tokenizer_fingerprint"] != fingerprint(init_dir, init_meta):
         raise UserError(
             f"{data_dir} was tokenized with another tokenizer than {init_dir}'s; "
@@ -418,6 +454,8 @@ def main(argv=None):
             f"{tokens_per_step:,} tokens/step, objective {args.objective}{method}",
             file=sys.stderr,
         )
+        if note := train_data.repetition_note(args.max_iters * tokens_per_step, args.data_dir):
+            print(note, file=sys.stderr)
     if step == 0:
         result = evaluate(model, objective, val_data, args, autocast, rank, world, device)
         if master:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,8 +24,9 @@ TINY = ["--max-iters", "6", "--eval-interval", "3", "--batch-size", "4", "--bloc
 
 @pytest.fixture(scope="module")
 def stories_data(stories_ckpt, tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "tinystories"
-    run("data/prepare.py", "--tokenizer", stories_ckpt, "--out", out, STORIES_TXT)
+    out = tmp_path_factory.mktemp("data") / "tinystories"  # in several shards: windows run across them
+    run("data/prepare.py", "--tokenizer", stories_ckpt, "--out", out, STORIES_TXT, "--shard-tokens", "50000")
+    assert len(json.loads((out / "meta.json").read_text())["shards"]["train"]) > 3
     return out
 
 
@@ -154,18 +156,31 @@ def test_sft_source_tokens_are_never_noised(stories_ckpt, tmp_path):
     pairs.write_text(
         "".join(json.dumps({"prompt": f"Tom had {i} apples.", "response": f"He ate {i}."}) + "\n" for i in range(40))
     )
-    run("data/prepare.py", "--tokenizer", stories_ckpt, "--out", tmp_path / "sft", "--sft", "--block-size", "32", pairs)
-    data = Data(tmp_path / "sft", "train", 32)
+    sft = tmp_path / "sft"
+    run(
+        "data/prepare.py",
+        "--tokenizer",
+        stories_ckpt,
+        "--out",
+        sft,
+        "--sft",
+        "--block-size",
+        "32",
+        pairs,
+        "--shard-tokens",
+        "200",
+    )
+    data = Data(sft, "train", 32)
     x, maskable, _, noise = data.train_batch(0, 0, 0, 16, "cpu")
-    src = torch.from_numpy(data.src[:].astype(bool))
-    assert src.any() and (~src).any()
+    shards = json.loads((sft / "meta.json").read_text())["shards"]["train"]  # the files as written, several
+    read = lambda key, dtype: np.concatenate([np.fromfile(sft / s[key], dtype) for s in shards]).reshape(-1, 32)
+    rows, src = torch.from_numpy(read("file", np.uint16).astype(np.int64)), torch.from_numpy(read("src_file", np.uint8))
+    src = src.bool()
+    assert len(shards) > 1 and data.n == len(rows) and src.any() and (~src).any()
     stub = TableModel(torch.zeros(1, 32, 513))
     diffusion_loss(stub, x, maskable, torch.ones(16), noise, 512)  # t = 1: every maskable token is masked
     for row, xt in zip(x, stub.xt):
-        i = next(
-            k for k in range(len(data.tokens)) if torch.equal(torch.from_numpy(data.tokens[k].astype("int64")), row)
-        )
-        keep = src[i].clone()
+        keep = src[next(k for k in range(len(rows)) if torch.equal(rows[k], row))].clone()
         keep[0] = True
         assert torch.equal(xt[keep], row[keep])  # the prompt (and BOS) untouched
         assert (xt[~keep] == 512).all()  # everything else noised
@@ -390,15 +405,16 @@ def test_prepare_formats_and_workers(stories_ckpt, tmp_path):
             "0.3",
             tmp_path / "in",
         )
-    assert (tmp_path / "1" / "train.bin").read_bytes() == (tmp_path / "2" / "train.bin").read_bytes()
+    files = sorted(p.name for p in (tmp_path / "1").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "2").iterdir())
+    assert all((tmp_path / "1" / f).read_bytes() == (tmp_path / "2" / f).read_bytes() for f in files)
     info = json.loads((tmp_path / "1" / "meta.json").read_text())
     assert info["documents"] == {"train": 4, "val": 2} and info["dtype"] == "uint16"
-    import numpy as np
 
     from tokenizer import load_tokenizer
 
     tok = load_tokenizer(stories_ckpt)
-    val = np.fromfile(tmp_path / "1" / "val.bin", dtype=np.uint16).tolist()
+    val = np.fromfile(tmp_path / "1" / "val-text-00000.bin", dtype=np.uint16).tolist()
     assert val == [1, *tok.encode(docs[0]), 2, 1, *tok.encode(docs[3]), 2]  # documents 0 and 3: every 3rd
 
 
