@@ -11,9 +11,9 @@ the same token, as in GPT-2).
 Recipes. fineweb: DiffuGPT's 30B tokens of FineWeb (its sample-100BT; the full dump for a budget
 beyond 100B). diffullama: DiffuLLaMA's 65B tokens, SlimPajama and StarCoder's 86 languages at 7:3 by
 tokens. Also their parts, and two small corpora. A recipe lists its corpus's shards on the hub and
-reads them in order (StarCoder's languages and FineWeb's dumps interleaved by size), downloading each
-into the cache when it is reached (once, resumable, size and sha256 checked), until the document that
-reaches the budget. --source NAME=DIR reads local copies of the shards instead.
+reads them in order (StarCoder's languages and FineWeb's dumps interleaved by their numbers of shards),
+downloading each into the cache when it is reached (once, resumable, size and sha256 checked), until
+the document that reaches the budget. --source NAME=DIR reads local copies of the shards instead.
 
 Output: DIR/meta.json (the tokenizer's fingerprint, which train.py checks, tokens per source, and the
 index of shards) and DIR/{split}-{source}-{k}.bin, shards of about --shard-tokens, uint16 or uint32
@@ -100,25 +100,12 @@ class Source:
 
 
 def token_count(text):
-    """'30B', '500M', '1e9', '12000' -> a positive int (argparse type)."""
+    """'30B', '500M', '1e9', '12000' -> an int (argparse type)."""
     m = re.fullmatch(r"([0-9.]+(?:e[0-9]+)?)([kmbt]?)", text.strip().lower())
     try:
-        n = round(float(m[1]) * 1000 ** " kmbt".index(m[2] or " "))
+        return round(float(m[1]) * 1000 ** " kmbt".index(m[2] or " "))
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"not a token count: {text!r} (e.g. 30B, 500M, 1e9)") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return n
-
-
-def positive_int(text):
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def parse_args(argv):
@@ -134,7 +121,7 @@ def parse_args(argv):
     p.add_argument(
         "--tokens",
         type=token_count,
-        help="training tokens to prepare, e.g. 30B or 500M (default: the recipe's, the paper's; else all the input)",
+        help="training tokens to prepare, e.g. 30B or 500M; None: the recipe's (the paper's), or all the input",
     )
     p.add_argument(
         "--source",
@@ -143,14 +130,17 @@ def parse_args(argv):
         help="local shards of the recipe's corpus: DIR, or NAME=DIR for each part of a mix (repeat)",
     )
     p.add_argument("--sft", action="store_true", help="prompt/response pairs with a source mask")
-    p.add_argument("--block-size", type=positive_int, default=512, help="row length for --sft")
+    p.add_argument("--block-size", type=int, default=512, help="row length for --sft")
     # what to write
     p.add_argument("--val-fraction", type=float, default=0.05, help="every 1/this-th document is held out ...")
     p.add_argument("--val-tokens", type=token_count, default="10M", help="... until validation holds this many")
     p.add_argument("--shard-tokens", type=token_count, default="250M", help="tokens per output shard (about)")
-    p.add_argument("--workers", type=positive_int, default=min(8, os.cpu_count() or 1), help="tokenizing processes")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="tokenizing processes")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     args = p.parse_args(argv)
+    for name in ("tokens", "val_tokens", "shard_tokens", "workers", "block_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if args.out.exists() and not args.force:
@@ -226,7 +216,7 @@ def hub_shards(part, budget):
 
 
 def interleaved(files, group_of):
-    """Files in natural order, the groups (dumps, languages) interleaved in proportion to their sizes."""
+    """Files in natural order, the groups (dumps, languages) interleaved: a group of n files, one every 1/n."""
     groups = collections.defaultdict(list)
     for f in sorted(files, key=lambda f: natural_key(f["path"])):
         groups[group_of(f)].append(f)
