@@ -17,7 +17,6 @@ import copy
 import json
 import math
 import os
-import pickle
 import signal
 import sys
 import time
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from checkpoint import load_checkpoint, read_meta, save_checkpoint
+from checkpoint import load_checkpoint, load_torch_file, pick_device, read_meta, save_checkpoint
 from model import EPS, AnnealFlex, UserError, ar_loss, attention_at, diffusion_loss, mix, noise_levels, peak_flops
 from plot import plot, plot_available
 from tokenizer import fingerprint
@@ -147,6 +146,7 @@ def parse_args(argv=None):
         raise UserError("--lr must be positive, --min-lr-ratio in [0, 1] and --beta2 in [0, 1)")
     if args.grad_accum % world:
         raise UserError(f"--grad-accum {args.grad_accum} is not a multiple of the {world} processes")
+    pick_device(args.device)  # a device this machine lacks: refused before any work
     if saved:
         check_resume(args, saved, done, given)
     return args
@@ -242,11 +242,17 @@ def check_data(data_dir, init_dir, init_meta, block_size, model_block_size):
     data_dir = Path(data_dir)
     if not (data_dir / "meta.json").is_file():
         raise UserError(f"data dir {data_dir} has no meta.json (make one with data/prepare.py)")
-    info = json.loads((data_dir / "meta.json").read_text())
+    try:
+        info = json.loads((data_dir / "meta.json").read_text())
+        itemsize = np.dtype(info["dtype"]).itemsize
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{data_dir / 'meta.json'} is corrupt ({e}); make it again with data/prepare.py") from None
     for split in ("train", "val"):
         f = data_dir / f"{split}.bin"
         if not f.is_file() or f.stat().st_size == 0:
             raise UserError(f"{f} is missing or empty")
+        if f.stat().st_size % itemsize:
+            raise UserError(f"{f} is not a whole number of {info['dtype']} tokens: truncated or not prepare.py's")
     if info["tokenizer_fingerprint"] != fingerprint(init_dir, init_meta):
         raise UserError(
             f"{data_dir} was tokenized with another tokenizer than {init_dir}'s; "
@@ -268,9 +274,7 @@ def check_data(data_dir, init_dir, init_meta, block_size, model_block_size):
 def setup_distributed(device_arg):
     """-> (rank, world, device). torchrun sets RANK / WORLD_SIZE / LOCAL_RANK."""
     if "RANK" not in os.environ:
-        if device_arg == "auto":
-            return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return 0, 1, torch.device(device_arg)
+        return 0, 1, pick_device(device_arg)
     backend = "nccl" if torch.cuda.is_available() and device_arg in ("auto", "cuda") else "gloo"
     dist.init_process_group(backend)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -388,16 +392,11 @@ def save(model, optimizer, meta, args, objective, step, tokens, metrics, init_di
 def read_train_state(run_dir):
     """-> {"step", "tokens", "optimizer", "metrics"} of the run in run_dir, checked before any work.
 
-    The optimizer state is memory-mapped, so reading it here costs nothing until it is used."""
+    The optimizer state is memory-mapped: reading it here costs nothing until it is used."""
     file = run_dir / "train_state.pt"
     if not file.is_file():
         raise UserError(f"{run_dir} has no train_state.pt: not a train.py output to resume")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as e:  # weights_only refuses anything but tensors and plain containers
-        raise UserError(f"{file} holds objects other than tensors; refused ({str(e).splitlines()[0]})") from None
-    except (RuntimeError, OSError, EOFError) as e:
-        raise UserError(f"{file} is corrupted or truncated: {str(e).splitlines()[0]}") from None
+    state = load_torch_file(file)
     try:
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
         state["metrics"] = [json.loads(line) for line in lines if line]

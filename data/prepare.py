@@ -129,6 +129,8 @@ def parse_args(argv):
     )
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     args = p.parse_args(argv)
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if args.out.exists() and not args.force:

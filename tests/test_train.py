@@ -357,41 +357,6 @@ def test_nan_stops_and_keeps_last_good_checkpoint(stories_ckpt, stories_data, tm
     assert all(math.isfinite(m.get("train_loss", 0)) for m in metrics)
 
 
-def test_bad_inputs(stories_ckpt, stories_data, tmp_path):
-    base = ["train.py", "--init-from", stories_ckpt, *TINY]
-    out = ["--out-dir", tmp_path / "out"]
-    assert_user_error(run(*base, "--data-dir", tmp_path / "missing", *out, check=False), "meta.json")
-    (tmp_path / "empty").mkdir()
-    assert_user_error(run(*base, "--data-dir", tmp_path / "empty", *out, check=False), "meta.json")
-    assert_user_error(run(*base, "--data-dir", stories_data, "--bogus", *out, check=False), "unrecognized arguments")
-    assert_user_error(run(*base, "--data-dir", stories_data, "--batch-size", "0", *out, check=False), "--batch-size")
-    gpt2_tok = tmp_path / "gpt2data"
-    run("data/prepare.py", "--tokenizer", stories_ckpt, "--out", gpt2_tok, STORIES_TXT)
-    meta = json.loads((gpt2_tok / "meta.json").read_text())
-    meta["tokenizer_fingerprint"] = "0" * 16  # as data/prepare.py writes for another tokenizer
-    (gpt2_tok / "meta.json").write_text(json.dumps(meta))
-    assert_user_error(run(*base, "--data-dir", gpt2_tok, *out, check=False), "another tokenizer")
-    assert_user_error(
-        run(
-            "train.py",
-            "--init-from",
-            stories_ckpt,
-            "--data-dir",
-            stories_data,
-            "--block-size",
-            "1024",
-            *out,
-            check=False,
-        ),
-        "beyond the model",
-    )
-    assert not (tmp_path / "out").exists()
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "mine.txt").write_text("keep")
-    assert_user_error(run(*base, "--data-dir", stories_data, *out, check=False), "already exists")
-    assert (tmp_path / "out" / "mine.txt").read_text() == "keep"
-
-
 def test_prepare_bad_inputs(stories_ckpt, tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     assert_user_error(
