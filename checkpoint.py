@@ -8,10 +8,13 @@ A checkpoint is a directory, the one hand-off between scripts:
 It is written atomically: a crash leaves the old directory (or none), never a half-written one.
 """
 
+import errno
 import json
 import os
+import pickle
 import re
 import shutil
+import zipfile
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -25,12 +28,20 @@ CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 @contextmanager
 def atomic_dir(path, overwrite=False):
-    """Yield a temporary directory that becomes `path` only once the block succeeds."""
+    """Yield a temporary directory that becomes `path` only once the block succeeds.
+
+    Beside `path` live, for a moment, .NAME.tmp-PID (being written), .NAME.old-PID (the previous
+    version, between the two renames) and .NAME.trash-PID (being deleted). A crash can leave any of
+    them; those of dead processes are cleared here, and read_meta restores an .old-* if need be.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise UserError(f"{path} already exists (pass --force to overwrite it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    restore_previous(path)
+    for leftover in leftovers(path, "tmp", "trash", *(["old"] if path.exists() else [])):
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp, old, trash = (path.parent / f".{path.name}.{kind}-{os.getpid()}" for kind in ("tmp", "old", "trash"))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -41,16 +52,56 @@ def atomic_dir(path, overwrite=False):
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
             f.chmod(0o666 & ~umask)  # safetensors writes owner-only files
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise UserError(f"cannot write {path}: {str(e).splitlines()[0]}; nothing was changed") from None
         raise
     if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        path.rename(old)
+        path.rename(old)  # an .old-* is always whole: it is renamed, never deleted in place
         tmp.rename(path)
-        shutil.rmtree(old)
+        old.rename(trash)
+        shutil.rmtree(trash)
     else:
         tmp.rename(path)
+
+
+def is_disk_full(e):
+    """A full disk or quota, or a file-size limit: as an OSError, or inside safetensors' / torch's own errors."""
+    codes = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    if isinstance(e, OSError):
+        return e.errno in codes
+    return any(f"(os error {code})" in str(e) for code in codes) or "file write failed" in str(e)
+
+
+def leftovers(path, *kinds):
+    """The .NAME.KIND-PID directories beside path whose process is gone."""
+    found = []
+    for kind in kinds:
+        for d in path.parent.glob(f".{path.name}.{kind}-*"):
+            pid = d.name.rsplit("-", 1)[1]
+            if pid.isdigit() and not is_alive(int(pid)):
+                found.append(d)
+    return found
+
+
+def is_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        pass
+    return True
+
+
+def restore_previous(path):
+    """After a crash between atomic_dir's two renames, path is gone and its previous version is an .old-*."""
+    if path.exists():
+        return
+    whole = [d for d in leftovers(path, "old") if (d / CONFIG_FILE).is_file()]
+    if whole:  # the newest, if crashes left several
+        max(whole, key=lambda d: (d / CONFIG_FILE).stat().st_mtime_ns).rename(path)
 
 
 def save_checkpoint(path, model, meta, tokenizer_from, overwrite=False, extra=None):
@@ -83,9 +134,7 @@ def save_checkpoint(path, model, meta, tokenizer_from, overwrite=False, extra=No
 def read_meta(path):
     """Parse and check a checkpoint's config.json, with a one-line error for each problem."""
     path = Path(path)
-    if not path.exists():  # a crash between atomic_dir's two renames leaves the old one whole
-        for previous in sorted(path.parent.glob(f".{path.name}.old-*"))[-1:]:
-            previous.rename(path)
+    restore_previous(path)
     if not path.is_dir():
         raise UserError(f"checkpoint {path} does not exist or is not a directory")
     try:
@@ -94,15 +143,48 @@ def read_meta(path):
         raise UserError(f"checkpoint {path} has no {CONFIG_FILE}") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path / CONFIG_FILE} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path / CONFIG_FILE} must hold a JSON object, not {type(meta).__name__}")
     for key in ("model", "objective", "mask_token_id", "eos_token_id", "tokenizer"):
         if key not in meta:
             raise UserError(f"{path / CONFIG_FILE} lacks {key!r}: not a checkpoint written by convert.py or train.py")
+    ModelConfig.from_dict(meta["model"])  # its types, before anything is built from it
+    for key in ("arch", "vocab_size", "block_size", "n_layer", "n_head", "n_embd"):  # no silent defaults
+        if key not in meta["model"]:
+            raise UserError(f"{path / CONFIG_FILE}: the model config lacks {key!r}")
     if not 0 <= meta["mask_token_id"] < meta["model"]["vocab_size"]:
         raise UserError(f"{path / CONFIG_FILE}: mask_token_id {meta['mask_token_id']} is outside the vocabulary")
     for name in meta["tokenizer"].get("files", []):
         if not (path / name).is_file():
             raise UserError(f"checkpoint {path} lacks its tokenizer file {name}")
     return meta
+
+
+def pick_device(name):
+    """--device: 'auto' is CUDA when present, else the CPU; a device this machine lacks is a one-line error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"--device {name}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: this machine has no CUDA device (use --device cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available on this machine")
+    return device
+
+
+def load_torch_file(file):
+    """A torch.save file: tensors and plain containers only (weights_only), memory-mapped when it can be."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
+    except pickle.UnpicklingError as e:  # an object that would run code when unpickled
+        raise UserError(f"{file} holds objects other than tensors; refused ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise UserError(f"{file} is corrupted or truncated: {str(e).splitlines()[0]}") from None
 
 
 def expected_shapes(cfg):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import check_shapes, from_hf, load_checkpoint, save_checkpoint
+from checkpoint import check_shapes, from_hf, load_checkpoint, load_torch_file, save_checkpoint
 from download import download_model
 from model import ModelConfig, UserError
 from tokenizer import GPT2_FILES, SENTENCEPIECE_FILES
@@ -60,8 +60,8 @@ def iter_hf_tensors(src):
                 with safe_open(path, framework="pt") as f:
                     for key in f.keys():
                         yield key, f.get_tensor(key)
-            else:  # weights_only: never unpickle arbitrary objects; mmap: don't read it all at once
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            else:  # never unpickle arbitrary objects; memory-mapped: not read all at once
+                state = load_torch_file(path)
                 while state:
                     key = next(iter(state))
                     yield key, state.pop(key)
@@ -241,6 +241,8 @@ def load_source(src):
         hf = json.loads((src / "config.json").read_text())
     except ValueError as e:
         raise UserError(f"{src / 'config.json'} is not valid JSON: {e}") from None
+    if not isinstance(hf, dict):
+        raise UserError(f"{src / 'config.json'} must hold a JSON object, not {type(hf).__name__}")
     kind = hf.get("model_type")
     if kind not in ("gpt2", "llama"):
         raise UserError(f"unsupported model_type {kind!r} in {src / 'config.json'} (supported: gpt2, llama)")
@@ -257,7 +259,10 @@ def load_source(src):
     if "tok_emb.weight" not in state:
         raise UserError(f"{src} has no token embedding")
     vocab_size = state["tok_emb.weight"].shape[0]
-    cfg = gpt2_config(hf, vocab_size) if kind == "gpt2" else llama_config(hf, vocab_size)
+    try:
+        cfg = gpt2_config(hf, vocab_size) if kind == "gpt2" else llama_config(hf, vocab_size)
+    except KeyError as e:
+        raise UserError(f"{src / 'config.json'} lacks {e}") from None
     head = state.get("lm_head.weight")
     if head is not None and cfg.tie_embeddings:
         if head.shape == state["tok_emb.weight"].shape and torch.equal(head, state["tok_emb.weight"]):

@@ -22,6 +22,14 @@ PIECE_CHARS = 10_000  # a text that is one long line is cut into documents of th
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
+def read_text(path):
+    """A whole file as UTF-8 text (sample.py's --prompt-file)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (undecodable byte at offset {e.start})") from None
+
+
 def natural_key(path):
     """Sort "chunk2/example_train_10" after "chunk2/example_train_9", as the hub's shards are numbered."""
     return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", str(path))]
@@ -95,7 +103,7 @@ def records(path, field="text", split=None, skip=0):
                         raise UserError(f"{path}:{n} is not valid JSON") from None
         else:
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = json.loads(read_text(path))
             except ValueError as e:
                 raise UserError(f"{path} is not valid JSON: {e}") from None
             yield from (data if isinstance(data, list) else [data])[skip:]

@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, pick_device
 from corpus import texts
 from model import UserError, ar_loss, diffusion_loss, mix, noise_levels, predicting
-from sample import Sampling, decode, valid_logits
+from sample import STRATEGIES, Sampling, decode, valid_logits
 from tokenizer import load_tokenizer
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +149,8 @@ def task_nll(model, meta, tok, args):
     if len(ids) < 2:
         raise UserError(f"--data {args.data} holds no text")
     L = args.block_size or min(model.cfg.block_size, 512)
+    if L > model.cfg.block_size:
+        raise UserError(f"--block-size {L} is beyond the model's {model.cfg.block_size} positions")
     windows = [ids[i : i + L] for i in range(0, len(ids) - 1, L)][: args.limit or None]
     levels = noise_levels(args.mc, seed=None if args.t_grid else args.seed)
     totals, counts = [], []
@@ -321,6 +323,8 @@ def task_genppl(model, meta, tok, args):
     Standard error of Gen PPL over samples (delta method on the per-token NLL)."""
     if not args.judge:
         raise UserError("--task genppl needs --judge DIR (an AR checkpoint)")
+    if 1 + args.length > model.cfg.block_size:
+        raise UserError(f"--length {args.length} and BOS are beyond the model's {model.cfg.block_size} positions")
     judge, judge_meta = load_checkpoint(args.judge, device=args.device)
     judge_tok = load_tokenizer(args.judge, judge_meta)
     if judge_meta["objective"] != "ar":
@@ -509,7 +513,7 @@ def parse_args(argv):
     a("--block-size", type=int, default=0, help="nll window (default: the model's, at most 512)")
     # decoding
     a("--steps", type=int, default=0, help="decoding steps (infill: default the middle's length; genppl: --length)")
-    a("--strategy", default="confidence", help="diffusion decoding strategy (sample.py)")
+    a("--strategy", choices=STRATEGIES, default="confidence", help="diffusion decoding order (sample.py)")
     a("--greedy", action="store_true", help="lambada, infill: greedy decoding")
     a("--judge", type=Path, help="genppl: AR checkpoint that scores the samples")
     a("--length", type=int, default=128, help="genppl: tokens per sample")
@@ -530,6 +534,7 @@ def parse_args(argv):
         raise UserError(f"--data {args.data} does not exist")
     if args.mc < 1 or args.limit < 0 or args.steps < 0 or args.length < 1 or args.batch_size < 1:
         raise UserError("--mc, --length and --batch-size must be at least 1; --limit and --steps not negative")
+    args.device = pick_device(args.device)
     return args
 
 

@@ -46,6 +46,12 @@ class ModelConfig:
     tie_embeddings: bool = True
 
     def __post_init__(self):
+        for f in fields(self):  # config files are JSON: a "5" or a null must not reach the layers
+            value, want = getattr(self, f.name), type(f.default)
+            if isinstance(value, bool) != (want is bool) or not isinstance(
+                value, (int, float) if want is float else want
+            ):
+                raise UserError(f"model config: {f.name} is {value!r}, not {want.__name__}")
         if self.arch not in ("gpt2", "llama"):
             raise UserError(f"unknown arch {self.arch!r} (expected 'gpt2' or 'llama')")
         self.n_kv_head = self.n_kv_head or self.n_head
@@ -56,6 +62,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d):
+        if not isinstance(d, dict):
+            raise UserError(f"model config must be a JSON object, not {d!r}")
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise UserError(f"unknown model config keys: {sorted(unknown)}")

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, pick_device
+from corpus import read_text
 from model import UserError, predicting
 from tokenizer import MASK_GLYPH, load_tokenizer
 
@@ -421,9 +422,10 @@ def parse_args(argv):
         raise UserError("--suffix needs diffusion decoding (drop --ar)")
     if args.prompt_file:
         try:
-            args.prompt = args.prompt_file.read_text()
+            args.prompt = read_text(args.prompt_file)
         except OSError as e:
             raise UserError(f"cannot read --prompt-file: {e}") from None
+    args.device = pick_device(args.device)
     return args
 
 

@@ -13,6 +13,7 @@ exactly, and gives the same result on one process or many with the same global b
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import os
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from checkpoint import load_checkpoint, read_meta, save_checkpoint
+from checkpoint import load_checkpoint, load_torch_file, pick_device, read_meta, save_checkpoint
 from model import EPS, AnnealFlex, UserError, ar_loss, attention_at, diffusion_loss, mix, noise_levels, peak_flops
 from plot import plot, plot_available
 from tokenizer import fingerprint
@@ -44,23 +45,19 @@ def build_parser():
     a = p.add_argument
     # what to train, on what
     a("--config", type=Path, help="JSON preset (config/*.json); command-line options override it")
-    a("--init-from", required=True, help="checkpoint directory, or 'resume' to continue --out-dir")
+    a("--init-from", required=True, help="checkpoint directory, or 'resume' to continue the run in --out-dir")
     a("--reinit", action="store_true", help="random weights with the checkpoint's config and tokenizer (from scratch)")
-    a("--data-dir", required=True, type=Path)
-    a("--out-dir", required=True, type=Path)
+    a("--data-dir", type=Path, help="data/prepare.py's output (on resume: the run's, unless given)")
+    a("--out-dir", required=True, type=Path, help="the run's checkpoint directory, written at each evaluation")
     # the method
     a("--objective", choices=["diffusion", "ar"], default="diffusion")
     a("--anneal-steps", type=int, default=0, help="steps to open the causal mask to full attention (0: full at once)")
     a("--no-shift", action="store_true", help="ablation: the logit at i predicts token i instead of i+1")
     # optimisation
-    a("--max-iters", type=int, default=1000)
+    a("--max-iters", type=int, default=1000, help="optimizer steps (on resume: may be raised)")
+    a("--extend-schedule", action="store_true", help="on resume: accept the cosine schedule of a new --max-iters")
     a("--batch-size", type=int, default=8, help="sequences per micro-batch per process")
-    a(
-        "--grad-accum",
-        type=int,
-        default=1,
-        help="micro-batches per step over all processes (a multiple of the world size)",
-    )
+    a("--grad-accum", type=int, help="micro-batches per step over all processes (default: the number of processes)")
     a("--block-size", type=int, default=0, help="sequence length (0: the model's maximum, at most 1024)")
     a("--lr", type=float, default=3e-4)
     a("--lr-schedule", choices=["cosine", "constant"], default="cosine")
@@ -87,22 +84,58 @@ def build_parser():
     return p
 
 
+# Options a resumed run may change: where and how it runs, not what it computes.
+RESUME_MAY_CHANGE = {"data_dir", "eval_interval", "device", "dtype", "compile", "fsdp", "activation_checkpointing"}
+NOT_READ_BACK = {"config", "init_from", "out_dir", "extend_schedule"}
+
+
+def given_options(parser, argv):
+    """{dest: value} of the options the command line names (argparse has no other way to tell them from defaults)."""
+    quiet = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            quiet_action = quiet._add_action(copy.copy(action))
+            quiet_action.default, quiet_action.required = argparse.SUPPRESS, False
+    return vars(quiet.parse_known_args(argv)[0])
+
+
+def read_preset(path):
+    try:
+        preset = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read --config {path}: {e}") from None
+    if not isinstance(preset, dict):
+        raise UserError(f"--config {path} must hold a JSON object of options, not {type(preset).__name__}")
+    return {k.replace("-", "_"): v for k, v in preset.items() if not k.startswith("_")}
+
+
+def saved_run(out_dir):
+    """-> (the options, the step) of the train.py run in out_dir, from its config.json."""
+    training = read_meta(out_dir).get("training")
+    if not isinstance(training, dict) or not isinstance(training.get("args"), dict):
+        raise UserError(f"{out_dir} is not a train.py output: its config.json records no training run")
+    return training["args"], training["step"]
+
+
 def parse_args(argv=None):
+    """Defaults < --config preset < command line; on resume the run's own options replace the defaults."""
     p = build_parser()
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", type=Path)
-    config_path = pre.parse_known_args(argv)[0].config
-    if config_path:  # the preset's values become defaults, so the command line still wins
-        try:
-            preset = json.loads(config_path.read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read --config {config_path}: {e}") from None
-        known = {act.dest for act in p._actions}
-        preset = {k.replace("-", "_"): v for k, v in preset.items() if not k.startswith("_")}
-        if set(preset) - known:
-            raise UserError(f"{config_path}: unknown options {sorted(set(preset) - known)}")
-        p.set_defaults(**preset)
+    given = given_options(p, argv)
+    preset = read_preset(given["config"]) if given.get("config") else {}
+    known = {act.dest for act in p._actions}
+    if set(preset) - known:
+        raise UserError(f"{given['config']}: unknown options {sorted(set(preset) - known)}")
+    given = {**preset, **given}
+    saved, done = {}, 0
+    if given.get("init_from") == "resume" and given.get("out_dir"):
+        saved, done = saved_run(given["out_dir"])
+        saved = {k: v for k, v in saved.items() if k in known and k not in NOT_READ_BACK}
+    p.set_defaults(**{**saved, **preset})
     args = p.parse_args(argv)
+    if args.data_dir is None:
+        p.error("the following arguments are required: --data-dir")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    args.grad_accum = args.grad_accum or world  # the global batch of one process, on any number of them
     for name in ["max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters"]:
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
@@ -111,7 +144,31 @@ def parse_args(argv=None):
             raise UserError(f"--{name.replace('_', '-')} must not be negative")
     if not args.lr > 0 or not 0 <= args.min_lr_ratio <= 1 or not 0 <= args.beta2 < 1:
         raise UserError("--lr must be positive, --min-lr-ratio in [0, 1] and --beta2 in [0, 1)")
+    if args.grad_accum % world:
+        raise UserError(f"--grad-accum {args.grad_accum} is not a multiple of the {world} processes")
+    pick_device(args.device)  # a device this machine lacks: refused before any work
+    if saved:
+        check_resume(args, saved, done, given)
     return args
+
+
+def check_resume(args, saved, done, given):
+    """A resumed run is the same run: an option that contradicts it is refused; --max-iters may grow."""
+    for name, value in given.items():
+        old = saved.get(name)
+        if name in saved and name not in RESUME_MAY_CHANGE | {"max_iters"} and str(value) != str(old):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} {value} contradicts the run in {args.out_dir}, which used {flag} {old}")
+    if args.max_iters < done:
+        raise UserError(f"--max-iters {args.max_iters} is below the {done} steps {args.out_dir} has done already")
+    if args.max_iters == done:
+        raise UserError(f"{args.out_dir} has done its {done} steps; pass a larger --max-iters to train further")
+    before = argparse.Namespace(**{**vars(args), "max_iters": saved["max_iters"]})
+    if lr_at(done, before) != lr_at(done, args) and not args.extend_schedule:
+        raise UserError(
+            f"--max-iters {saved['max_iters']} -> {args.max_iters} changes the cosine schedule (lr at step {done}: "
+            f"{lr_at(done, before):.3g} -> {lr_at(done, args):.3g}); pass --extend-schedule to accept that"
+        )
 
 
 def lr_at(step, args):
@@ -219,13 +276,20 @@ def check_data(data_dir, init_dir, init_meta, block_size, model_block_size):
     data_dir = Path(data_dir)
     if not (data_dir / "meta.json").is_file():
         raise UserError(f"data dir {data_dir} has no meta.json (make one with data/prepare.py)")
-    info = json.loads((data_dir / "meta.json").read_text())
-    itemsize = np.dtype(info["dtype"]).itemsize
-    for split in ("train", "val"):
-        for shard in Data.shards(info, split):
-            f = data_dir / shard["file"]
-            if not f.is_file() or f.stat().st_size < shard["tokens"] * itemsize or shard["tokens"] == 0:
-                raise UserError(f"{f} is missing, empty or shorter than meta.json says")
+    try:
+        info = json.loads((data_dir / "meta.json").read_text())
+        itemsize = np.dtype(info["dtype"]).itemsize
+        index = [shard for split in ("train", "val") for shard in Data.shards(info, split)]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{data_dir / 'meta.json'} is corrupt ({e}); make it again with data/prepare.py") from None
+    for shard in index:
+        f = data_dir / shard["file"]
+        if not f.is_file() or shard["tokens"] == 0:
+            raise UserError(f"{f} is missing or empty")
+        if f.stat().st_size != shard["tokens"] * itemsize:
+            raise UserError(
+                f"{f} does not hold the {shard['tokens']:,} {info['dtype']} tokens meta.json says: truncated?"
+            )
     if info["tokenizer_fingerprint"] != fingerprint(init_dir, init_meta):
         raise UserError(
             f"{data_dir} was tokenized with another tokenizer than {init_dir}'s; "
@@ -247,9 +311,7 @@ def check_data(data_dir, init_dir, init_meta, block_size, model_block_size):
 def setup_distributed(device_arg):
     """-> (rank, world, device). torchrun sets RANK / WORLD_SIZE / LOCAL_RANK."""
     if "RANK" not in os.environ:
-        if device_arg == "auto":
-            return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return 0, 1, torch.device(device_arg)
+        return 0, 1, pick_device(device_arg)
     backend = "nccl" if torch.cuda.is_available() and device_arg in ("auto", "cuda") else "gloo"
     dist.init_process_group(backend)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -352,44 +414,49 @@ def save(model, optimizer, meta, args, objective, step, tokens, metrics, init_di
         "metrics.jsonl": lambda f: f.write_text("".join(json.dumps(m) + "\n" for m in metrics)),
     }
     if plot_available():
-        seen = [m["tokens"] for m in metrics]
+        evals = [m for m in metrics if "val_loss" in m]  # not the notes
+        seen = [m["tokens"] for m in evals]
         labels = [
             ("val_loss", "val loss (CE/t, the paper's)"),
             ("val_loss_unweighted", "val masked CE"),
             ("val_nll_bound", "val NLL bound (nats/token)"),
         ]
-        curves = {label: (seen, [m[key] for m in metrics]) for key, label in labels}
+        curves = {label: (seen, [m[key] for m in evals]) for key, label in labels}
         writers["loss.png"] = lambda f: plot(curves, f, "nats")
     save_checkpoint(args.out_dir, model_state, out_meta, tokenizer_from=init_dir, overwrite=True, extra=writers)
 
 
-def resume_state(init_dir, model, optimizer):
-    """The optimizer state, step, tokens and metrics of the run in init_dir (its weights are loaded already)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+def read_train_state(run_dir):
+    """-> {"step", "tokens", "optimizer", "metrics"} of the run in run_dir, checked before any work.
 
-    state = torch.load(init_dir / "train_state.pt", map_location="cpu", weights_only=True)
-    options = StateDictOptions(full_state_dict=True)
-    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=options)
-    metrics = [json.loads(line) for line in (init_dir / "metrics.jsonl").read_text().splitlines() if line]
-    return state["step"], state["tokens"], metrics
+    The optimizer state is memory-mapped: reading it here costs nothing until it is used."""
+    file = run_dir / "train_state.pt"
+    if not file.is_file():
+        raise UserError(f"{run_dir} has no train_state.pt: not a train.py output to resume")
+    state = load_torch_file(file)
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        state["metrics"] = [json.loads(line) for line in lines if line]
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {run_dir / 'metrics.jsonl'}: {e}") from None
+    return state
 
 
 # ---------------------------------------------------------------------------------------------
 
 
 def check_run(args):
-    """Every check that needs no model -> (the checkpoint to start from, whether it resumes a run)."""
+    """Every check that needs no model -> (the checkpoint to start from, the resumed run's state or None)."""
     resume = args.init_from == "resume"
     init_dir = args.out_dir if resume else Path(args.init_from)
     if not resume and args.out_dir.exists():
         raise UserError(f"--out-dir {args.out_dir} already exists: pass --init-from resume to continue it, or another")
     init_meta = read_meta(init_dir)
-    if resume and not (init_dir / "train_state.pt").is_file():
-        raise UserError(f"{init_dir} has no train_state.pt: not a train.py output to resume")
+    state = read_train_state(init_dir) if resume else None
     model_block = init_meta["model"]["block_size"]
     args.block_size = args.block_size or min(model_block, 1024)
     check_data(args.data_dir, init_dir, init_meta, args.block_size, model_block)
-    return init_dir, resume
+    return init_dir, state
 
 
 def precision(args, device):
@@ -418,12 +485,11 @@ class StopRequest:
 def main(argv=None):
     # options, and every check that needs no model
     args = parse_args(argv)
-    init_dir, resume = check_run(args)
+    init_dir, resumed = check_run(args)
+    resume = resumed is not None
 
     # setup: processes, precision, model, optimizer, data
     rank, world, device = setup_distributed(args.device)
-    if args.grad_accum % world:
-        raise UserError(f"--grad-accum {args.grad_accum} is not a multiple of the {world} processes")
     master = rank == 0
     dtype, autocast = precision(args, device)
     raw_model, meta = load_checkpoint(init_dir, device="cpu")  # on resume: the weights of the last save
@@ -433,7 +499,21 @@ def main(argv=None):
     raw_model = raw_model.to(device).train()
     model = wrap(raw_model, args, device, world)
     optimizer = make_optimizer(model, args, device)
-    step, tokens, metrics = resume_state(init_dir, model, optimizer) if resume else (0, 0, [])
+    step, tokens, metrics = 0, 0, []
+    if resume:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(model, optimizer, resumed["optimizer"], options=options)
+        step, tokens, metrics = resumed["step"], resumed["tokens"], resumed["metrics"]
+        run = meta["training"]["args"]
+        args.init_from = run["init_from"]  # the run's origin, not "resume"
+        if args.max_iters != run["max_iters"]:  # --extend-schedule: say where the schedule changed
+            note = f"max_iters {run['max_iters']} -> {args.max_iters} at step {step}"
+            note += ": the cosine schedule is recomputed from here" if args.lr_schedule == "cosine" else ""
+            metrics.append({"iter": step, "tokens": tokens, "note": note})
+            if master:
+                print(note, file=sys.stderr)
 
     train_data = Data(args.data_dir, "train", args.block_size)
     val_data = Data(args.data_dir, "val", args.block_size)
@@ -563,5 +643,9 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except UserError as e:
-        sys.exit(f"error: {e}")
+    except UserError as e:  # under torchrun every rank gets here: rank 0 says it, all leave the group
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -228,22 +228,6 @@ def test_official_choice_score_of_a_uniform_denoiser_is_log_v():
     assert official_choice_score(uniform, x, maskable, 7, 32, 0) == pytest.approx(math.log(8), rel=1e-6)
 
 
-def test_choice_and_lambada_bad_input(stories_ckpt, tmp_path):
-    def error(lines, *words, task="choice"):
-        (tmp_path / "d.txt").write_text("\n".join(lines) + "\n")
-        proc = run("eval.py", "--ckpt", stories_ckpt, "--task", task, "--data", tmp_path / "d.txt", check=False)
-        assert_user_error(proc, *words)
-
-    error(['{"context": "a", "label": 0}'], "choices")
-    error(['{"context": "a", "choices": [], "label": 0}'], "choices")
-    error(['{"context": "a", "choices": ["x", "y"], "label": 2}'], "label")
-    error(['{"context": "a", "choices": ["x", "y"]}'], "label")
-    error(["not json"], "not valid JSON")
-    error([""], "no items")
-    error([""], "no items", task="lambada")
-    error(["word"], "no context", task="lambada")
-
-
 def test_output_records_one_line_per_item(stories_ckpt, tmp_path):
     items = [{"context": "Lily went to the", "choices": ["park", "moon"], "label": 0}] * 3
     (tmp_path / "c.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))

@@ -1,11 +1,13 @@
 """model.py: attention modes, logits at chosen positions, the KV cache, checkpoint round trip."""
 
 import json
+import os
+import subprocess
 
 import pytest
 import torch
 
-from checkpoint import load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, read_meta, save_checkpoint
 from model import ModelConfig, Transformer, UserError
 
 CONFIGS = {
@@ -111,3 +113,32 @@ def test_cache_window_matches_the_full_forward(model):
     cols = torch.tensor([0, 3, 4, 9, 15])  # scattered positions, each with its own embedding / RoPE angle
     scattered = model(idx[:, cols], attn="full", cache=cache, start=cols)
     torch.testing.assert_close(scattered, full[:, cols], atol=1e-5, rtol=1e-5)
+
+
+def test_crash_leftovers_are_cleared_and_the_newest_whole_version_restored(tmp_path, model):
+    meta = {
+        "objective": "ar",
+        "mask_token_id": 96,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "tokenizer": {"type": "sentencepiece", "files": []},
+    }
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process id that is gone
+    alive = os.getppid()
+    ck = tmp_path / "ck"
+    for step in (1, 2, 3):  # three whole versions, the newest last
+        save_checkpoint(tmp_path / f"v{step}", model, {**meta, "mask_token_id": 90 + step}, tokenizer_from=tmp_path)
+        os.utime(tmp_path / f"v{step}" / "config.json", ns=(step * 10**18, step * 10**18))
+    # crashes between the two renames left previous versions beside it
+    (tmp_path / "v3").rename(tmp_path / f".ck.old-{dead.pid}")
+    (tmp_path / "v1").rename(tmp_path / ".ck.old-999999999")
+    (tmp_path / "v2").rename(tmp_path / f".ck.old-{alive}")  # a live writer's: mid-save, not ours to touch
+    (tmp_path / ".ck.old-999999998").mkdir()  # deleted in place by an older version of this code: not whole
+    assert read_meta(ck)["mask_token_id"] == 93  # the newest whole .old-* of a dead process
+    for kind, pid in [("tmp", dead.pid), ("tmp", alive), ("trash", dead.pid)]:
+        (tmp_path / f".ck.{kind}-{pid}").mkdir()
+    save_checkpoint(ck, model, meta, tokenizer_from=tmp_path, overwrite=True)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["ck", f".ck.old-{alive}", f".ck.tmp-{alive}"]), left  # the dead ones' are gone
+    assert read_meta(ck)["mask_token_id"] == 96

@@ -1,0 +1,412 @@
+"""Every bad input, in every script: one line `error: ...`, a non-zero exit, no traceback, nothing written.
+
+One table: each row is a command, its exit code, and words the error must name. The rows run two at a
+time (each is a fresh Python process); the test reports every row that failed, not just the first.
+"""
+
+import json
+import os
+import pickle
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import ASSETS, ROOT, STORIES_BIN, STORIES_TOK, run
+
+TEXT = ASSETS / "text" / "tinystories_val.txt"
+
+
+class Evil:
+    """Unpickling this runs a command: what weights_only=True must refuse."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def edited_copy(src, dst, edit):
+    shutil.copytree(src, dst)
+    edit(Path(dst))
+    return dst
+
+
+def edit_json(file, change):
+    data = json.loads(file.read_text())
+    change(data)
+    file.write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def w(stories_ckpt, tmp_path_factory):
+    """A workspace of good and broken inputs: each row below reads some of them."""
+    d = tmp_path_factory.mktemp("bad")
+    ns = type("Workspace", (), {})()
+    ns.d, ns.ckpt = d, stories_ckpt
+    ns.text = d / "text.txt"
+    ns.text.write_text(TEXT.read_text()[:200_000])
+    ns.data = d / "data"
+    run("data/prepare.py", "--tokenizer", stories_ckpt, "--out", ns.data, ns.text, "--workers", "1")
+    ns.run = d / "run"
+    tiny = ["--batch-size", "2", "--block-size", "32", "--max-iters", "2", "--eval-iters", "1", "--eval-interval", "2"]
+    run("train.py", "--init-from", stories_ckpt, "--data-dir", ns.data, "--out-dir", ns.run, *tiny)
+
+    # broken checkpoints
+    ns.ckpt_model_null = edited_copy(ns.ckpt, d / "model_null", lambda c: edit_json(c / "config.json", nullify))
+    ns.ckpt_n_layer_str = edited_copy(
+        ns.ckpt, d / "n_layer_str", lambda c: edit_json(c / "config.json", lambda m: m["model"].update(n_layer="5"))
+    )
+    ns.ckpt_no_vocab = edited_copy(
+        ns.ckpt, d / "no_vocab", lambda c: edit_json(c / "config.json", lambda m: m["model"].pop("vocab_size"))
+    )
+    ns.ckpt_config_list = edited_copy(ns.ckpt, d / "config_list", lambda c: (c / "config.json").write_text("[1, 2]"))
+    ns.ckpt_no_tokenizer = edited_copy(ns.ckpt, d / "no_tok", lambda c: (c / "tokenizer.model").unlink())
+    ns.ckpt_truncated = edited_copy(ns.ckpt, d / "trunc_weights", lambda c: truncate(c / "model.safetensors"))
+
+    # broken runs (resume)
+    ns.run_truncated_state = edited_copy(ns.run, d / "run_trunc", lambda r: truncate(r / "train_state.pt"))
+    ns.run_evil_state = edited_copy(ns.run, d / "run_evil", lambda r: (r / "train_state.pt").write_bytes(evil()))
+    ns.run_bad_metrics = edited_copy(ns.run, d / "run_metrics", lambda r: (r / "metrics.jsonl").write_text("{oops\n"))
+    ns.run_no_state = edited_copy(ns.run, d / "run_nostate", lambda r: (r / "train_state.pt").unlink())
+
+    # broken data
+    ns.data_odd = edited_copy(ns.data, d / "data_odd", lambda x: (x / "train-text-00000.bin").open("ab").write(b"\x01"))
+    ns.data_bad_meta = edited_copy(ns.data, d / "data_meta", lambda x: (x / "meta.json").write_text("{not json"))
+    ns.data_other_tok = edited_copy(
+        ns.data, d / "data_tok", lambda x: edit_json(x / "meta.json", lambda m: m.update(tokenizer_fingerprint="0"))
+    )
+    (d / "empty_dir").mkdir()
+
+    # broken HF models for convert.py
+    from test_convert import tiny_gpt2
+
+    ns.hf = d / "hf"
+    tiny_gpt2(ns.hf)
+    ns.hf_bert = edited_copy(ns.hf, d / "bert", lambda m: (m / "config.json").write_text('{"model_type": "bert"}'))
+    ns.hf_trunc = edited_copy(ns.hf, d / "hf_trunc", lambda m: truncate(m / "model.safetensors"))
+    ns.hf_garbled = edited_copy(ns.hf, d / "hf_garbled", lambda m: (m / "model.safetensors").write_bytes(b"\0x" * 99))
+    ns.hf_shape = edited_copy(
+        ns.hf, d / "hf_shape", lambda m: edit_json(m / "config.json", lambda c: c.update(n_embd=64))
+    )
+    ns.hf_layer_str = edited_copy(
+        ns.hf, d / "hf_layer_str", lambda m: edit_json(m / "config.json", lambda c: c.update(n_layer="2"))
+    )
+    ns.hf_list = edited_copy(ns.hf, d / "hf_list", lambda m: (m / "config.json").write_text("[]"))
+
+    def evil_bin(m):
+        (m / "model.safetensors").unlink()
+        (m / "pytorch_model.bin").write_bytes(evil())
+
+    ns.hf_evil = edited_copy(ns.hf, d / "hf_evil", evil_bin)
+    ns.stories_trunc = d / "stories_trunc.bin"
+    ns.stories_trunc.write_bytes(STORIES_BIN.read_bytes()[:5000])
+
+    # files
+    for name, content in {
+        "empty.txt": "",
+        "blank.txt": "\n\n",
+        "one_word.txt": "word\n",
+        "not_json.jsonl": "not json\n",
+        "no_choices.jsonl": '{"context": "a", "label": 0}\n',
+        "empty_choices.jsonl": '{"context": "a", "choices": [], "label": 0}\n',
+        "label_out.jsonl": '{"context": "a", "choices": ["x", "y"], "label": 2}\n',
+        "no_label.jsonl": '{"context": "a", "choices": ["x", "y"]}\n',
+        "list.json": "[1, 2]\n",
+        "unknown_option.json": '{"learning_rate": 1}\n',
+    }.items():
+        (d / name).write_text(content)
+    (d / "binary.bin").write_bytes(bytes(range(256)) * 4)
+    (d / "binary.txt").write_bytes(bytes(range(256)) * 4)
+    return ns
+
+
+def nullify(meta):
+    meta["model"] = None
+
+
+def truncate(file):
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])
+
+
+def evil():
+    import io
+
+    buf = io.BytesIO()
+    pickle.dump(Evil(), buf)
+    return buf.getvalue()
+
+
+def disk_full():
+    """Files may not grow past 64 KB: writes fail as on a full disk (EFBIG rather than ENOSPC)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+OUT = "OUT"  # a fresh output path per row; it must not exist afterwards
+CUDA = "--device", "cuda"
+
+# (script and arguments, as a function of the workspace) -> (exit code, words the one-line error names)
+ROWS = [
+    # convert.py
+    (lambda w: ["convert.py", w.d / "nope", OUT], 1, ["does not exist"]),
+    (lambda w: ["convert.py", w.d / "empty_dir", OUT], 1, ["config.json"]),
+    (lambda w: ["convert.py", w.hf_bert, OUT], 1, ["unsupported model_type", "bert"]),
+    (lambda w: ["convert.py", w.hf_trunc, OUT], 1, ["corrupted or truncated"]),
+    (lambda w: ["convert.py", w.hf_garbled, OUT], 1, ["corrupted or truncated"]),
+    (lambda w: ["convert.py", w.hf_shape, OUT], 1, ["shape"]),
+    (lambda w: ["convert.py", w.hf_layer_str, OUT], 1, ["n_layer"]),
+    (lambda w: ["convert.py", w.hf_list, OUT], 1, ["config.json", "object"]),
+    (lambda w: ["convert.py", w.hf_evil, OUT], 1, ["pytorch_model.bin", "refused"]),
+    (lambda w: ["convert.py", w.hf, OUT, "--mask-token", "60000"], 1, ["outside the vocabulary"]),
+    (lambda w: ["convert.py", w.hf, OUT, "--mask-token", "x"], 1, ["--mask-token"]),
+    (lambda w: ["convert.py", w.stories_trunc, OUT, "--tokenizer", STORIES_TOK], 1, ["truncated"]),
+    (lambda w: ["convert.py", STORIES_BIN, OUT], 1, ["tokenizer"]),
+    (lambda w: ["convert.py", STORIES_BIN, OUT, "--tokenizer", w.d / "binary.bin"], 1, ["binary.bin"]),
+    (lambda w: ["convert.py", w.hf, w.d / "empty_dir"], 1, ["already exists"]),
+    (lambda w: ["convert.py", w.hf, OUT, "--bogus"], 2, ["unrecognized arguments"]),
+    ("disk full", lambda w: ["convert.py", STORIES_BIN, OUT, "--tokenizer", STORIES_TOK], 1, ["cannot write", "large"]),
+    # data/prepare.py
+    (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, w.text, "--workers", "-3"], 1, ["--workers"]),
+    (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, w.d / "nope.txt"], 1, ["nope.txt"]),
+    (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, w.d / "blank.txt"], 1, ["no train data"]),
+    (
+        lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, w.d / "binary.txt"],
+        1,
+        ["binary.txt", "UTF-8"],
+    ),
+    (lambda w: ["data/prepare.py", "--tokenizer", w.d / "nope", "--out", OUT, w.text], 1, ["does not exist"]),
+    (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", w.d / "empty_dir", w.text], 1, ["exists"]),
+    (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, "--recipe", "bogus"], 2, ["invalid choice"]),
+    # train.py
+    *[
+        (
+            lambda w, extra=extra: ["train.py", "--init-from", w.ckpt, "--data-dir", w.data, "--out-dir", OUT, *extra],
+            1,
+            words,
+        )
+        for extra, words in [
+            (["--batch-size", "0"], ["--batch-size"]),
+            (["--block-size", "1024"], ["beyond the model"]),
+            (["--lr", "0"], ["--lr"]),
+            (CUDA, ["cuda"]),
+        ]
+    ],
+    (
+        lambda w: ["train.py", "--init-from", w.ckpt, "--data-dir", w.data, "--out-dir", OUT, "--bogus"],
+        2,
+        ["unrecognized"],
+    ),
+    (lambda w: ["train.py", "--init-from", w.ckpt, "--data-dir", w.d / "nope", "--out-dir", OUT], 1, ["meta.json"]),
+    (
+        lambda w: ["train.py", "--init-from", w.ckpt, "--data-dir", w.data_odd, "--out-dir", OUT],
+        1,
+        ["train-text-00000.bin"],
+    ),
+    (lambda w: ["train.py", "--init-from", w.ckpt, "--data-dir", w.data_bad_meta, "--out-dir", OUT], 1, ["meta.json"]),
+    (lambda w: ["train.py", "--init-from", w.ckpt, "--data-dir", w.data_other_tok, "--out-dir", OUT], 1, ["tokenizer"]),
+    (lambda w: ["train.py", "--init-from", w.ckpt, "--data-dir", w.data, "--out-dir", w.run], 1, ["already exists"]),
+    (
+        lambda w: [
+            "train.py",
+            "--init-from",
+            w.ckpt,
+            "--data-dir",
+            w.data,
+            "--out-dir",
+            OUT,
+            "--config",
+            w.d / "list.json",
+        ],
+        1,
+        ["JSON object"],
+    ),
+    (
+        lambda w: [
+            "train.py",
+            "--init-from",
+            w.ckpt,
+            "--data-dir",
+            w.data,
+            "--out-dir",
+            OUT,
+            "--config",
+            w.d / "nope.json",
+        ],
+        1,
+        ["--config"],
+    ),
+    (
+        lambda w: [
+            "train.py",
+            "--init-from",
+            w.ckpt,
+            "--data-dir",
+            w.data,
+            "--out-dir",
+            OUT,
+            "--config",
+            w.d / "unknown_option.json",
+        ],
+        1,
+        ["learning_rate"],
+    ),
+    (lambda w: ["train.py", "--init-from", w.ckpt_model_null, "--data-dir", w.data, "--out-dir", OUT], 1, ["model"]),
+    (lambda w: ["train.py", "--init-from", "resume", "--out-dir", w.d / "nope"], 1, ["does not exist"]),
+    (lambda w: ["train.py", "--init-from", "resume", "--out-dir", w.ckpt], 1, ["not a train.py output"]),
+    (
+        lambda w: [
+            "train.py",
+            "--init-from",
+            "resume",
+            "--out-dir",
+            w.run_truncated_state,
+            "--max-iters",
+            "4",
+            "--extend-schedule",
+        ],
+        1,
+        ["train_state.pt", "truncated"],
+    ),
+    (
+        lambda w: [
+            "train.py",
+            "--init-from",
+            "resume",
+            "--out-dir",
+            w.run_evil_state,
+            "--max-iters",
+            "4",
+            "--extend-schedule",
+        ],
+        1,
+        ["train_state.pt", "refused"],
+    ),
+    (
+        lambda w: [
+            "train.py",
+            "--init-from",
+            "resume",
+            "--out-dir",
+            w.run_bad_metrics,
+            "--max-iters",
+            "4",
+            "--extend-schedule",
+        ],
+        1,
+        ["metrics.jsonl"],
+    ),
+    (
+        lambda w: [
+            "train.py",
+            "--init-from",
+            "resume",
+            "--out-dir",
+            w.run_no_state,
+            "--max-iters",
+            "4",
+            "--extend-schedule",
+        ],
+        1,
+        ["train_state.pt"],
+    ),
+    (lambda w: ["train.py", "--init-from", "resume", "--out-dir", w.run, "--seed", "7"], 1, ["--seed 7 contradicts"]),
+    # sample.py
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--length", "600"], 1, ["exceeds the model's context"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--steps", "-1"], 1, ["--steps"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--strategy", "bogus"], 2, ["invalid choice"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--threshold", "1.5"], 1, ["--threshold"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--top-p", "0"], 1, ["--top-p"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--prompt-file", w.d / "binary.bin"], 1, ["binary.bin", "UTF-8"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--prompt-file", w.d / "nope.txt"], 1, ["nope.txt"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, *CUDA], 1, ["cuda"]),
+    (lambda w: ["sample.py", "--ckpt", w.d / "nope"], 1, ["does not exist"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_no_tokenizer], 1, ["tokenizer"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_model_null], 1, ["model"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_n_layer_str], 1, ["n_layer"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_no_vocab], 1, ["vocab_size"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_config_list], 1, ["config.json", "object"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_truncated], 1, ["corrupted or truncated"]),
+    # eval.py
+    *[
+        (lambda w, f=f, task=task: ["eval.py", "--ckpt", w.ckpt, "--task", task, "--data", w.d / f], 1, words)
+        for task, f, words in [
+            ("choice", "no_choices.jsonl", ["choices"]),
+            ("choice", "empty_choices.jsonl", ["choices"]),
+            ("choice", "label_out.jsonl", ["label"]),
+            ("choice", "no_label.jsonl", ["label"]),
+            ("choice", "not_json.jsonl", ["not valid JSON"]),
+            ("choice", "empty.txt", ["no items"]),
+            ("lambada", "empty.txt", ["no items"]),
+            ("lambada", "one_word.txt", ["no context"]),
+            ("infill", "empty.txt", ["no story"]),
+            ("nll", "empty.txt", ["no"]),
+            ("nll", "binary.txt", ["binary.txt", "UTF-8"]),
+            ("nll", "nope.txt", ["nope.txt"]),
+        ]
+    ],
+    (
+        lambda w: ["eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--block-size", "9999"],
+        1,
+        ["--block-size"],
+    ),
+    (
+        lambda w: ["eval.py", "--ckpt", w.ckpt, "--task", "genppl", "--judge", w.ckpt, "--length", "9999"],
+        1,
+        ["--length"],
+    ),
+    (
+        lambda w: ["eval.py", "--ckpt", w.ckpt, "--task", "genppl", "--judge", w.ckpt, "--strategy", "bogus"],
+        2,
+        ["invalid choice"],
+    ),
+    (lambda w: ["eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, *CUDA], 1, ["cuda"]),
+    (lambda w: ["eval.py", "--ckpt", w.ckpt_no_vocab, "--task", "nll", "--data", w.text], 1, ["vocab_size"]),
+]
+
+
+def attempt(row, w, index):
+    name, make, code, words = row if len(row) == 4 else (None, *row)
+    out = w.d / f"out-{index}"
+    script, *args = make(w)
+    argv = [str(ROOT / script), *(str(out) if a == OUT else str(a) for a in args)]
+    proc = subprocess.run(
+        [sys.executable, *argv],
+        cwd=w.d,  # relative outputs (and the evil pickle's file) would land here
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=disk_full if name == "disk full" else None,
+    )
+    lines = proc.stderr.strip().splitlines()
+    last = lines[-1] if lines else ""
+    problems = []
+    if "Traceback" in proc.stderr:
+        problems.append("traceback")
+    if proc.returncode == 0:
+        problems.append("silent success")
+    elif proc.returncode != code:
+        problems.append(f"exit {proc.returncode}, expected {code}")
+    if "error: " not in last or any(word.lower() not in last.lower() for word in words):
+        problems.append(f"error line lacks {words}")
+    if out.exists():
+        problems.append("wrote its output")
+    return argv, problems, proc.stderr
+
+
+def test_every_bad_input_is_a_one_line_error(w):
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda i: attempt(ROWS[i], w, i), range(len(ROWS))))
+    failures = [f"{' '.join(argv)}: {', '.join(problems)}\n{err[-600:]}" for argv, problems, err in results if problems]
+    tracebacks = sum("traceback" in p for _, p, _ in results)
+    silent = sum("silent success" in p for _, p, _ in results)
+    print(f"{len(ROWS)} rows tried, {tracebacks} tracebacks, {silent} silent successes, {len(failures)} failures")
+    assert len(ROWS) >= 40
+    assert not failures, "\n\n".join(failures)
+    assert not (w.d / "pwned").exists()  # no pickle ran
+    assert not [p for p in w.d.rglob(".*tmp-*")]  # no temporary directories left behind
