@@ -341,7 +341,7 @@ def task_genppl(model, meta, tok, args):
             vocab=tok.n_vocab,
             num_samples=min(args.batch_size, n - start),
             seed=mix(args.seed, start),
-            sampling=Sampling(top_p=args.top_p),
+            sampling=Sampling(temperature=args.temperature, top_p=args.top_p),
             steps=steps,
             **decoding_options(args),
         )
@@ -517,6 +517,7 @@ def parse_args(argv):
     a("--greedy", action="store_true", help="lambada, infill: greedy decoding")
     a("--judge", type=Path, help="genppl: AR checkpoint that scores the samples")
     a("--length", type=int, default=128, help="genppl: tokens per sample")
+    a("--temperature", type=float, default=1.0, help="genppl: sampling temperature")
     a("--top-p", type=float, default=1.0, help="genppl: nucleus sampling")
     a("--threshold", type=float, help="genppl, infill: parallel decoding threshold (sample.py)")
     a("--block-length", type=int, default=0, help="genppl, infill: semi-autoregressive blocks (sample.py)")
