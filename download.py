@@ -53,7 +53,9 @@ def download_file(url, target, required=True, token=None):
             have = 0
         size = response.headers.get("Content-Length")
         total = have + int(size) if size else None
-        bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=target.name, file=sys.stderr)
+        bar = tqdm(
+            total=total, initial=have, unit="B", unit_scale=True, desc=target.name, file=sys.stderr, disable=None
+        )
         with open(part, "ab" if have else "wb") as f, bar:
             while chunk := response.read(1 << 20):
                 f.write(chunk)

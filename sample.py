@@ -33,7 +33,7 @@ import torch
 
 from checkpoint import load_checkpoint, pick_device
 from corpus import read_text
-from model import UserError, predicting
+from model import HelpFormatter, UserError, predicting
 from tokenizer import MASK_GLYPH, load_tokenizer
 
 STRATEGIES = ("random", "confidence", "margin", "entropy")
@@ -377,9 +377,7 @@ class Show:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument
     # what to generate
     a("--ckpt", required=True, type=Path, help="checkpoint directory")
@@ -387,8 +385,8 @@ def parse_args(argv):
     a("--prompt-file", type=Path, help="read the prompt from a file")
     a("--suffix", default="", help="text after the generated part (infilling)")
     a("--length", type=int, default=128, help="tokens to generate")
-    a("--num-samples", type=int, default=1)
-    a("--seed", type=int, default=0)
+    a("--num-samples", type=int, default=1, help="samples of the same prompt, decoded together")
+    a("--seed", type=int, default=0, help="sampling seed")
     # how
     # defaults: the official inference script's values (64 steps, temperature 0.95, top-p 0.9) in the
     # confidence order, which gives text where its random order gives noise on a small model (README)
@@ -409,7 +407,7 @@ def parse_args(argv):
     a("--ar", action="store_true", help="plain autoregressive sampling with a KV cache")
     # output and system
     a("--show", action="store_true", help="draw the denoising as it happens (standard error)")
-    a("--device", default="cpu")
+    a("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     args = p.parse_args(argv)
     if args.length < 1 or args.steps < 1 or args.num_samples < 1:
         raise UserError("--length, --steps and --num-samples must be at least 1")

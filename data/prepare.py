@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from checkpoint import atomic_dir, read_meta  # noqa: E402
 from corpus import pairs, texts  # noqa: E402
 from download import download_url  # noqa: E402
-from model import UserError  # noqa: E402
+from model import HelpFormatter, UserError  # noqa: E402
 from tokenizer import fingerprint, load_tokenizer  # noqa: E402
 
 # Public sources of the paper's corpora (and two small ones). Each is downloaded into the cache
@@ -110,14 +110,12 @@ def encoded(items, fn, ckpt, workers):
 
 def parse_args(argv):
     """-> (args, the tokenizer checkpoint's meta, {recipe part: local copy})."""
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="*", type=Path, help=".txt / .jsonl / .json files or folders")
     p.add_argument("--tokenizer", required=True, type=Path, help="a checkpoint directory (its tokenizer is used)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--val-fraction", type=float, default=0.05)
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--val-fraction", type=float, default=0.05, help="share of documents held out for val.bin")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="tokenizing processes")
     p.add_argument("--sft", action="store_true", help="prompt/response pairs with a source mask")
     p.add_argument("--block-size", type=int, default=512, help="row length for --sft")
     p.add_argument("--recipe", choices=sorted(RECIPES), help="a public corpus, downloaded unless --source is given")
@@ -164,7 +162,13 @@ def main(argv=None):
             items, fn = pairs(args.inputs), _encode_pair
         else:
             items, fn = recipe_texts(args.recipe, sources) if args.recipe else texts(args.inputs), _encode_document
-        bar = tqdm(encoded(items, fn, args.tokenizer, args.workers), desc="tokenizing", unit="doc", file=sys.stderr)
+        bar = tqdm(
+            encoded(items, fn, args.tokenizer, args.workers),
+            desc="tokenizing",
+            unit="doc",
+            file=sys.stderr,
+            disable=None,
+        )
         for i, item in enumerate(bar):
             split_name = "val" if i % every == 0 else "train"
             ids = item
