@@ -29,8 +29,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from checkpoint import to_hf
-from model import AnnealFlex, ModelConfig, Transformer, ar_loss, attention_at, diffusion_loss, matmul_peak
+from checkpoint import hf_twin
+from model import (
+    AnnealFlex,
+    HelpFormatter,
+    ModelConfig,
+    Transformer,
+    ar_loss,
+    attention_at,
+    diffusion_loss,
+    matmul_peak,
+)
 from sample import Sampling, generate, generate_ar
 
 SHAPES = {
@@ -76,45 +85,6 @@ def interleaved(fns, rounds, device):
         for name, fn in fns.items():
             best[name] = min(best[name], timed(fn, 1, device, warmup=0))
     return best
-
-
-def hf_twin(model):
-    """transformers' GPT2LMHeadModel or LlamaForCausalLM with our model's weights (the official code's engine)."""
-    import transformers
-
-    cfg = model.cfg
-    if cfg.arch == "gpt2":
-        hf = transformers.GPT2LMHeadModel(
-            transformers.GPT2Config(
-                vocab_size=cfg.vocab_size,
-                n_positions=cfg.block_size,
-                n_embd=cfg.n_embd,
-                n_layer=cfg.n_layer,
-                n_head=cfg.n_head,
-                layer_norm_epsilon=cfg.norm_eps,
-                bos_token_id=0,
-                eos_token_id=0,
-            )
-        )
-    else:
-        hf = transformers.LlamaForCausalLM(
-            transformers.LlamaConfig(
-                vocab_size=cfg.vocab_size,
-                hidden_size=cfg.n_embd,
-                intermediate_size=cfg.ffn_dim,
-                num_hidden_layers=cfg.n_layer,
-                num_attention_heads=cfg.n_head,
-                num_key_value_heads=cfg.n_kv_head,
-                head_dim=cfg.head_dim,
-                max_position_embeddings=cfg.block_size,
-                rms_norm_eps=cfg.norm_eps,
-                rope_theta=cfg.rope_theta,
-                tie_word_embeddings=cfg.tie_embeddings,
-            )
-        )
-    hf.load_state_dict(to_hf(model), strict=False)  # strict=False: HF's buffers are not weights
-    hf.tie_weights()
-    return hf.to(model.tok_emb.weight.device)
 
 
 def official_anneal_mask(L, B, dtype, device, ratio):
@@ -421,10 +391,8 @@ def report(rows):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--device", default="cpu")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--suite", choices=sorted(SUITES), default=None, help="default: cpu, or gpu with --device cuda")
     p.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile (default: on GPU)"

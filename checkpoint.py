@@ -323,3 +323,44 @@ def to_hf(model):
                 name = f"{HF_PREFIX[cfg.arch]}{theirs}.{param}"
             state[name] = (piece.t() if is_conv1d(cfg.arch, ours, param) else piece).detach().clone()
     return state
+
+
+def hf_twin(model):
+    """transformers' GPT2LMHeadModel or LlamaForCausalLM with our model's weights (the official code's engine)."""
+    import transformers
+
+    cfg = model.cfg
+    if cfg.arch == "gpt2":
+        hf = transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(
+                vocab_size=cfg.vocab_size,
+                n_positions=cfg.block_size,
+                n_embd=cfg.n_embd,
+                n_layer=cfg.n_layer,
+                n_head=cfg.n_head,
+                layer_norm_epsilon=cfg.norm_eps,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
+        )
+    else:
+        hf = transformers.LlamaForCausalLM(
+            transformers.LlamaConfig(
+                vocab_size=cfg.vocab_size,
+                hidden_size=cfg.n_embd,
+                intermediate_size=cfg.ffn_dim,
+                num_hidden_layers=cfg.n_layer,
+                num_attention_heads=cfg.n_head,
+                num_key_value_heads=cfg.n_kv_head,
+                head_dim=cfg.head_dim,
+                max_position_embeddings=cfg.block_size,
+                rms_norm_eps=cfg.norm_eps,
+                rope_theta=cfg.rope_theta,
+                tie_word_embeddings=cfg.tie_embeddings,
+            )
+        )
+    loaded = hf.load_state_dict(to_hf(model), strict=False)  # a tied head is stored once
+    missing = [k for k in loaded.missing_keys if not (k == "lm_head.weight" and cfg.tie_embeddings)]
+    assert not missing and not loaded.unexpected_keys, (missing, loaded.unexpected_keys)
+    hf.tie_weights()
+    return hf.to(model.tok_emb.weight.device)

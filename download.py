@@ -56,7 +56,9 @@ def download_file(url, target, required=True, token=None, size=None, sha256=None
             have = 0
         length = response.headers.get("Content-Length")
         total = have + int(length) if length else None
-        bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=target.name, file=sys.stderr)
+        bar = tqdm(
+            total=total, initial=have, unit="B", unit_scale=True, desc=target.name, file=sys.stderr, disable=None
+        )
         with open(part, "ab" if have else "wb") as f, bar:
             while chunk := response.read(1 << 20):
                 f.write(chunk)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from checkpoint import load_checkpoint, pick_device
 from corpus import texts
-from model import UserError, ar_loss, diffusion_loss, mix, noise_levels, predicting
+from model import HelpFormatter, UserError, ar_loss, diffusion_loss, mix, noise_levels, predicting
 from sample import STRATEGIES, Sampling, decode, valid_logits
 from tokenizer import load_tokenizer
 
@@ -154,7 +154,7 @@ def task_nll(model, meta, tok, args):
     windows = [ids[i : i + L] for i in range(0, len(ids) - 1, L)][: args.limit or None]
     levels = noise_levels(args.mc, seed=None if args.t_grid else args.seed)
     totals, counts = [], []
-    for k, w in enumerate(tqdm(windows, desc="nll", file=sys.stderr)):
+    for k, w in enumerate(tqdm(windows, desc="nll", file=sys.stderr, disable=None)):
         x = torch.tensor([w], device=args.device)
         maskable = torch.ones_like(x, dtype=torch.bool)
         maskable[:, 0] = False
@@ -174,7 +174,7 @@ def task_lambada(model, meta, tok, args):
     is counted once."""
     lines = [line for line in read_lines(args.data) if line][: args.limit or None]
     correct, records = [], []
-    for k, line in enumerate(tqdm(lines, desc="lambada", file=sys.stderr)):
+    for k, line in enumerate(tqdm(lines, desc="lambada", file=sys.stderr, disable=None)):
         if " " not in line:
             raise UserError(f"--data {args.data}: passage {k + 1} has no context before its last word")
         context, word = line.rsplit(" ", 1)
@@ -268,7 +268,7 @@ def task_choice(model, meta, tok, args):
     """
     items = read_choice_items(args.data)[: args.limit or None]
     correct, records = [], []
-    for item in tqdm(items, desc="choice", file=sys.stderr):
+    for item in tqdm(items, desc="choice", file=sys.stderr, disable=None):
         scores = []
         for choice in item["choices"]:
             continuation = " " + choice.strip() + item.get("after", "")
@@ -290,7 +290,7 @@ def task_infill(model, meta, tok, args):
     stories = [s for s in stories if len(s) >= 3][: args.limit or None]
     if not stories:
         raise UserError(f"--data {args.data} holds no story of three or more sentences")
-    for s in tqdm(stories, desc="infill", file=sys.stderr):
+    for s in tqdm(stories, desc="infill", file=sys.stderr, disable=None):
         mid = len(s) // 2
         before = " ".join(s[:mid])
         context_ids, middle_ids = tok.encode_continuation(before, " " + s[mid])
@@ -332,7 +332,7 @@ def task_genppl(model, meta, tok, args):
     n, samples = args.limit or 16, []
     steps = args.steps or args.length
     forwards = 0
-    for start in tqdm(range(0, n, args.batch_size), desc="genppl", file=sys.stderr):
+    for start in tqdm(range(0, n, args.batch_size), desc="genppl", file=sys.stderr, disable=None):
         x, passes = decode(
             model,
             meta,
@@ -341,7 +341,7 @@ def task_genppl(model, meta, tok, args):
             vocab=tok.n_vocab,
             num_samples=min(args.batch_size, n - start),
             seed=mix(args.seed, start),
-            sampling=Sampling(top_p=args.top_p),
+            sampling=Sampling(temperature=args.temperature, top_p=args.top_p),
             steps=steps,
             **decoding_options(args),
         )
@@ -397,7 +397,7 @@ def harness_model(model, meta, tok, args):
         def loglikelihood(self, requests, disable_tqdm=False):
             """(log p(continuation | context), is_greedy): exact (AR), or --score official / elbo (diffusion)."""
             out = []
-            for r in tqdm(requests, desc="loglikelihood", file=sys.stderr, disable=disable_tqdm):
+            for r in tqdm(requests, desc="loglikelihood", file=sys.stderr, disable=disable_tqdm or None):
                 context, continuation = r.args
                 x, maskable = continuation_input(model, tok, context, continuation, args.device)
                 nll = score_continuation(model, meta, x, maskable, text_seed(args.seed, context, continuation), args)
@@ -408,7 +408,7 @@ def harness_model(model, meta, tok, args):
             """log p(text) in nats: exact (AR), or minus the ELBO with the shift (diffusion: a bound),
             over windows of the model's context, each window's first token the previous one's last."""
             out = []
-            for r in tqdm(requests, desc="loglikelihood_rolling", file=sys.stderr, disable=disable_tqdm):
+            for r in tqdm(requests, desc="loglikelihood_rolling", file=sys.stderr, disable=disable_tqdm or None):
                 ids, L = tok.encode(r.args[0], bos=True), model.cfg.block_size
                 total = 0.0  # windows overlap by one token, the context of the next: every token is scored once
                 for k, i in enumerate(range(0, len(ids) - 1, L - 1)):
@@ -423,7 +423,7 @@ def harness_model(model, meta, tok, args):
         def generate_until(self, requests, disable_tqdm=False):
             """This project's sampler (--strategy, --steps; greedy unless the task samples), cut at the stop strings."""
             out = []
-            for k, r in enumerate(tqdm(requests, desc="generate_until", file=sys.stderr, disable=disable_tqdm)):
+            for k, r in enumerate(tqdm(requests, desc="generate_until", file=sys.stderr, disable=disable_tqdm or None)):
                 context, options = r.args
                 until = options.get("until") or []
                 n = min(options.get("max_gen_toks", 256), model.cfg.block_size // 2)  # leave room for context
@@ -493,19 +493,17 @@ def write_records(path, records):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument
     # what to evaluate
-    a("--ckpt", required=True, type=Path)
-    a("--task", choices=sorted(TASKS))
+    a("--ckpt", required=True, type=Path, help="checkpoint directory (AR or diffusion)")
+    a("--task", choices=sorted(TASKS), help="one of our tasks (see the module docstring)")
     a("--lm-eval", metavar="TASKS", help="lm-evaluation-harness tasks, comma-separated, instead of --task")
     a("--include-path", type=Path, help="--lm-eval: a folder of your own task YAMLs")
     a("--data", type=Path, help="the task's data file")
     a("--limit", type=int, default=0, help="evaluate only the first N items (windows for nll, samples for genppl)")
     a("--output", type=Path, help="also write one JSON line per item (window, sample) here")
-    a("--seed", type=int, default=0)
+    a("--seed", type=int, default=0, help="noise and sampling seed")
     # scoring
     a("--mc", type=int, default=32, help="noise levels: nll Monte Carlo samples; choice T (the paper: 32)")
     a("--t-grid", action="store_true", help="nll: a fixed grid of levels instead of Monte Carlo")
@@ -517,12 +515,13 @@ def parse_args(argv):
     a("--greedy", action="store_true", help="lambada, infill: greedy decoding")
     a("--judge", type=Path, help="genppl: AR checkpoint that scores the samples")
     a("--length", type=int, default=128, help="genppl: tokens per sample")
+    a("--temperature", type=float, default=1.0, help="genppl: sampling temperature")
     a("--top-p", type=float, default=1.0, help="genppl: nucleus sampling")
     a("--threshold", type=float, help="genppl, infill: parallel decoding threshold (sample.py)")
     a("--block-length", type=int, default=0, help="genppl, infill: semi-autoregressive blocks (sample.py)")
     a("--batch-size", type=int, default=8, help="genppl: samples decoded together")
     a("--cache", action="store_true", help="genppl, infill: approximate key/value cache (sample.py)")
-    a("--device", default="cpu")
+    a("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     args = p.parse_args(argv)
     if bool(args.task) == bool(args.lm_eval):
         raise UserError("give --task or --lm-eval (one of them)")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from checkpoint import load_checkpoint
 from download import cache_dir, download_file
-from model import UserError
+from model import HelpFormatter, UserError
 from plot import plot, plot_available
 from sample import Sampling, generate
 from tokenizer import load_tokenizer
@@ -96,6 +96,7 @@ def main(argv=None):
     args.out.mkdir(parents=True)
 
     # the AR model as a checkpoint, and TinyStories split into training text and held-out stories
+    progress("converting stories260K and tokenizing TinyStories")
     base, test = args.out / "stories260K", args.out / "test.txt"
     script("convert.py", stories_bin, base, tokenizer=tokenizer_model)
     test_stories = split_stories(text, separator, args.out, args.test_stories)
@@ -105,6 +106,7 @@ def main(argv=None):
     nll = lambda ckpt: evaluate(
         ckpt=ckpt, task="nll", data=test, mc=args.mc, block_size=args.block_size, limit=args.eval_windows
     )
+    progress("NLL of the AR model, and of its weights read as a diffusion model")
     rows = [("stories260K, AR (exact NLL)", nll(base))]
     as_diffusion = args.out / "stories260K-as-diffusion"  # the same weights, read with full attention and masks
     shutil.copytree(base, as_diffusion)
@@ -125,7 +127,7 @@ def main(argv=None):
     )
     curves = {}
     for name, (description, extra) in RUNS.items():
-        print(f"\n== {description}", file=sys.stderr)
+        progress(f"training: {description} ({args.iters} steps), then its NLL")
         script("train.py", **{**common, **extra}, out_dir=args.out / name)
         rows.append((description, nll(args.out / name)))
         curves[description] = [
@@ -133,6 +135,7 @@ def main(argv=None):
         ]
 
     # the Gen PPL column: unconditional samples judged by the AR model, against decoding steps
+    progress("Gen PPL of unconditional samples, judged by stories260K")
     gen = []
     for strategy in ("random", "confidence"):
         for steps in map(int, args.gen_steps.split(",")):
@@ -164,6 +167,11 @@ def main(argv=None):
         plot(bounds, args.out / "loss.png", "val NLL bound (nats/token)", "Adapting stories260K into a diffusion LM")
     print("\n" + table)
     return rows
+
+
+def progress(message):
+    """Standard output is these lines and the final table; the scripts it runs report on standard error."""
+    print(f"miniature: {message}", flush=True)
 
 
 def show_samples(ckpt, story):
@@ -223,23 +231,21 @@ def results_table(rows, gen, ar_gen, samples, tokens, args):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument
-    a("--out", type=Path, default=Path("runs/miniature"))
+    a("--out", type=Path, default=Path("runs/miniature"), help="folder for the runs and results.md")
     a("--assets", type=Path, help="local copies of stories260K/ and text/tinystories_val.txt (env DIFFU_ASSETS)")
     a("--iters", type=int, default=600, help="training steps per run")
-    a("--batch-size", type=int, default=8)
-    a("--block-size", type=int, default=256)
-    a("--lr", type=float, default=1e-3)
-    a("--anneal-steps", type=int, default=150)
-    a("--test-stories", type=int, default=200)
+    a("--batch-size", type=int, default=8, help="sequences per step")
+    a("--block-size", type=int, default=256, help="tokens per sequence")
+    a("--lr", type=float, default=1e-3, help="peak learning rate (cosine)")
+    a("--anneal-steps", type=int, default=150, help="attention-mask annealing steps of the annealed runs")
+    a("--test-stories", type=int, default=200, help="held-out stories for the NLL")
     a("--eval-windows", type=int, default=40, help="512-token windows of test text for the NLL column")
     a("--mc", type=int, default=8, help="Monte Carlo noise levels per window for the ELBO")
     a("--gen-steps", default="8,16,32,64", help="decoding steps for the Gen PPL column")
-    a("--gen-samples", type=int, default=16)
-    a("--gen-length", type=int, default=64)
+    a("--gen-samples", type=int, default=16, help="unconditional samples per Gen PPL cell")
+    a("--gen-length", type=int, default=64, help="tokens per sample")
     a("--force", action="store_true", help="start over if --out exists")
     return p.parse_args(argv)
 

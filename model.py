@@ -16,6 +16,7 @@ Read top to bottom, this is Section 3 and Algorithm 1 of Gong et al. (ICLR 2025)
     with probability min(1, (s+1)/A); after A steps, full attention.
 """
 
+import argparse
 import math
 import time
 from dataclasses import dataclass, fields
@@ -28,6 +29,15 @@ import torch.utils.checkpoint
 
 class UserError(Exception):
     """A problem with the user's input; scripts print it as one line and exit non-zero."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """The scripts' --help: each option's default, unless it is empty (None, False, "", [])."""
+
+    def _get_help_string(self, action):
+        empty = action.default is None or action.default is False or action.default in ("", [])
+        said = "default" in (action.help or "")
+        return action.help if empty or said else super()._get_help_string(action)
 
 
 @dataclass

@@ -33,7 +33,7 @@ import torch
 
 from checkpoint import load_checkpoint, pick_device
 from corpus import read_text
-from model import UserError, predicting
+from model import HelpFormatter, UserError, predicting
 from tokenizer import MASK_GLYPH, load_tokenizer
 
 STRATEGIES = ("random", "confidence", "margin", "entropy")
@@ -377,9 +377,7 @@ class Show:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument
     # what to generate
     a("--ckpt", required=True, type=Path, help="checkpoint directory")
@@ -387,14 +385,16 @@ def parse_args(argv):
     a("--prompt-file", type=Path, help="read the prompt from a file")
     a("--suffix", default="", help="text after the generated part (infilling)")
     a("--length", type=int, default=128, help="tokens to generate")
-    a("--num-samples", type=int, default=1)
-    a("--seed", type=int, default=0)
+    a("--num-samples", type=int, default=1, help="samples of the same prompt, decoded together")
+    a("--seed", type=int, default=0, help="sampling seed")
     # how
-    a("--steps", type=int, default=0, help="denoising steps T (default: --length)")
-    a("--strategy", choices=STRATEGIES, default="random")
-    a("--temperature", type=float, default=1.0)
-    a("--top-k", type=int, default=0)
-    a("--top-p", type=float, default=1.0)
+    # defaults: the official inference script's values (64 steps, temperature 0.95, top-p 0.9) in the
+    # confidence order, which gives text where its random order gives noise on a small model (README)
+    a("--steps", type=int, default=64, help="denoising steps T (at most --length)")
+    a("--strategy", choices=STRATEGIES, default="confidence", help="which masked tokens a step reveals")
+    a("--temperature", type=float, default=0.95, help="softmax temperature (1 with --top-p 1: the unbiased sampler)")
+    a("--top-k", type=int, default=0, help="keep the k most probable tokens (0: all)")
+    a("--top-p", type=float, default=0.9, help="nucleus: keep the most probable tokens up to this mass (1: all)")
     a("--greedy", action="store_true", help="always the most probable token")
     a("--threshold", type=float, help="also reveal every token with probability above this (0, 1]")
     a("--block-length", type=int, default=0, help="semi-autoregressive blocks of this many tokens")
@@ -407,15 +407,15 @@ def parse_args(argv):
     a("--ar", action="store_true", help="plain autoregressive sampling with a KV cache")
     # output and system
     a("--show", action="store_true", help="draw the denoising as it happens (standard error)")
-    a("--device", default="cpu")
+    a("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     args = p.parse_args(argv)
-    args.steps = args.steps or args.length
     if args.length < 1 or args.steps < 1 or args.num_samples < 1:
         raise UserError("--length, --steps and --num-samples must be at least 1")
     if args.threshold is not None and not 0 < args.threshold <= 1:
         raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
     if not 0 < args.top_p <= 1 or args.top_k < 0 or args.temperature <= 0:
         raise UserError("--top-p must be in (0, 1], --top-k at least 0, --temperature positive")
+    args.steps = min(args.steps, args.length)  # more steps than tokens: the extra ones would reveal nothing
     if args.block_length < 0:
         raise UserError("--block-length must not be negative")
     if args.ar and args.suffix:

@@ -28,7 +28,18 @@ import torch
 import torch.distributed as dist
 
 from checkpoint import load_checkpoint, load_torch_file, pick_device, read_meta, save_checkpoint
-from model import EPS, AnnealFlex, UserError, ar_loss, attention_at, diffusion_loss, mix, noise_levels, peak_flops
+from model import (
+    EPS,
+    AnnealFlex,
+    HelpFormatter,
+    UserError,
+    ar_loss,
+    attention_at,
+    diffusion_loss,
+    mix,
+    noise_levels,
+    peak_flops,
+)
 from plot import plot, plot_available
 from tokenizer import fingerprint
 
@@ -39,9 +50,7 @@ EVAL_SEED = 1234  # evaluation noise is the same in every run, so numbers compar
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument
     # what to train, on what
     a("--config", type=Path, help="JSON preset (config/*.json); command-line options override it")
@@ -50,7 +59,7 @@ def build_parser():
     a("--data-dir", type=Path, help="data/prepare.py's output (on resume: the run's, unless given)")
     a("--out-dir", required=True, type=Path, help="the run's checkpoint directory, written at each evaluation")
     # the method
-    a("--objective", choices=["diffusion", "ar"], default="diffusion")
+    a("--objective", choices=["diffusion", "ar"], default="diffusion", help="what to train for (ar: the baseline)")
     a("--anneal-steps", type=int, default=0, help="steps to open the causal mask to full attention (0: full at once)")
     a("--no-shift", action="store_true", help="ablation: the logit at i predicts token i instead of i+1")
     # optimisation
@@ -59,28 +68,38 @@ def build_parser():
     a("--batch-size", type=int, default=8, help="sequences per micro-batch per process")
     a("--grad-accum", type=int, help="micro-batches per step over all processes (default: the number of processes)")
     a("--block-size", type=int, default=0, help="sequence length (0: the model's maximum, at most 1024)")
-    a("--lr", type=float, default=3e-4)
-    a("--lr-schedule", choices=["cosine", "constant"], default="cosine")
+    a("--lr", type=float, default=3e-4, help="peak learning rate")
+    a("--lr-schedule", choices=["cosine", "constant"], default="cosine", help="after warm-up")
     a("--min-lr-ratio", type=float, default=0.1, help="cosine decays to lr × this")
-    a("--warmup-iters", type=int, default=0)
-    a("--weight-decay", type=float, default=0.1)
+    a("--warmup-iters", type=int, default=0, help="steps of linear warm-up")
+    a("--weight-decay", type=float, default=0.1, help="AdamW weight decay, on matrices only")
     a("--beta2", type=float, default=0.95, help="AdamW's second-moment decay (the HF Trainer's default: 0.999)")
     a("--grad-clip", type=float, default=1.0, help="0 disables")
     # evaluation
-    a("--eval-interval", type=int, default=100)
+    a("--eval-interval", type=int, default=100, help="steps between evaluations (and saves)")
     a("--eval-iters", type=int, default=10, help="evaluation batches")
     # system
-    a("--device", default="auto")
-    a("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
-    a("--compile", action=argparse.BooleanOptionalAction, default=False)
+    a("--device", default="auto", help="auto (CUDA when present), cpu, cuda; torchrun: one GPU per process")
+    a(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="auto: bf16 autocast where the GPU has it",
+    )
+    a("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
     a(
         "--fsdp",
         action=argparse.BooleanOptionalAction,
         default=False,
         help="shard parameters, gradients and optimizer state (FSDP2)",
     )
-    a("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=False)
-    a("--seed", type=int, default=0)
+    a(
+        "--activation-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="recompute each block in backward",
+    )
+    a("--seed", type=int, default=0, help="every random draw is a function of (seed, step, example)")
     return p
 
 
@@ -527,6 +546,8 @@ def main(argv=None):
     flex = AnnealFlex(args.block_size, device) if annealing_on_gpu else None  # FlexAttention's BlockMask, not L×L
     stop = StopRequest()
 
+    if master and not plot_available():
+        print("note: matplotlib is not installed: no loss.png (pip install matplotlib)", file=sys.stderr)
     if master:
         method = f", shift {objective.shift}, anneal {args.anneal_steps} steps" if diffusion else ""
         print(
@@ -546,7 +567,9 @@ def main(argv=None):
 
     from tqdm import tqdm
 
-    bar = tqdm(total=args.max_iters, initial=step, disable=not master, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=args.max_iters, initial=step, disable=None if master else True, file=sys.stderr, dynamic_ncols=True
+    )
     t_last, steps_timed = time.perf_counter(), 0
     while step < args.max_iters:
         # determine the learning rate of this step

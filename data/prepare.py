@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from checkpoint import read_meta  # noqa: E402
 from corpus import SUFFIXES, check_file, files_of, natural_key, pair_of, records, text_of  # noqa: E402
 from download import download_dataset_file, download_url, hub_dataset_files  # noqa: E402
-from model import UserError  # noqa: E402
+from model import HelpFormatter, UserError  # noqa: E402
 from tokenizer import fingerprint, load_tokenizer  # noqa: E402
 
 # The public corpora. A hub corpus names the folders that can be listed, each with the tokens its
@@ -110,9 +110,7 @@ def token_count(text):
 
 def parse_args(argv):
     """-> (args, the tokenizer checkpoint's meta); args.sources maps a recipe part to a local folder."""
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="*", type=Path, help=f"files ({', '.join(SUFFIXES)}) or folders of them")
     p.add_argument("--tokenizer", required=True, type=Path, help="a checkpoint directory (its tokenizer is used)")
     p.add_argument("--out", required=True, type=Path, help="output directory")

@@ -410,3 +410,31 @@ def test_every_bad_input_is_a_one_line_error(w):
     assert not failures, "\n\n".join(failures)
     assert not (w.d / "pwned").exists()  # no pickle ran
     assert not [p for p in w.d.rglob(".*tmp-*")]  # no temporary directories left behind
+
+
+@pytest.mark.parametrize("script", ["convert", "data/prepare", "train", "sample", "eval", "bench", "miniature"])
+def test_help_gives_every_option_a_meaning_and_its_default(script, monkeypatch):
+    import argparse
+    import importlib.util
+
+    parsers = []
+
+    def capture(self, *args, **kwargs):
+        parsers.append(self)
+        raise SystemExit
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    spec = importlib.util.spec_from_file_location(script.replace("/", "_"), ROOT / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit):
+        (getattr(module, "parse_args", None) or module.main)([])
+    parser = parsers[-1]
+    assert parser.formatter_class.__name__ == "HelpFormatter"
+    for action in parser._actions:
+        assert action.help, f"{script}.py {action.option_strings or action.dest} has no help text"
+        shown = parser.formatter_class("x")._get_help_string(action)
+        if action.default not in (None, False, "", [], argparse.SUPPRESS) and action.option_strings:
+            assert "default" in shown, (script, action.option_strings)
+        if action.choices:
+            assert all(str(c) in parser.format_help() for c in action.choices)

@@ -6,7 +6,8 @@ import shutil
 import pytest
 import torch
 
-from bench import QUALITY_VARIANTS, hf_twin
+from bench import QUALITY_VARIANTS
+from checkpoint import hf_twin
 from conftest import run
 from model import ModelConfig, Transformer
 

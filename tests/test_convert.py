@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint
-from conftest import STORY_START, assert_user_error, hf_tokenizer_files, run
+from conftest import STORIES_BIN, STORIES_TOK, STORY_START, assert_user_error, hf_tokenizer_files, run
 from tokenizer import load_tokenizer
 
 
@@ -90,7 +90,14 @@ def test_llama_from_pytorch_bin_and_check_flag(tmp_path):
     assert diff < 1e-4
 
 
+def test_llama2c_check_compares_logits_with_transformers(tmp_path):
+    proc = run("convert.py", STORIES_BIN, tmp_path / "out", "--tokenizer", STORIES_TOK, "--check")
+    assert proc.stdout.startswith("check: max abs logit difference vs transformers")
+    assert float(proc.stdout.split("=")[-1]) < 1e-4
+
+
 def test_stories260k_greedy_story(stories_ckpt):
+    """The llama2.c import (header, layout, RoPE permutation) is right: the real model tells its story."""
     model, meta = load_checkpoint(stories_ckpt)
     tok = load_tokenizer(stories_ckpt)
     ids = [meta["bos_token_id"]]

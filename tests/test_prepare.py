@@ -7,6 +7,7 @@ The local hub on 127.0.0.1 serves small shards in the real corpora's formats and
 (paged with a Link header, sizes and LFS sha256s).
 """
 
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -139,11 +140,20 @@ def hub(tmp_path_factory):
             pq.write_table(starcoder_table(CODE[:40] if folder == "java" else CODE[40 * k + 40 : 40 * k + 80]), buffer)
             hub.add("bigcode/starcoderdata", f"{folder}/train-{k:05d}-of-{n:05d}.parquet", buffer.getvalue())
     hub.list("bigcode/starcoderdata", "")
+    with serving(hub):
+        yield hub
+
+
+@contextlib.contextmanager
+def serving(hub):
+    """The hub on 127.0.0.1 (hub.endpoint) for the duration of the block."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), hub.handler())
     threading.Thread(target=server.serve_forever, daemon=True).start()
     hub.endpoint = f"http://127.0.0.1:{server.server_port}"
-    yield hub
-    server.shutdown()
+    try:
+        yield
+    finally:
+        server.shutdown()
 
 
 def env_for(hub, cache):
@@ -236,38 +246,45 @@ def test_diffullama_mixes_7_to_3_by_tokens(stories_ckpt, hub, tmp_path):
     assert slim["shards_read"][0] == "train/chunk1/example_train_0.jsonl.zst"
 
 
-def test_kill_twice_then_rerun_is_byte_identical(stories_ckpt, hub, tmp_path):
-    """SIGKILL at random moments while tokenizing (after a shard is finished), twice; the rerun completes the
-    same bytes as an uninterrupted run, which was made with another number of workers."""
-    common = [
-        PREPARE,
-        "--tokenizer",
-        stories_ckpt,
-        "--recipe",
-        "fineweb",
-        "--tokens",
-        "40000",
-        "--shard-tokens",
-        "2000",
-    ]
-    env = env_for(hub, tmp_path / "cache")
-    run(*common, "--out", tmp_path / "whole", "--workers", "1", env=env)
-    cut, partial = tmp_path / "cut", tmp_path / "cut.partial"
-    cmd = [sys.executable, *map(str, common), "--out", str(cut), "--workers", "2"]
-    rng, done = random.Random(), 0
-    for _ in range(2):
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stderr=subprocess.DEVNULL)
-        while proc.poll() is None and shards_done(partial) <= done:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0, 0.2))
-        assert proc.poll() is None, "the run finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert not cut.exists() and shards_done(partial) > done
-        done = shards_done(partial)
-    proc = run(*common, "--out", cut, "--workers", "2", env=env)
+def test_kill_twice_then_rerun_is_byte_identical(stories_ckpt, tmp_path):
+    """SIGKILL at random moments while tokenizing (after a random number of finished shards), twice; the rerun
+    completes the same bytes as an uninterrupted run, which was made with another number of workers."""
+    hub = Hub(tmp_path / "hub")  # all of TinyStories in 12 shards: ~300K tokens, ~300 output shards
+    for k in range(12):
+        buffer = io.BytesIO()
+        pq.write_table(fineweb_table(STORIES[k * 280 : (k + 1) * 280], k * 280), buffer, row_group_size=32)
+        hub.add("HuggingFaceFW/fineweb", f"sample/100BT/{k:03d}_00000.parquet", buffer.getvalue())
+    hub.list("HuggingFaceFW/fineweb", "sample/100BT")
+    with serving(hub):
+        common = [
+            PREPARE,
+            "--tokenizer",
+            stories_ckpt,
+            "--recipe",
+            "fineweb",
+            "--tokens",
+            "250K",
+            "--shard-tokens",
+            "1000",
+        ]
+        env = env_for(hub, tmp_path / "cache")
+        run(*common, "--out", tmp_path / "whole", "--workers", "1", env=env)
+        cut, partial = tmp_path / "cut", tmp_path / "cut.partial"
+        cmd = [sys.executable, *map(str, common), "--out", str(cut), "--workers", "2"]
+        rng, done = random.Random(), 0
+        for _ in range(2):
+            target = done + rng.randint(3, 80)
+            proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stderr=subprocess.DEVNULL)
+            while proc.poll() is None and shards_done(partial) < target:
+                time.sleep(0.001)
+            assert proc.poll() is None, "the run finished before it could be killed"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert not cut.exists() and shards_done(partial) >= target
+            done = shards_done(partial)
+        proc = run(*common, "--out", cut, "--workers", "2", env=env)
     assert "continuing the unfinished run" in proc.stderr and not partial.exists()
-    assert sha256s(cut) == sha256s(tmp_path / "whole") and len(sha256s(cut)) > 20
+    assert sha256s(cut) == sha256s(tmp_path / "whole") and len(sha256s(cut)) > 200
 
 
 def shards_done(partial):

@@ -56,6 +56,8 @@ def tiny_command(cmd):
     script = next((s for s in ["train.py", "sample.py", "eval.py", "miniature.py"] if f" {s}" in f" {cmd}"), None)
     if script:
         cmd += " " + TINY[script]
+    if "--init-from resume" in cmd:  # a resume continues past the finished tiny run
+        cmd = cmd.replace("--max-iters 2", "--max-iters 3 --extend-schedule")
     cmd = cmd.replace(HUB_TASKS, f"--lm-eval diffu_story_choice --include-path {ROOT / 'tests' / 'lm_eval'}")
     if "prepare.py" in cmd and "--recipe" in cmd:
         cmd += " " + SOURCES[shlex.split(cmd)[shlex.split(cmd).index("--recipe") + 1]]
