@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from checkpoint import hf_twin
+from checkpoint import hf_twin, pick_device, pick_dtype
 from model import (
     AnnealFlex,
     HelpFormatter,
@@ -392,8 +392,8 @@ def report(rows):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--suite", choices=sorted(SUITES), default=None, help="default: cpu, or gpu with --device cuda")
+    p.add_argument("--device", default="auto", help="auto: CUDA when present, else the CPU; or cpu, cuda, cuda:N")
+    p.add_argument("--suite", choices=sorted(SUITES), default=None, help="default: gpu on CUDA, else cpu")
     p.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile (default: on GPU)"
     )
@@ -404,9 +404,9 @@ def main(argv=None):
     p.add_argument("--quality-samples", type=int, default=512, help="unconditional samples per variant for Gen PPL")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
+    device = pick_device(args.device)
     suite = SUITES[args.suite or ("gpu" if device.type == "cuda" else "cpu")]
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # CPUs here lack bf16 units
+    dtype = pick_dtype("auto", device)
     compile_model = device.type == "cuda" if args.compile is None else args.compile
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True

@@ -177,6 +177,16 @@ def pick_device(name):
     return device
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def pick_dtype(name, device):
+    """--dtype: 'auto' is bf16 on a GPU that has it, fp32 elsewhere (CPUs without bf16 units are ~100x slower)."""
+    if name != "auto":
+        return DTYPES[name]
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+
+
 def load_torch_file(file):
     """A torch.save file: tensors and plain containers only (weights_only), memory-mapped when it can be."""
     try:
@@ -209,7 +219,10 @@ def check_shapes(state, cfg, where):
 
 
 def load_checkpoint(path, device="cpu", dtype=torch.float32):
-    """Load a checkpoint directory -> (model in eval mode, meta = parsed config.json)."""
+    """Load a checkpoint directory -> (model in eval mode, meta = parsed config.json).
+
+    The weights go straight to `device` in `dtype`, one tensor at a time: a 7B model on a GPU never
+    has an fp32 copy in CPU memory."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -219,10 +232,11 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32):
     if not file.is_file():
         raise UserError(f"checkpoint {path} has no {WEIGHTS_FILE}")
     try:
-        state = load_file(file)
+        state = load_file(file, device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{file} is corrupted or truncated: {e}") from None
     check_shapes(state, cfg, file)
+    state = {k: v.to(dtype) for k, v in state.items()}
     with torch.device("meta"):
         model = Transformer(cfg)
     model.load_state_dict(state, strict=False, assign=True)  # the names were checked above

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint, pick_device
+from checkpoint import load_checkpoint, pick_device, pick_dtype
 from corpus import texts
 from model import HelpFormatter, UserError, ar_loss, diffusion_loss, mix, noise_levels, predicting
 from sample import STRATEGIES, Sampling, decode, valid_logits
@@ -325,7 +325,7 @@ def task_genppl(model, meta, tok, args):
         raise UserError("--task genppl needs --judge DIR (an AR checkpoint)")
     if 1 + args.length > model.cfg.block_size:
         raise UserError(f"--length {args.length} and BOS are beyond the model's {model.cfg.block_size} positions")
-    judge, judge_meta = load_checkpoint(args.judge, device=args.device)
+    judge, judge_meta = load_checkpoint(args.judge, device=args.device, dtype=args.dtype)
     judge_tok = load_tokenizer(args.judge, judge_meta)
     if judge_meta["objective"] != "ar":
         raise UserError(f"--judge {args.judge} is not an AR checkpoint")
@@ -521,7 +521,8 @@ def parse_args(argv):
     a("--block-length", type=int, default=0, help="genppl, infill: semi-autoregressive blocks (sample.py)")
     a("--batch-size", type=int, default=8, help="genppl: samples decoded together")
     a("--cache", action="store_true", help="genppl, infill: approximate key/value cache (sample.py)")
-    a("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    a("--device", default="auto", help="auto: CUDA when present, else the CPU; or cpu, cuda, cuda:N")
+    a("--dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="auto: bf16 on a GPU, fp32 on CPU")
     args = p.parse_args(argv)
     if bool(args.task) == bool(args.lm_eval):
         raise UserError("give --task or --lm-eval (one of them)")
@@ -534,13 +535,14 @@ def parse_args(argv):
     if args.mc < 1 or args.limit < 0 or args.steps < 0 or args.length < 1 or args.batch_size < 1:
         raise UserError("--mc, --length and --batch-size must be at least 1; --limit and --steps not negative")
     args.device = pick_device(args.device)
+    args.dtype = pick_dtype(args.dtype, args.device)
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     manager = harness_tasks(args) if args.lm_eval else None
-    model, meta = load_checkpoint(args.ckpt, device=args.device)
+    model, meta = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
     tok = load_tokenizer(args.ckpt, meta)
     if args.lm_eval:
         result, records = run_harness(model, meta, tok, args, manager)

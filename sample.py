@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import load_checkpoint, pick_device
+from checkpoint import load_checkpoint, pick_device, pick_dtype
 from corpus import read_text
 from model import HelpFormatter, UserError, predicting
 from tokenizer import MASK_GLYPH, load_tokenizer
@@ -407,7 +407,9 @@ def parse_args(argv):
     a("--ar", action="store_true", help="plain autoregressive sampling with a KV cache")
     # output and system
     a("--show", action="store_true", help="draw the denoising as it happens (standard error)")
-    a("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    a("--device", default="auto", help="auto: CUDA when present, else the CPU; or cpu, cuda, cuda:N")
+    a("--dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="auto: bf16 on a GPU, fp32 on CPU")
+    a("--compile", action="store_true", help="torch.compile the model (GPU; worth it for long or many decodes)")
     args = p.parse_args(argv)
     if args.length < 1 or args.steps < 1 or args.num_samples < 1:
         raise UserError("--length, --steps and --num-samples must be at least 1")
@@ -426,12 +428,15 @@ def parse_args(argv):
         except OSError as e:
             raise UserError(f"cannot read --prompt-file: {e}") from None
     args.device = pick_device(args.device)
+    args.dtype = pick_dtype(args.dtype, args.device)
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    model, meta = load_checkpoint(args.ckpt, device=args.device)
+    model, meta = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
+    if args.compile:
+        model = torch.compile(model, dynamic=True)  # dynamic: each step asks for logits at a different count
     tok = load_tokenizer(args.ckpt, meta)
     prefix, suffix = tok.encode(args.prompt, bos=True), suffix_ids(tok, args.prompt, args.suffix)
     total = len(prefix) + args.length + len(suffix)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from checkpoint import load_checkpoint, load_torch_file, pick_device, read_meta, save_checkpoint
+from checkpoint import load_checkpoint, load_torch_file, pick_device, pick_dtype, read_meta, save_checkpoint
 from model import (
     EPS,
     AnnealFlex,
@@ -480,10 +480,8 @@ def check_run(args):
 
 def precision(args, device):
     """-> (dtype, autocast context): --dtype, or bf16 where the GPU has it and fp32 elsewhere."""
-    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(args.dtype)
-    dtype = dtype or (torch.bfloat16 if bf16_ok else torch.float32)
-    args.dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype]
+    dtype = pick_dtype(args.dtype, device)
+    args.dtype = str(dtype).removeprefix("torch.")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return dtype, torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()

@@ -142,3 +142,31 @@ def test_crash_leftovers_are_cleared_and_the_newest_whole_version_restored(tmp_p
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted(["ck", f".ck.old-{alive}", f".ck.tmp-{alive}"]), left  # the dead ones' are gone
     assert read_meta(ck)["mask_token_id"] == 96
+
+
+def test_one_device_rule_for_every_script(monkeypatch):
+    from checkpoint import pick_device, pick_dtype
+    from sample import parse_args
+
+    args = parse_args(["--ckpt", "x"])  # sample.py's defaults on this machine: the CPU in fp32
+    assert args.device == torch.device("cpu") and args.dtype == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with a bf16 GPU
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert pick_device("auto") == torch.device("cuda") and pick_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert pick_dtype("float32", torch.device("cuda")) == torch.float32
+
+
+def test_weights_load_in_the_asked_dtype(tmp_path, model):
+    meta = {
+        "objective": "ar",
+        "mask_token_id": 96,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "tokenizer": {"type": "sentencepiece", "files": []},
+    }
+    save_checkpoint(tmp_path / "ck", model, meta, tokenizer_from=tmp_path)
+    loaded, _ = load_checkpoint(tmp_path / "ck", dtype=torch.bfloat16)
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert loaded.cfg.tie_embeddings == (loaded.lm_head.weight is loaded.tok_emb.weight)
+    expected = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
