@@ -58,7 +58,7 @@ def parquet(path):
     try:
         return pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises its own ArrowInvalid / OSError for a damaged footer
-        raise UserError(f"{path} is not a valid parquet file ({e})") from None
+        raise UserError(f"{path} is not a valid parquet file ({' '.join(str(e).split())})") from None
 
 
 def check_file(path, field="text"):
@@ -125,8 +125,8 @@ def parquet_records(path, field, skip):
                 column = batch.column(0).to_pylist()
                 yield from ({field: t} for t in column[skip:])
                 skip = max(0, skip - len(column))
-    except OSError as e:  # pyarrow's errors for damaged pages are OSError / ArrowException subclasses
-        raise UserError(f"{path} is a damaged parquet file ({e})") from None
+    except (OSError, ValueError) as e:  # pyarrow's errors for damaged pages (ArrowInvalid is a ValueError)
+        raise UserError(f"{path} is a damaged parquet file ({' '.join(str(e).split())})") from None
 
 
 def zstd_records(path):
@@ -176,18 +176,20 @@ def text_documents(path, split=None):
 
 
 def separator_of(path, split):
-    """-> (split if the file holds it, else "" if it has a blank line, else None; lines read)."""
-    blank, n_lines = False, 0
+    """-> (split if the file holds it, else "" if blank lines cut it into documents, else None; lines read).
+
+    Blank lines are document breaks only if no document they make holds half the text: a title line,
+    or a trailing blank line, before a paragraph-per-line file must not make it one document."""
+    n_lines, chars, doc, longest = 0, 0, 0, 0
     with open(path, encoding="utf-8") as f:
         for line in f:
             n_lines += 1
             if split and split in line:
                 return split, n_lines
-            if not line.strip():
-                blank = True
-                if not split:
-                    break
-    return ("" if blank else None), n_lines
+            chars += len(line)
+            doc = 0 if not line.strip() else doc + len(line)
+            longest = max(longest, doc)
+    return ("" if longest <= chars / 2 else None), n_lines
 
 
 def text_of(record, field, where):

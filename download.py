@@ -44,7 +44,8 @@ def download_file(url, target, required=True, token=None, size=None, sha256=None
     except urllib.error.HTTPError as e:
         if e.code == 404 and not required:
             return False
-        if e.code == 416 and have:  # the .part is already whole
+        if e.code == 416 and have:  # the .part is already whole (or wrong: checked like any download)
+            check_download(part, url, size, sha256)
             part.rename(target)
             return True
         hint = " (a gated model? set HF_TOKEN)" if e.code in (401, 403) else ""

@@ -309,6 +309,9 @@ def check_data(data_dir, init_dir, init_meta, block_size, model_block_size):
             raise UserError(
                 f"{f} does not hold the {shard['tokens']:,} {info['dtype']} tokens meta.json says: truncated?"
             )
+        src = data_dir / shard.get("src_file", "")
+        if info["sft"] and (not src.is_file() or src.stat().st_size != shard["tokens"]):
+            raise UserError(f"{src} (the SFT source mask of {f.name}) is missing or truncated")
     if info["tokenizer_fingerprint"] != fingerprint(init_dir, init_meta):
         raise UserError(
             f"{data_dir} was tokenized with another tokenizer than {init_dir}'s; "

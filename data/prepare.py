@@ -104,7 +104,7 @@ def token_count(text):
     m = re.fullmatch(r"([0-9.]+(?:e[0-9]+)?)([kmbt]?)", text.strip().lower())
     try:
         return round(float(m[1]) * 1000 ** " kmbt".index(m[2] or " "))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"not a token count: {text!r} (e.g. 30B, 500M, 1e9)") from None
 
 
@@ -141,6 +141,8 @@ def parse_args(argv):
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if not args.out.resolve().name or args.out.resolve() == Path.cwd():
+        raise UserError(f"--out {args.out} must name a folder to create, not the current one")
     if args.out.exists() and not args.force:
         raise UserError(f"{args.out} already exists (pass --force to overwrite it)")
     meta = read_meta(args.tokenizer)
@@ -148,8 +150,13 @@ def parse_args(argv):
         raise UserError("give input files or folders, or --recipe, not both or neither")
     if args.sft and args.recipe:
         raise UserError("--sft takes prompt/response files, not a --recipe")
+    if args.source and not args.recipe:
+        raise UserError("--source gives a recipe's files: it needs --recipe (plain inputs are positional)")
     parts = RECIPES[args.recipe].get("mix", {args.recipe: 1}) if args.recipe else {}
-    args.sources = dict(s.split("=", 1) if "=" in s else (args.recipe, s) for s in args.source)
+    named = [s.split("=", 1) if "=" in s else (args.recipe, s) for s in args.source]
+    args.sources = dict(named)
+    if len(args.sources) < len(named):
+        raise UserError("--source names the same part twice")
     for name, path in args.sources.items():
         if name not in parts:
             raise UserError(f"--source {name}=...: the recipe {args.recipe} has no part {name!r} ({', '.join(parts)})")
@@ -419,6 +426,8 @@ def start_or_resume(folder, options):
     """The progress of an unfinished run of the same command in `folder`, or a fresh one."""
     record = folder / "progress.json"
     if (folder / "meta.json").is_file() and not record.is_file():  # killed just before the final rename
+        if json.loads((folder / "meta.json").read_text()).get("options") != options:
+            raise UserError(f"{folder} holds the finished output of another command: rerun that one, or delete it")
         return None
     if record.is_file():
         progress = json.loads(record.read_text())
@@ -435,6 +444,8 @@ def start_or_resume(folder, options):
 
 
 def move_into_place(folder, out):
+    for stale in out.parent.glob(f".{out.name}.old-*"):  # a crash between the two renames below
+        shutil.rmtree(stale, ignore_errors=True)
     if out.exists():  # --force
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         out.rename(old)
@@ -496,6 +507,7 @@ def main(argv=None):
         "eos_token_id": meta["eos_token_id"],
         "sft": args.sft,
         "recipe": args.recipe,
+        "options": options,  # what made these bytes (a finished .partial is renamed only for the same command)
         "budget": sum(s.budget for s in sources) if all(s.budget for s in sources) else None,
         "sources": {
             s.name: {

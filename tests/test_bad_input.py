@@ -182,6 +182,26 @@ ROWS = [
     (lambda w: ["data/prepare.py", "--tokenizer", w.d / "nope", "--out", OUT, w.text], 1, ["does not exist"]),
     (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", w.d / "empty_dir", w.text], 1, ["exists"]),
     (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, "--recipe", "bogus"], 2, ["invalid choice"]),
+    (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, w.text, "--tokens", "1e400"], 2, ["--tokens"]),
+    (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", ".", w.text, "--force"], 1, ["--out"]),
+    (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, w.text, "--source", w.d], 1, ["--recipe"]),
+    (
+        lambda w: [
+            "data/prepare.py",
+            "--tokenizer",
+            w.ckpt,
+            "--out",
+            OUT,
+            "--recipe",
+            "fineweb",
+            "--source",
+            w.d,
+            "--source",
+            w.d,
+        ],
+        1,
+        ["twice"],
+    ),
     # train.py
     *[
         (

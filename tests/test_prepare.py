@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -312,7 +313,8 @@ def test_train_on_shards_equals_train_on_one_file(stories_ckpt, tmp_path):
     (old / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k not in ("shards", "sources")}))
     a, b, c = (Data(tmp_path / d, "train", 64) for d in ("many", "one", "old"))
     assert a.n == b.n == c.n and a.size > 0
-    for i in [0, 1, 29_990, 30_000 - 64, a.n // 2, a.n - 1]:  # windows inside and across shard boundaries
+    across = [int(s) - 32 for s in a.starts[1:-1]]  # windows that run across each boundary between shards
+    for i in [0, 1, a.n // 2, a.n - 1, *across]:
         assert a.example(i)[0].tolist() == b.example(i)[0].tolist() == c.example(i)[0].tolist()
     args = ["--init-from", stories_ckpt, "--max-iters", "4", "--eval-interval", "2", "--batch-size", "4",
             "--block-size", "64", "--eval-iters", "2", "--seed", "3"]  # fmt: skip
@@ -324,16 +326,17 @@ def test_train_on_shards_equals_train_on_one_file(stories_ckpt, tmp_path):
     assert "epochs" not in proc.stderr  # 4 steps of 256 tokens repeat nothing
 
 
-def test_repetition_note(stories_ckpt, tmp_path):
-    from train import Data
-
-    run(PREPARE, "--tokenizer", stories_ckpt, "--out", tmp_path / "d", ASSETS / "text" / "tinystories_val.txt")
-    data = Data(tmp_path / "d", "train", 64)
-    assert data.repetition_note(data.size, "d") is None
-    assert "2.0 epochs" in data.repetition_note(2 * data.size, "d") and "beyond 4" not in data.repetition_note(
-        2 * data.size, "d"
-    )
-    assert "beyond 4" in data.repetition_note(5 * data.size, "d")
+def test_a_run_that_repeats_its_data_says_so_at_start(stories_ckpt, tmp_path):
+    stories = (ASSETS / "text" / "tinystories_val.txt").read_text().split("\n\n")[:12]
+    (tmp_path / "small.txt").write_text("\n\n".join(stories))
+    run(PREPARE, "--tokenizer", stories_ckpt, "--out", tmp_path / "d", tmp_path / "small.txt", "--val-fraction", "0.2")
+    size = json.loads((tmp_path / "d" / "meta.json").read_text())["train_tokens"]
+    steps = 5 * size // 64 + 1  # a little over 5 epochs of 2 × 32 tokens a step
+    args = ["--init-from", stories_ckpt, "--data-dir", tmp_path / "d", "--batch-size", "2", "--block-size", "32",
+            "--eval-iters", "1", "--eval-interval", str(steps), "--max-iters", str(steps)]  # fmt: skip
+    proc = run("train.py", *args, "--out-dir", tmp_path / "run")
+    note = next(line for line in proc.stderr.splitlines() if "epochs" in line)
+    assert f"{steps * 64:,} tokens, {steps * 64 / size:.1f} epochs of the {size:,}" in note and "beyond 4" in note
 
 
 def test_plain_text_without_blank_lines(stories_ckpt, tmp_path):
@@ -349,6 +352,22 @@ def test_plain_text_without_blank_lines(stories_ckpt, tmp_path):
     info = json.loads((tmp_path / "one" / "meta.json").read_text())
     assert info["documents"]["val"] >= 1 and "characters" in proc.stderr
     run(PREPARE, "--tokenizer", stories_ckpt, "--out", tmp_path / "wiki", ASSETS / "text" / "wiki_demo.txt")
+
+
+@pytest.mark.parametrize("layout", ["title", "trailing blank line"])
+def test_stray_blank_lines_do_not_make_one_document(layout):
+    """A title and a blank line before a paragraph-per-line file, or a blank line after it: still one a line."""
+    import tempfile
+
+    from corpus import texts
+
+    paragraphs = [s.replace("\n", " ") for s in STORIES[:50]]
+    body = "".join(p + "\n" for p in paragraphs)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "wiki.txt"
+        path.write_text("A Title\n\n" + body if layout == "title" else body + "\n")
+        docs = list(texts([path]))
+    assert docs[-50:] == paragraphs
 
 
 def test_bad_inputs_one_line_and_nothing_written(stories_ckpt, hub, tmp_path):
