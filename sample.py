@@ -33,7 +33,7 @@ import torch
 
 from checkpoint import load_checkpoint, pick_device, pick_dtype
 from corpus import read_text
-from model import HelpFormatter, UserError, predicting
+from model import HelpFormatter, UserError, mix, predicting
 from tokenizer import MASK_GLYPH, load_tokenizer
 
 STRATEGIES = ("random", "confidence", "margin", "entropy")
@@ -54,44 +54,62 @@ class Sampling:
 
 
 @torch.no_grad()
-def generate(
+def generate(model, prefix, length, *, suffix=(), num_samples=1, seed=0, **options):
+    """Diffusion decoding of one prompt -> (tokens (num_samples, len(prefix) + length + len(suffix)), forward passes).
+
+    prefix: token ids starting with BOS; suffix: ids kept after the generated part (infilling).
+    options: those of generate_batch. Sample s draws from its own stream, mix(seed, s)."""
+    rows = [(list(prefix), list(suffix))] * num_samples
+    return generate_batch(model, rows, length, seeds=[mix(seed, s) for s in range(num_samples)], **options)
+
+
+@torch.no_grad()
+def generate_batch(
     model,
-    prefix,
+    rows,
     length,
     *,
+    seeds,
     mask_id,
-    suffix=(),
     steps=None,
     strategy="random",
     sampling=Sampling(),
     threshold=None,
     block_length=0,
-    num_samples=1,
-    seed=0,
     shift=True,
     vocab=None,
     cache=False,
     on_step=None,
 ):
-    """Diffusion decoding -> (tokens (num_samples, len(prefix) + length + len(suffix)), forward passes).
+    """Diffusion decoding of many prompts at once -> (tokens (B, longest row), forward passes).
 
-    prefix: token ids starting with BOS; suffix: ids kept after the generated part (infilling).
+    rows: [(prefix ids, suffix ids)], each decoded into prefix + `length` tokens + suffix, the shorter
+    ones padded on the right. Padding changes no result: no query attends to it, nothing predicts it,
+    and row b draws every random number from its own generator (seeds[b]), so a row decodes to what
+    it decodes to alone (up to float rounding; --cache: approximately, see Denoiser).
     threshold, block_length: see the module's docstring; cache: see Denoiser.
     on_step(tokens, step): called after every step (the --show display).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}")
     device = model.tok_emb.weight.device
-    P = len(prefix)
-    x = torch.tensor([list(prefix) + [mask_id] * length + list(suffix)], device=device).repeat(num_samples, 1)
+    starts = [len(p) for p, _ in rows]  # where each row's generated span begins
+    ends = [len(p) + length + len(s) for p, s in rows]
+    x = torch.zeros(len(rows), max(ends), dtype=torch.long, device=device)
     masked = torch.zeros_like(x, dtype=torch.bool)
-    masked[:, P : P + length] = True
-    generator = torch.Generator(device=device).manual_seed(seed)
-    denoiser = Denoiser(model, x.shape, mask_id, vocab, shift, cache)
+    for b, (prefix, suffix) in enumerate(rows):
+        x[b, : ends[b]] = torch.tensor([*prefix, *[mask_id] * length, *suffix])
+        masked[b, starts[b] : starts[b] + length] = True
+    # keys a query may attend to: the row's own tokens, not the padding ("full" when there is none)
+    real = torch.arange(x.shape[1], device=device) < torch.tensor(ends, device=device)[:, None]  # not padding
+    attn = "full" if real.all() else real[:, None, None]  # (B, 1, 1, L): no query attends to padding
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    denoiser = Denoiser(model, x.shape, mask_id, vocab, shift, cache, attn)
     step = 0
-    for lo, hi, budget in block_schedule(P, length, block_length, steps or length):
+    for lo, hi, budget in block_schedule(0, length, block_length, steps or length):
         in_block = torch.zeros_like(masked)
-        in_block[:, lo:hi] = True
+        for b, start in enumerate(starts):
+            in_block[b, start + lo : start + hi] = True
         denoiser.new_block()
         for k in range(budget, 0, -1):  # k steps left in this block
             eligible = masked & in_block
@@ -101,12 +119,12 @@ def generate(
             # draw that first, and (without a threshold) predict only the tokens it reveals.
             picked = None
             if strategy == "random":
-                picked = eligible & (torch.rand(x.shape, generator=generator, device=device) < 1 / k)
+                picked = eligible & (per_row_uniforms(x.shape, starts, length, eligible, generators) < 1 / k)
             predict = picked if strategy == "random" and threshold is None else eligible
             if predict.any():
                 # 1. predict the masked positions: a token and its distribution for each
                 logits = denoiser(x, predict, eligible)  # (N, V), one row per predicted position
-                tokens, probs = sample_tokens(logits, sampling, generator)
+                tokens, probs = sample_rows(logits, predict.sum(1).tolist(), sampling, generators)
                 # 2. choose which to reveal, leaving as many masked as this block's remaining steps need
                 keep = (hi - lo) * (k - 1) // budget
                 reveal = choose(strategy, eligible, tokens, probs, keep, threshold, picked)
@@ -120,6 +138,22 @@ def generate(
             if on_step:
                 on_step(x, step)
     return x, denoiser.forwards
+
+
+def per_row_uniforms(shape, starts, length, eligible, generators):
+    """Uniforms over each row's generated span, from the row's own generator; drawn only for rows
+    that still have eligible positions (as the row would alone, where the block would have ended)."""
+    u = torch.ones(shape, device=eligible.device)
+    for b, (start, g) in enumerate(zip(starts, generators)):
+        if eligible[b].any():
+            u[b, start : start + length] = torch.rand(length, generator=g, device=eligible.device)
+    return u
+
+
+def sample_rows(logits, counts, sampling, generators):
+    """sample_tokens for the (N, V) logits of several rows (counts[b] of them row b's), each from its generator."""
+    pieces = [sample_tokens(chunk, sampling, g) for chunk, g in zip(logits.split(counts), generators) if len(chunk)]
+    return torch.cat([t for t, _ in pieces]), torch.cat([p for _, p in pieces])
 
 
 def block_schedule(start, length, block_length, steps):
@@ -143,8 +177,8 @@ class Denoiser:
     cache) and tokens decoded earlier (as dKV-Cache).
     """
 
-    def __init__(self, model, shape, mask_id, vocab, shift, cache):
-        self.model, self.mask_id, self.vocab, self.shift = model, mask_id, vocab, shift
+    def __init__(self, model, shape, mask_id, vocab, shift, cache, attn="full"):
+        self.model, self.mask_id, self.vocab, self.shift, self.attn = model, mask_id, vocab, shift, attn
         self.kv = model.make_cache(*shape) if cache else None
         self.logits, self.fresh, self.forwards = None, True, 0
         self.stale = torch.zeros(shape, dtype=torch.bool, device=model.tok_emb.weight.device)  # revealed since the pass
@@ -156,10 +190,10 @@ class Denoiser:
         if self.logits is None:
             where = predicting(predict, self.shift)
             if self.kv is None or self.fresh:
-                out = self.model(x, attn="full", where=where, cache=self.kv)
+                out = self.model(x, attn=self.attn, where=where, cache=self.kv)
             else:
                 cols = (eligible | self.stale | where).any(0).nonzero().squeeze(1)
-                out = self.model(x[:, cols], attn="full", where=where[:, cols], cache=self.kv, start=cols)
+                out = self.model(x[:, cols], attn=self.attn, where=where[:, cols], cache=self.kv, start=cols)
             self.logits, self.fresh, self.forwards = (
                 valid_logits(out, self.mask_id, self.vocab),
                 False,

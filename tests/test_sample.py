@@ -5,7 +5,7 @@ import torch
 
 from conftest import ASSETS, STORY_START, run
 from model import ModelConfig, Transformer
-from sample import STRATEGIES, Sampling, generate, generate_ar
+from sample import STRATEGIES, Sampling, generate, generate_ar, generate_batch
 from tokenizer import load_tokenizer
 
 V, MASK, BOS = 50, 49, 0
@@ -241,3 +241,32 @@ def test_suffix_ids_keep_the_prompt_and_lose_the_stray_piece():
     assert 29871 not in suffix_ids(llama, prompt, " She was happy.")  # no stray "▁"
     assert suffix_ids(llama, prompt, "She was happy.") == llama.encode("She was happy.")  # a new word, as written
     assert suffix_ids(gpt2, "He said:", '"Yes."') == gpt2.encode('"Yes."')  # the prompt's ":" stays the prompt's
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_batch_decodes_each_prompt_as_it_decodes_alone(arch):
+    """Prompts of 1 to 200 tokens, some with a suffix, padded into one batch: greedy decoding gives
+    each the tokens it gets alone, for every order, with and without blocks (padding changes nothing)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch=arch, vocab_size=V, block_size=256, n_layer=2, n_head=2, n_embd=32)
+    model = Transformer(cfg).double().eval()  # float64: batch shapes round differently, at 1e-16 instead of 1e-7
+    g = torch.Generator().manual_seed(1)
+    lengths, suffixes = [1, 2, 7, 30, 64, 111, 170, 200], [0, 3, 0, 0, 5, 0, 1, 0]
+    rows = [
+        (
+            [BOS, *torch.randint(3, V - 2, (n - 1,), generator=g).tolist()],
+            torch.randint(3, V - 2, (s,), generator=g).tolist(),
+        )
+        for n, s in zip(lengths, suffixes)
+    ]
+    seeds = list(range(100, 108))
+    for strategy in STRATEGIES:
+        for block_length in (0, 4):
+            kw = dict(
+                mask_id=MASK, steps=8, strategy=strategy, block_length=block_length, sampling=Sampling(greedy=True)
+            )
+            batch, _ = generate_batch(model, rows, 16, seeds=seeds, **kw)
+            for b, (row, seed) in enumerate(zip(rows, seeds)):
+                alone, _ = generate_batch(model, [row], 16, seeds=[seed], **kw)
+                n = alone.shape[1]
+                assert torch.equal(batch[b, :n], alone[0]), (strategy, block_length, b)
