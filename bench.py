@@ -40,19 +40,25 @@ from model import (
     diffusion_loss,
     matmul_peak,
 )
-from sample import Sampling, generate, generate_ar
+from sample import Sampling, generate, generate_ar, generate_batch
 
 SHAPES = {
     "tiny": dict(n_layer=2, n_head=4, n_embd=128),
     "gpt2-small": dict(n_layer=12, n_head=12, n_embd=768),
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
 }
-SUITES = {  # training (shape, batch, length) list; decoding (shape, lengths, batch)
-    "tiny": {"train": [("tiny", 2, 64)], "decode": ("tiny", [32], 1), "iters": 2},
-    "cpu": {"train": [("gpt2-small", 1, 1024)], "decode": ("gpt2-small", [128], 1), "iters": 3},
+SUITES = {  # training (shape, batch, length) list; decoding (shape, lengths, batch); batched: (shape, length)
+    "tiny": {"train": [("tiny", 2, 64)], "decode": ("tiny", [32], 1), "batched": ("tiny", 32), "iters": 2},
+    "cpu": {
+        "train": [("gpt2-small", 1, 1024)],
+        "decode": ("gpt2-small", [128], 1),
+        "batched": ("gpt2-small", 128),
+        "iters": 3,
+    },
     "gpu": {
         "train": [("gpt2-small", 16, 1024), ("gpt2-medium", 8, 1024)],
         "decode": ("gpt2-medium", [256, 1024], 1),
+        "batched": ("gpt2-medium", 256),
         "iters": 10,
     },
 }
@@ -263,6 +269,45 @@ def bench_decoding(shape, lengths, device, dtype, compile_model):
     return rows
 
 
+def bench_batched_decoding(shape, length, batch_sizes, device, dtype):
+    """32 prompts of 4 to 64 tokens, exact confidence decoding at T = L/4: batches against a loop, one at a time."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="gpt2", vocab_size=VOCAB, block_size=64 + length + 8, **SHAPES[shape])
+    model = Transformer(cfg).to(device=device, dtype=dtype).eval()
+    g = torch.Generator().manual_seed(0)
+    prompts = [
+        [0, *torch.randint(1, VOCAB - 1, (int(n) - 1,), generator=g).tolist()]
+        for n in torch.randint(4, 65, (32,), generator=g)
+    ]
+    kw = dict(
+        mask_id=MASK, steps=length // 4, strategy="confidence", vocab=VOCAB - 1, sampling=SAMPLING["official defaults"]
+    )
+    engines = {
+        "one prompt at a time": lambda: [
+            generate_batch(model, [(p, [])], length, seeds=[k], **kw) for k, p in enumerate(prompts)
+        ]
+    }
+    for b in batch_sizes:
+        engines[f"batches of {b}"] = lambda b=b: [
+            generate_batch(model, [(p, []) for p in prompts[i : i + b]], length, seeds=list(range(i, i + b)), **kw)
+            for i in range(0, len(prompts), b)
+        ]
+    seconds = {name: timed(fn, 1, device, warmup=0) for name, fn in engines.items()}
+    loop = seconds["one prompt at a time"]
+    return [
+        {
+            "bench": "batched decode",
+            "shape": shape,
+            "length": length,
+            "steps": length // 4,
+            "engine": name,
+            "tokens_per_s": len(prompts) * length / sec,
+            "vs_loop": loop / sec,
+        }
+        for name, sec in seconds.items()
+    ]
+
+
 QUALITY_VARIANTS = {  # name: (sample.py options, the exact variant with the same decoding order)
     "exact": ([], "exact"),
     "threshold 0.9": (["--threshold", "0.9"], "exact"),
@@ -372,6 +417,15 @@ def report(rows):
             vs_official = f"{r['tokens_per_s'] / ref:.2f}x" if ref else ""
             speed = f"{r['tokens_per_s']:9,.1f} {vs_official:>9} {r['tokens_per_s'] / ar[r['length']]:5.2f}x"
             lines.append(f"{r['length']:6} {r['steps']:5} {r['sampling']:17} {r['engine']:64} {speed}")
+    if batched := of_kind("batched decode"):
+        r = batched[0]
+        lines += [
+            "",
+            f"batched decoding: 32 prompts of 4-64 tokens, {r['length']} tokens each, confidence order (exact), "
+            f"T = {r['steps']}",
+            f"{'engine':22} {'tokens/s':>9} {'/loop':>7}",
+            *(f"{r['engine']:22} {r['tokens_per_s']:9,.1f} {r['vs_loop']:6.2f}x" for r in batched),
+        ]
     if quality := of_kind("quality"):
         gen_ppl = {r["variant"]: r["gen_ppl"] for r in quality}
         lines += [
@@ -397,7 +451,7 @@ def main(argv=None):
     p.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile (default: on GPU)"
     )
-    p.add_argument("--skip", default="", help="comma-separated: train, decode")
+    p.add_argument("--skip", default="", help="comma-separated: train, decode, batched")
     p.add_argument("--quality-ckpt", type=Path, help="a trained diffusion checkpoint for the quality measurement")
     p.add_argument("--judge", type=Path, help="its AR judge")
     p.add_argument("--quality-data", type=Path, help="stories for the infill ROUGE")
@@ -426,6 +480,8 @@ def main(argv=None):
     if "decode" not in args.skip:
         shape, lengths, _ = suite["decode"]
         rows += bench_decoding(shape, lengths, device, dtype, compile_model)
+    if "batched" not in args.skip:
+        rows += bench_batched_decoding(*suite["batched"], [1, 8, 32], device, dtype)
     if args.quality_ckpt:
         rows += bench_quality(args)
     text = report(rows)

@@ -23,6 +23,8 @@ Standard output carries only the samples; progress, speed and --show go to stand
 """
 
 import argparse
+import json
+import os
 import shutil
 import sys
 import time
@@ -381,11 +383,13 @@ def render(tok, ids, start, end, eos_id):
     """Text of one sample: prompt, generated part up to its first EOS, suffix, decoded in one pass
     (SentencePiece drops a piece's leading space at the start of a decode: decoded apart, words glue)."""
     ids = ids.tolist()
-    generated = ids[start:end]
-    if eos_id in generated:
-        generated = generated[: generated.index(eos_id)]
     prompt = [i for i in ids[:start] if i != tok.bos_id]
-    return tok.decode(prompt + generated + ids[end:])
+    return tok.decode(prompt + until_eos(ids[start:end], eos_id) + ids[end:])
+
+
+def until_eos(generated, eos_id):
+    """The generated ids before the first EOS (the rest is dropped: the model ended the text there)."""
+    return generated[: generated.index(eos_id)] if eos_id in generated else generated
 
 
 class Show:
@@ -417,6 +421,9 @@ def parse_args(argv):
     a("--ckpt", required=True, type=Path, help="checkpoint directory")
     a("--prompt", default="", help="text before the generated part")
     a("--prompt-file", type=Path, help="read the prompt from a file")
+    a("--prompts", type=Path, help='many prompts: one a line, or a .jsonl of {"prompt", "suffix"?}; decoded in batches')
+    a("--batch-size", type=int, default=16, help="rows (samples of prompts) decoded together")
+    a("--output", type=Path, help="one JSON line per sample: prompt, suffix, text, tokens, forward_passes")
     a("--suffix", default="", help="text after the generated part (infilling)")
     a("--length", type=int, default=128, help="tokens to generate")
     a("--num-samples", type=int, default=1, help="samples of the same prompt, decoded together")
@@ -445,8 +452,8 @@ def parse_args(argv):
     a("--dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="auto: bf16 on a GPU, fp32 on CPU")
     a("--compile", action="store_true", help="torch.compile the model (GPU; worth it for long or many decodes)")
     args = p.parse_args(argv)
-    if args.length < 1 or args.steps < 1 or args.num_samples < 1:
-        raise UserError("--length, --steps and --num-samples must be at least 1")
+    if args.length < 1 or args.steps < 1 or args.num_samples < 1 or args.batch_size < 1:
+        raise UserError("--length, --steps, --num-samples and --batch-size must be at least 1")
     if args.threshold is not None and not 0 < args.threshold <= 1:
         raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
     if not 0 < args.top_p <= 1 or args.top_k < 0 or args.temperature <= 0:
@@ -461,9 +468,37 @@ def parse_args(argv):
             args.prompt = read_text(args.prompt_file)
         except OSError as e:
             raise UserError(f"cannot read --prompt-file: {e}") from None
+    if args.prompts and (args.prompt or args.prompt_file or args.suffix):
+        raise UserError("--prompts gives the prompts (and suffixes): drop --prompt, --prompt-file and --suffix")
+    args.items = read_prompts(args.prompts) if args.prompts else [(args.prompt, args.suffix, None)]
     args.device = pick_device(args.device)
     args.dtype = pick_dtype(args.dtype, args.device)
     return args
+
+
+def read_prompts(path):
+    """--prompts -> [(prompt, suffix, line number)]: one prompt a line, or JSONL {"prompt", "suffix"?}."""
+    try:
+        lines = read_text(path).splitlines()
+    except OSError as e:
+        raise UserError(f"cannot read --prompts: {e}") from None
+    items = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if path.suffix != ".jsonl":
+            items.append((line, "", n))
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise UserError(f"{path}:{n} is not valid JSON") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise UserError(f'{path}:{n} has no "prompt" string')
+        items.append((record["prompt"], record.get("suffix") or "", n))
+    if not items:
+        raise UserError(f"--prompts {path} holds no prompt")
+    return items
 
 
 def main(argv=None):
@@ -472,13 +507,17 @@ def main(argv=None):
     if args.compile:
         model = torch.compile(model, dynamic=True)  # dynamic: each step asks for logits at a different count
     tok = load_tokenizer(args.ckpt, meta)
-    prefix, suffix = tok.encode(args.prompt, bos=True), suffix_ids(tok, args.prompt, args.suffix)
-    total = len(prefix) + args.length + len(suffix)
-    if total > model.cfg.block_size:
-        raise UserError(
-            f"prompt ({len(prefix)}) + length ({args.length}) + suffix ({len(suffix)}) = {total} tokens "
-            f"exceeds the model's context of {model.cfg.block_size}"
-        )
+    encoded = []  # (prefix ids, suffix ids) of each prompt
+    for prompt, suffix, line in args.items:
+        prefix, suffix_tokens = tok.encode(prompt, bos=True), suffix_ids(tok, prompt, suffix)
+        total = len(prefix) + args.length + len(suffix_tokens)
+        if total > model.cfg.block_size:
+            where = f"{args.prompts}:{line}: " if line else ""
+            raise UserError(
+                f"{where}prompt ({len(prefix)}) + length ({args.length}) + suffix ({len(suffix_tokens)}) = {total} "
+                f"tokens exceeds the model's context of {model.cfg.block_size}"
+            )
+        encoded.append((prefix, suffix_tokens))
     blocks = -(-args.length // args.block_length) if args.block_length else 1
     if not args.ar and args.steps < blocks:
         raise UserError(f"--steps {args.steps} is fewer than the {blocks} blocks of --block-length {args.block_length}")
@@ -489,41 +528,69 @@ def main(argv=None):
             file=sys.stderr,
         )
 
+    # decode: every sample of every prompt, in the input's order -> (prompt index, tokens, where the generated
+    # part starts and ends, forward passes of its batch)
     sampling = Sampling(args.temperature, args.top_k, args.top_p, args.greedy)
-    common = dict(
-        mask_id=meta["mask_token_id"],
-        sampling=sampling,
-        num_samples=args.num_samples,
-        seed=args.seed,
-        vocab=tok.n_vocab,
-    )
-    t0 = time.perf_counter()
-    if args.ar:
-        x, forwards = generate_ar(model, prefix, args.length, eos_id=tok.eos_id, **common)
+    options = dict(mask_id=meta["mask_token_id"], sampling=sampling, vocab=tok.n_vocab)
+    decoded, forwards, t0 = [], 0, time.perf_counter()
+    if args.ar:  # a prompt's samples together (across prompts of different lengths: not yet)
+        for i, (prefix, _) in enumerate(encoded):
+            x, passes = generate_ar(
+                model,
+                prefix,
+                args.length,
+                eos_id=tok.eos_id,
+                num_samples=args.num_samples,
+                seed=mix(args.seed, i),
+                **options,
+            )
+            decoded += [(i, row, len(prefix), x.shape[1], passes) for row in x]
+            forwards += passes
     else:
-        x, forwards = generate(
-            model,
-            prefix,
-            args.length,
-            suffix=suffix,
-            steps=args.steps,
-            strategy=args.strategy,
-            threshold=args.threshold,
-            block_length=args.block_length,
-            shift=meta.get("shift", True),
-            cache=args.cache,
-            on_step=Show(tok, args.steps) if args.show else None,
-            **common,
-        )
+        rows = [(i, s) for i in range(len(encoded)) for s in range(args.num_samples)]
+        for first in range(0, len(rows), args.batch_size):
+            batch = rows[first : first + args.batch_size]
+            x, passes = generate_batch(
+                model,
+                [encoded[i] for i, _ in batch],
+                args.length,
+                seeds=[mix(args.seed, i, s) for i, s in batch],  # a sample draws the same in any batch
+                steps=args.steps,
+                strategy=args.strategy,
+                threshold=args.threshold,
+                block_length=args.block_length,
+                shift=meta.get("shift", True),
+                cache=args.cache,
+                on_step=Show(tok, args.steps) if args.show else None,
+                **options,
+            )
+            forwards += passes
+            for (i, _), row in zip(batch, x):
+                start, end = len(encoded[i][0]), len(encoded[i][0]) + args.length
+                decoded.append((i, row[: end + len(encoded[i][1])], start, end, passes))
     elapsed = time.perf_counter() - t0
-    end = x.shape[1] - len(suffix)
-    texts = [render(tok, row, len(prefix), end, tok.eos_id) for row in x]
-    print(("\n\n" + "-" * 40 + "\n\n").join(texts))
-    generated = args.num_samples * (end - len(prefix))
-    print(
-        f"{generated} tokens in {elapsed:.2f} s ({generated / elapsed:,.1f} tokens/s), {forwards} forward passes",
-        file=sys.stderr,
-    )
+
+    # output: the texts on standard output, or one JSON line per sample in --output
+    texts = [render(tok, row, start, end, tok.eos_id) for _, row, start, end, _ in decoded]
+    if args.output:
+        records = [
+            {
+                "prompt": args.items[i][0],
+                "suffix": args.items[i][1],
+                "text": text,
+                "tokens": until_eos(row[start:end].tolist(), tok.eos_id),
+                "forward_passes": passes,
+            }
+            for (i, row, start, end, passes), text in zip(decoded, texts)
+        ]
+        tmp = args.output.with_name(f".{args.output.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        tmp.replace(args.output)
+    else:
+        print(("\n\n" + "-" * 40 + "\n\n").join(texts))
+    generated = sum(end - start for _, _, start, end, _ in decoded)
+    speed = f"{generated} tokens in {elapsed:.2f} s ({generated / elapsed:,.1f} tokens/s), {forwards} forward passes"
+    print(speed, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -116,6 +116,8 @@ def w(stories_ckpt, tmp_path_factory):
         "label_out.jsonl": '{"context": "a", "choices": ["x", "y"], "label": 2}\n',
         "no_label.jsonl": '{"context": "a", "choices": ["x", "y"]}\n',
         "list.json": "[1, 2]\n",
+        "no_prompt.jsonl": '{"prompt": "a"}\n{"suffix": "b"}\n',
+        "long.txt": "Once upon a time\nLily\n" + "the cat sat on the mat " * 200 + "\n",
         "unknown_option.json": '{"learning_rate": 1}\n',
     }.items():
         (d / name).write_text(content)
@@ -345,6 +347,16 @@ ROWS = [
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--prompt-file", w.d / "nope.txt"], 1, ["nope.txt"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt, *CUDA], 1, ["cuda"]),
     (lambda w: ["sample.py", "--ckpt", w.d / "nope"], 1, ["does not exist"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--prompts", w.d / "nope.txt"], 1, ["--prompts", "nope.txt"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--prompts", w.d / "blank.txt"], 1, ["no prompt"]),
+    (
+        lambda w: ["sample.py", "--ckpt", w.ckpt, "--prompts", w.d / "no_prompt.jsonl"],
+        1,
+        ["no_prompt.jsonl:2", "prompt"],
+    ),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--prompts", w.d / "long.txt"], 1, ["long.txt:3", "context"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--batch-size", "0"], 1, ["--batch-size"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--prompts", w.d / "long.txt", "--prompt", "x"], 1, ["--prompts"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt_no_tokenizer], 1, ["tokenizer"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt_model_null], 1, ["model"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt_n_layer_str], 1, ["n_layer"]),

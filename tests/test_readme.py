@@ -90,6 +90,9 @@ def sandbox(tmp_path, monkeypatch):
     stories = (ASSETS / "text" / "tinystories_val.txt").read_text().split("\n\n")[:40]
     (tmp_path / "stories.txt").write_text("\n\n".join(stories[:6]))
     (tmp_path / "data" / "test.txt").write_text("\n\n".join(stories[6:12]))
+    (tmp_path / "prompts.jsonl").write_text(
+        '{"prompt": "Once upon a time"}\n{"prompt": "Lily", "suffix": " The end."}\n'
+    )
     (tmp_path / "web.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in stories))
     (tmp_path / "code.jsonl").write_text(
         "".join(json.dumps({"content": f"def f{i}(x):\n    return x * {i}\n"}) + "\n" for i in range(40))

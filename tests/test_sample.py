@@ -1,5 +1,7 @@
 """sample.py: shift handling pinned by a stub, strategies, the exact speed-ups, AR with a KV cache, bad input."""
 
+import json
+
 import pytest
 import torch
 
@@ -270,3 +272,32 @@ def test_a_batch_decodes_each_prompt_as_it_decodes_alone(arch):
                 alone, _ = generate_batch(model, [row], 16, seeds=[seed], **kw)
                 n = alone.shape[1]
                 assert torch.equal(batch[b, :n], alone[0]), (strategy, block_length, b)
+
+
+def test_prompts_file_decodes_in_batches_as_one_at_a_time(stories_ckpt, tmp_path):
+    """sample.py --prompts: JSONL prompts of different lengths, some with a suffix; greedy; batches of 5 give
+    the tokens batches of 1 give, one JSON line per sample in the input's order."""
+    prompts = [
+        {"prompt": "Once upon a time"},
+        {"prompt": "Lily and Tom went to the big park near the river to play with a red ball", "suffix": " The end."},
+        {"prompt": "The dog"},
+    ]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    outputs = []
+    for batch_size in ("1", "5"):
+        out = tmp_path / f"out{batch_size}.jsonl"
+        options = ["--length", "12", "--steps", "6", "--greedy", "--num-samples", "2", "--batch-size", batch_size]
+        proc = run("sample.py", "--ckpt", stories_ckpt, "--prompts", tmp_path / "p.jsonl", *options, "--output", out)
+        assert proc.stdout == ""  # the samples went to --output
+        outputs.append([json.loads(line) for line in out.read_text().splitlines()])
+    one, five = outputs
+    assert [r["prompt"] for r in one] == [p["prompt"] for p in prompts for _ in range(2)]
+    assert [r["tokens"] for r in one] == [r["tokens"] for r in five]
+    assert one[2]["suffix"] == " The end." and one[2]["text"].startswith(prompts[1]["prompt"])
+    assert one[2]["text"].endswith(" The end.") and set(one[0]) == {
+        "prompt",
+        "suffix",
+        "text",
+        "tokens",
+        "forward_passes",
+    }
