@@ -128,7 +128,7 @@ class Attention(nn.Module):
             k, v = cache["k"][:B, :, : cache["len"]], cache["v"][:B, :, : cache["len"]]  # (B, nkv, S, hd)
         # attention (grouped-query heads share keys/values: enable_gqa)
         gqa = self.n_kv_head != self.n_head
-        if isinstance(attn, torch.Tensor):  # boolean (T, S) allowed-mask: annealing on SDPA
+        if isinstance(attn, torch.Tensor):  # a boolean allowed-mask: annealing on SDPA, or a padded batch
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn, enable_gqa=gqa)
         elif attn == "full":
             y = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
@@ -206,7 +206,8 @@ class Transformer(nn.Module):
     def forward(self, idx, attn="causal", where=None, cache=None, start=0):
         """idx (B, L) token ids -> float logits (B, L, vocab).
 
-        attn: "causal", "full", a boolean (L, L) allowed-mask (True = may attend) or a FlexAttention BlockMask.
+        attn: "causal", "full", a boolean allowed-mask (True = may attend; (L, L) while annealing, (B, 1, 1, L)
+            for a padded batch of prompts) or a FlexAttention BlockMask.
         where: optional boolean (B, L); logits are then computed only there and returned as
             (N, vocab) in row-major order. The vocabulary projection is a large share of the
             FLOPs, and training and decoding need logits only at masked targets.

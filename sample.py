@@ -102,9 +102,9 @@ def generate_batch(
     for b, (prefix, suffix) in enumerate(rows):
         x[b, : ends[b]] = torch.tensor([*prefix, *[mask_id] * length, *suffix])
         masked[b, starts[b] : starts[b] + length] = True
-    # keys a query may attend to: the row's own tokens, not the padding ("full" when there is none)
-    real = torch.arange(x.shape[1], device=device) < torch.tensor(ends, device=device)[:, None]  # not padding
-    attn = "full" if real.all() else real[:, None, None]  # (B, 1, 1, L): no query attends to padding
+    # no query attends to padding: a (B, 1, 1, L) key mask, or "full" when no row is padded
+    real = torch.arange(x.shape[1], device=device) < torch.tensor(ends, device=device)[:, None]
+    attn = "full" if real.all() else real[:, None, None]
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     denoiser = Denoiser(model, x.shape, mask_id, vocab, shift, cache, attn)
     step = 0
