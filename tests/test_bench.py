@@ -68,7 +68,7 @@ def test_bench_quality_of_the_approximate_options(stories_ckpt, tmp_path):
         "--suite",
         "tiny",
         "--skip",
-        "train,decode",
+        "train,decode,batched",
         "--quality-ckpt",
         diffusion,
         "--judge",
