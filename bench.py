@@ -48,7 +48,7 @@ SHAPES = {
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
 }
 SUITES = {  # training (shape, batch, length) list; decoding (shape, lengths, batch); batched: (shape, length)
-    "tiny": {"train": [("tiny", 2, 64)], "decode": ("tiny", [32], 1), "batched": ("tiny", 32), "iters": 2},
+    "tiny": {"train": [("tiny", 2, 64)], "decode": ("tiny", [32], 1), "batched": ("tiny", 16), "iters": 2},
     "cpu": {
         "train": [("gpt2-small", 1, 1024)],
         "decode": ("gpt2-small", [128], 1),

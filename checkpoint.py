@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 import zipfile
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -190,7 +191,9 @@ def pick_dtype(name, device):
 def load_torch_file(file):
     """A torch.save file: tensors and plain containers only (weights_only), memory-mapped when it can be."""
     try:
-        return torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning would precede our one-line refusal
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
     except pickle.UnpicklingError as e:  # an object that would run code when unpickled
         raise UserError(f"{file} holds objects other than tensors; refused ({str(e).splitlines()[0]})") from None
     except (RuntimeError, OSError, EOFError, ValueError) as e:
