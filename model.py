@@ -87,7 +87,7 @@ class ModelConfig:
 def rope_cos_sin(positions, head_dim, theta):
     """cos/sin tables in the Hugging Face rotate-half layout, computed in fp32."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
-    angles = positions.float()[:, None] * inv_freq[None, :]
+    angles = positions.float()[..., None] * inv_freq  # (..., hd/2) for positions (...,)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
 
@@ -118,7 +118,11 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         # KV cache: keys/values of other positions (AR decoding, or sample.py's approximate cache)
-        if cache is not None:
+        if cache is not None and isinstance(start, torch.Tensor) and start.dim() == 2:  # each row's own positions
+            rows = torch.arange(B, device=x.device)[:, None]
+            cache["k"][rows, :, start], cache["v"][rows, :, start] = k.transpose(1, 2), v.transpose(1, 2)
+            k, v = cache["k"][:B], cache["v"][:B]  # every slot: attn masks those beyond each row's position
+        elif cache is not None:
             scattered = isinstance(start, torch.Tensor)  # the positions of x's columns, not the first of a run
             at = start if scattered else slice(start, start + T)
             cache["k"][:B, :, at] = k
@@ -214,7 +218,9 @@ class Transformer(nn.Module):
         cache, start: KV cache (from make_cache) and the position of idx[:, 0]. idx's keys and values
             are written at start..start+L and attention covers every position written so far.
             start may instead be a LongTensor (L,) of idx's positions, for recomputing some positions
-            of a sequence already in the cache (sample.py's approximate cache; attn="full" only).
+            of a sequence already in the cache (sample.py's approximate cache; attn="full" only), or
+            (B, L): each row's own positions (AR decoding of prompts of different lengths; attention then
+            covers the whole cache, and attn must mask each row's slots beyond its position).
         """
         B, L = idx.shape
         # positions of idx's columns
@@ -230,7 +236,9 @@ class Transformer(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
         else:
-            rope = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)  # 2 × (L, hd)
+            rope = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)  # 2 × (L, hd), or (B, L, hd)
+            if positions.dim() == 2:
+                rope = tuple(t[:, None] for t in rope)  # (B, 1, L, hd): per row, shared by the heads
         # the blocks
         for i, layer in enumerate(self.layers):
             if self.checkpointing and self.training:

@@ -354,6 +354,37 @@ def generate_ar(
     return x, length
 
 
+@torch.no_grad()
+def generate_ar_batch(model, prefixes, length, *, seeds, mask_id, eos_id=None, sampling=Sampling(), vocab=None):
+    """AR sampling of many prompts at once -> [tokens of each row: its prefix + what it generated], forward passes.
+
+    The prompts are right-padded for one prefill; then every row writes its next token at its own
+    position (model positions (B, 1)), and attends to its slots up to there: the padding it prefilled
+    is overwritten before it is ever attended to. Each row draws from its own generator (seeds[b])."""
+    device, B = model.tok_emb.weight.device, len(prefixes)
+    lengths = torch.tensor([len(p) for p in prefixes], device=device)
+    x = torch.zeros(B, int(lengths.max()), dtype=torch.long, device=device)
+    for b, prefix in enumerate(prefixes):
+        x[b, : len(prefix)] = torch.tensor(prefix)
+    cache = model.make_cache(B, x.shape[1] + length)
+    last = torch.arange(x.shape[1], device=device) == lengths[:, None] - 1
+    logits = model(x, attn="causal", where=last, cache=cache)  # prefill: (B, V), each row's last prompt token
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    slots = torch.arange(cache[0]["k"].shape[2], device=device)
+    out, done, position = [list(p) for p in prefixes], torch.zeros(B, dtype=torch.bool, device=device), lengths
+    for i in range(length):
+        token, _ = sample_rows(valid_logits(logits, mask_id, vocab), [1] * B, sampling, generators)
+        for b, t in enumerate(token.tolist()):
+            out[b].append(t)
+        done |= token == eos_id
+        if done.all() or i == length - 1:
+            return out, i + 1
+        attn = (slots <= position[:, None])[:, None, None]  # (B, 1, 1, S): each row's slots up to its token
+        logits = model(token[:, None], attn=attn, cache=cache, start=position[:, None])[:, -1]
+        position = position + 1
+    return out, length
+
+
 def decode(
     model, meta, prefix, length, *, vocab, suffix=(), sampling=Sampling(), num_samples=1, seed=0, **diffusion_options
 ):
@@ -533,21 +564,17 @@ def main(argv=None):
     sampling = Sampling(args.temperature, args.top_k, args.top_p, args.greedy)
     options = dict(mask_id=meta["mask_token_id"], sampling=sampling, vocab=tok.n_vocab)
     decoded, forwards, t0 = [], 0, time.perf_counter()
-    if args.ar:  # a prompt's samples together (across prompts of different lengths: not yet)
-        for i, (prefix, _) in enumerate(encoded):
-            x, passes = generate_ar(
-                model,
-                prefix,
-                args.length,
-                eos_id=tok.eos_id,
-                num_samples=args.num_samples,
-                seed=mix(args.seed, i),
-                **options,
+    rows = [(i, s) for i in range(len(encoded)) for s in range(args.num_samples)]
+    if args.ar:
+        for first in range(0, len(rows), args.batch_size):
+            batch = rows[first : first + args.batch_size]
+            seeds = [mix(args.seed, i, s) for i, s in batch]
+            out, passes = generate_ar_batch(
+                model, [encoded[i][0] for i, _ in batch], args.length, seeds=seeds, eos_id=tok.eos_id, **options
             )
-            decoded += [(i, row, len(prefix), x.shape[1], passes) for row in x]
             forwards += passes
+            decoded += [(i, torch.tensor(ids), len(encoded[i][0]), len(ids), passes) for (i, _), ids in zip(batch, out)]
     else:
-        rows = [(i, s) for i in range(len(encoded)) for s in range(args.num_samples)]
         for first in range(0, len(rows), args.batch_size):
             batch = rows[first : first + args.batch_size]
             x, passes = generate_batch(

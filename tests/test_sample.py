@@ -7,7 +7,7 @@ import torch
 
 from conftest import ASSETS, STORY_START, run
 from model import ModelConfig, Transformer
-from sample import STRATEGIES, Sampling, generate, generate_ar, generate_batch
+from sample import STRATEGIES, Sampling, generate, generate_ar, generate_ar_batch, generate_batch, until_eos
 from tokenizer import load_tokenizer
 
 V, MASK, BOS = 50, 49, 0
@@ -301,3 +301,29 @@ def test_prompts_file_decodes_in_batches_as_one_at_a_time(stories_ckpt, tmp_path
         "tokens",
         "forward_passes",
     }
+    (tmp_path / "p.txt").write_text("".join(p["prompt"] + "\n" for p in prompts))  # --ar: plain lines
+    ar = []
+    for batch_size in ("1", "3"):
+        out = tmp_path / f"ar{batch_size}.jsonl"
+        options = ["--ar", "--greedy", "--length", "16", "--batch-size", batch_size, "--output", out]
+        run("sample.py", "--ckpt", stories_ckpt, "--prompts", tmp_path / "p.txt", *options)
+        ar.append([json.loads(line)["tokens"] for line in out.read_text().splitlines()])
+    assert ar[0] == ar[1] and len(ar[0]) == 3
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_an_ar_batch_decodes_each_prompt_as_it_decodes_alone(arch):
+    """AR: prompts of 1 to 200 tokens in one batch, each row at its own positions; greedy gives each the
+    tokens generate_ar gives it alone (one prompt, the plain KV-cache path)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch=arch, vocab_size=V, block_size=256, n_layer=2, n_head=2, n_embd=32)
+    model = Transformer(cfg).double().eval()  # float64: batch shapes round differently, at 1e-16 instead of 1e-7
+    g = torch.Generator().manual_seed(1)
+    prefixes = [
+        [BOS, *torch.randint(3, V - 2, (n - 1,), generator=g).tolist()] for n in [1, 2, 7, 30, 64, 111, 170, 200]
+    ]
+    kw = dict(mask_id=MASK, sampling=Sampling(greedy=True), eos_id=V - 2)
+    batch, _ = generate_ar_batch(model, prefixes, 24, seeds=list(range(8)), **kw)
+    for prefix, row in zip(prefixes, batch):
+        alone, _ = generate_ar(model, prefix, 24, **kw)
+        assert until_eos(row, V - 2) == until_eos(alone[0].tolist(), V - 2)
