@@ -55,7 +55,6 @@ class Sampling:
 # Diffusion decoding (the paper's Algorithm 2)
 
 
-@torch.no_grad()
 def generate(model, prefix, length, *, suffix=(), num_samples=1, seed=0, **options):
     """Diffusion decoding of one prompt -> (tokens (num_samples, len(prefix) + length + len(suffix)), forward passes).
 

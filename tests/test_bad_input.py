@@ -154,6 +154,18 @@ def disk_full():
 
 
 OUT = "OUT"  # a fresh output path per row; it must not exist afterwards
+LONGER = ["--max-iters", "4", "--extend-schedule"]  # a resume that asks for more steps than the run has done
+
+
+def train(w, *extra, init=None, data=None, out=OUT):
+    """train.py from the workspace's checkpoint and data into a fresh output, plus `extra`."""
+    return ["train.py", "--init-from", init or w.ckpt, "--data-dir", data or w.data, "--out-dir", out, *extra]
+
+
+def resume(run_dir, *extra):
+    return ["train.py", "--init-from", "resume", "--out-dir", run_dir, *extra]
+
+
 CUDA = "--device", "cuda"
 
 # (script and arguments, as a function of the workspace) -> (exit code, words the one-line error names)
@@ -209,138 +221,27 @@ ROWS = [
         ["twice"],
     ),
     # train.py
-    *[
-        (
-            lambda w, extra=extra: ["train.py", "--init-from", w.ckpt, "--data-dir", w.data, "--out-dir", OUT, *extra],
-            1,
-            words,
-        )
-        for extra, words in [
-            (["--batch-size", "0"], ["--batch-size"]),
-            (["--block-size", "1024"], ["beyond the model"]),
-            (["--lr", "0"], ["--lr"]),
-            (CUDA, ["cuda"]),
-        ]
-    ],
-    (
-        lambda w: ["train.py", "--init-from", w.ckpt, "--data-dir", w.data, "--out-dir", OUT, "--bogus"],
-        2,
-        ["unrecognized"],
-    ),
-    (lambda w: ["train.py", "--init-from", w.ckpt, "--data-dir", w.d / "nope", "--out-dir", OUT], 1, ["meta.json"]),
-    (
-        lambda w: ["train.py", "--init-from", w.ckpt, "--data-dir", w.data_odd, "--out-dir", OUT],
-        1,
-        ["train-text-00000.bin"],
-    ),
-    (lambda w: ["train.py", "--init-from", w.ckpt, "--data-dir", w.data_bad_meta, "--out-dir", OUT], 1, ["meta.json"]),
-    (lambda w: ["train.py", "--init-from", w.ckpt, "--data-dir", w.data_other_tok, "--out-dir", OUT], 1, ["tokenizer"]),
-    (lambda w: ["train.py", "--init-from", w.ckpt, "--data-dir", w.data, "--out-dir", w.run], 1, ["already exists"]),
-    (
-        lambda w: [
-            "train.py",
-            "--init-from",
-            w.ckpt,
-            "--data-dir",
-            w.data,
-            "--out-dir",
-            OUT,
-            "--config",
-            w.d / "list.json",
-        ],
-        1,
-        ["JSON object"],
-    ),
-    (
-        lambda w: [
-            "train.py",
-            "--init-from",
-            w.ckpt,
-            "--data-dir",
-            w.data,
-            "--out-dir",
-            OUT,
-            "--config",
-            w.d / "nope.json",
-        ],
-        1,
-        ["--config"],
-    ),
-    (
-        lambda w: [
-            "train.py",
-            "--init-from",
-            w.ckpt,
-            "--data-dir",
-            w.data,
-            "--out-dir",
-            OUT,
-            "--config",
-            w.d / "unknown_option.json",
-        ],
-        1,
-        ["learning_rate"],
-    ),
-    (lambda w: ["train.py", "--init-from", w.ckpt_model_null, "--data-dir", w.data, "--out-dir", OUT], 1, ["model"]),
-    (lambda w: ["train.py", "--init-from", "resume", "--out-dir", w.d / "nope"], 1, ["does not exist"]),
-    (lambda w: ["train.py", "--init-from", "resume", "--out-dir", w.ckpt], 1, ["not a train.py output"]),
-    (
-        lambda w: [
-            "train.py",
-            "--init-from",
-            "resume",
-            "--out-dir",
-            w.run_truncated_state,
-            "--max-iters",
-            "4",
-            "--extend-schedule",
-        ],
-        1,
-        ["train_state.pt", "truncated"],
-    ),
-    (
-        lambda w: [
-            "train.py",
-            "--init-from",
-            "resume",
-            "--out-dir",
-            w.run_evil_state,
-            "--max-iters",
-            "4",
-            "--extend-schedule",
-        ],
-        1,
-        ["train_state.pt", "refused"],
-    ),
-    (
-        lambda w: [
-            "train.py",
-            "--init-from",
-            "resume",
-            "--out-dir",
-            w.run_bad_metrics,
-            "--max-iters",
-            "4",
-            "--extend-schedule",
-        ],
-        1,
-        ["metrics.jsonl"],
-    ),
-    (
-        lambda w: [
-            "train.py",
-            "--init-from",
-            "resume",
-            "--out-dir",
-            w.run_no_state,
-            "--max-iters",
-            "4",
-            "--extend-schedule",
-        ],
-        1,
-        ["train_state.pt"],
-    ),
-    (lambda w: ["train.py", "--init-from", "resume", "--out-dir", w.run, "--seed", "7"], 1, ["--seed 7 contradicts"]),
+    (lambda w: train(w, "--batch-size", "0"), 1, ["--batch-size"]),
+    (lambda w: train(w, "--block-size", "1024"), 1, ["beyond the model"]),
+    (lambda w: train(w, "--lr", "0"), 1, ["--lr"]),
+    (lambda w: train(w, *CUDA), 1, ["cuda"]),
+    (lambda w: train(w, "--bogus"), 2, ["unrecognized"]),
+    (lambda w: train(w, data=w.d / "nope"), 1, ["meta.json"]),
+    (lambda w: train(w, data=w.data_odd), 1, ["train-text-00000.bin"]),
+    (lambda w: train(w, data=w.data_bad_meta), 1, ["meta.json"]),
+    (lambda w: train(w, data=w.data_other_tok), 1, ["tokenizer"]),
+    (lambda w: train(w, out=w.run), 1, ["already exists"]),
+    (lambda w: train(w, "--config", w.d / "list.json"), 1, ["JSON object"]),
+    (lambda w: train(w, "--config", w.d / "nope.json"), 1, ["--config"]),
+    (lambda w: train(w, "--config", w.d / "unknown_option.json"), 1, ["learning_rate"]),
+    (lambda w: train(w, init=w.ckpt_model_null), 1, ["model"]),
+    (lambda w: resume(w.d / "nope"), 1, ["does not exist"]),
+    (lambda w: resume(w.ckpt), 1, ["not a train.py output"]),
+    (lambda w: resume(w.run_truncated_state, *LONGER), 1, ["train_state.pt", "truncated"]),
+    (lambda w: resume(w.run_evil_state, *LONGER), 1, ["train_state.pt", "refused"]),
+    (lambda w: resume(w.run_bad_metrics, *LONGER), 1, ["metrics.jsonl"]),
+    (lambda w: resume(w.run_no_state, *LONGER), 1, ["train_state.pt"]),
+    (lambda w: resume(w.run, "--seed", "7"), 1, ["--seed 7 contradicts"]),
     # sample.py
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--length", "600"], 1, ["exceeds the model's context"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--steps", "-1"], 1, ["--steps"]),

@@ -10,6 +10,13 @@ import torch
 from checkpoint import load_checkpoint, read_meta, save_checkpoint
 from model import ModelConfig, Transformer, UserError
 
+META = {  # config.json beyond the model: an AR checkpoint whose tokenizer has no files
+    "objective": "ar",
+    "mask_token_id": 96,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "tokenizer": {"type": "sentencepiece", "files": []},
+}
 CONFIGS = {
     "gpt2": ModelConfig(arch="gpt2", vocab_size=97, block_size=32, n_layer=2, n_head=4, n_embd=32),
     "llama": ModelConfig(
@@ -77,27 +84,20 @@ def test_flops_per_token_counts_matmuls():
 
 
 def test_checkpoint_round_trip_and_atomicity(tmp_path, model):
-    meta = {
-        "objective": "ar",
-        "mask_token_id": 96,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "tokenizer": {"type": "sentencepiece", "files": []},
-    }
-    save_checkpoint(tmp_path / "ck", model, meta, tokenizer_from=tmp_path)
+    save_checkpoint(tmp_path / "ck", model, META, tokenizer_from=tmp_path)
     loaded, meta2 = load_checkpoint(tmp_path / "ck")
     idx = torch.randint(0, 97, (1, 8))
     torch.testing.assert_close(loaded(idx), model(idx))
     assert meta2["model"]["arch"] == model.cfg.arch
     assert loaded.cfg.tie_embeddings == (loaded.lm_head.weight is loaded.tok_emb.weight)
     with pytest.raises(UserError, match="already exists"):
-        save_checkpoint(tmp_path / "ck", model, meta, tokenizer_from=tmp_path)
+        save_checkpoint(tmp_path / "ck", model, META, tokenizer_from=tmp_path)
 
     def crash(path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):  # a failed overwrite leaves the old checkpoint intact
-        save_checkpoint(tmp_path / "ck", model, meta, tokenizer_from=tmp_path, overwrite=True, extra={"x": crash})
+        save_checkpoint(tmp_path / "ck", model, META, tokenizer_from=tmp_path, overwrite=True, extra={"x": crash})
     assert json.loads((tmp_path / "ck" / "config.json").read_text())["mask_token_id"] == 96
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
@@ -116,19 +116,12 @@ def test_cache_window_matches_the_full_forward(model):
 
 
 def test_crash_leftovers_are_cleared_and_the_newest_whole_version_restored(tmp_path, model):
-    meta = {
-        "objective": "ar",
-        "mask_token_id": 96,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "tokenizer": {"type": "sentencepiece", "files": []},
-    }
     dead = subprocess.Popen(["true"])
     dead.wait()  # a process id that is gone
     alive = os.getppid()
     ck = tmp_path / "ck"
     for step in (1, 2, 3):  # three whole versions, the newest last
-        save_checkpoint(tmp_path / f"v{step}", model, {**meta, "mask_token_id": 90 + step}, tokenizer_from=tmp_path)
+        save_checkpoint(tmp_path / f"v{step}", model, {**META, "mask_token_id": 90 + step}, tokenizer_from=tmp_path)
         os.utime(tmp_path / f"v{step}" / "config.json", ns=(step * 10**18, step * 10**18))
     # crashes between the two renames left previous versions beside it
     (tmp_path / "v3").rename(tmp_path / f".ck.old-{dead.pid}")
@@ -138,7 +131,7 @@ def test_crash_leftovers_are_cleared_and_the_newest_whole_version_restored(tmp_p
     assert read_meta(ck)["mask_token_id"] == 93  # the newest whole .old-* of a dead process
     for kind, pid in [("tmp", dead.pid), ("tmp", alive), ("trash", dead.pid)]:
         (tmp_path / f".ck.{kind}-{pid}").mkdir()
-    save_checkpoint(ck, model, meta, tokenizer_from=tmp_path, overwrite=True)
+    save_checkpoint(ck, model, META, tokenizer_from=tmp_path, overwrite=True)
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted(["ck", f".ck.old-{alive}", f".ck.tmp-{alive}"]), left  # the dead ones' are gone
     assert read_meta(ck)["mask_token_id"] == 96
@@ -157,14 +150,7 @@ def test_one_device_rule_for_every_script(monkeypatch):
 
 
 def test_weights_load_in_the_asked_dtype(tmp_path, model):
-    meta = {
-        "objective": "ar",
-        "mask_token_id": 96,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "tokenizer": {"type": "sentencepiece", "files": []},
-    }
-    save_checkpoint(tmp_path / "ck", model, meta, tokenizer_from=tmp_path)
+    save_checkpoint(tmp_path / "ck", model, META, tokenizer_from=tmp_path)
     loaded, _ = load_checkpoint(tmp_path / "ck", dtype=torch.bfloat16)
     assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
     assert loaded.cfg.tie_embeddings == (loaded.lm_head.weight is loaded.tok_emb.weight)
