@@ -12,7 +12,9 @@ standard error ("stderr"); --output FILE also writes one JSON line per item (win
 The official protocols are those of HKUNLP/DiffuLLaMA's evaluation/eval-diffugpt.py and
 eval-diffullama.py; each task's docstring says which part it follows and what is ours.
 A continuation (an answer, a choice, a suffix) is tokenized as it follows its context
-(Tokenizer.encode_continuation), never on its own.
+(Tokenizer.encode_continuation), never on its own. Items are scored and decoded --batch-size
+sequences at a time, padded on the right; an item's result does not depend on its batch (each
+draws its noise from its own seed), up to float rounding.
 
 nll: AR checkpoints give the exact NLL per token. Diffusion checkpoints give the ELBO,
 E_t[(1/t) Σ_masked CE] per token, an upper bound on the NLL ("bound": true), estimated over
@@ -34,7 +36,7 @@ from tqdm import tqdm
 from checkpoint import load_checkpoint, pick_device, pick_dtype
 from corpus import texts
 from model import HelpFormatter, UserError, ar_loss, diffusion_loss, mix, noise_levels, predicting
-from sample import STRATEGIES, Sampling, decode, valid_logits
+from sample import STRATEGIES, Sampling, generate_ar_batch, generate_batch, until_eos, valid_logits
 from tokenizer import load_tokenizer
 
 # ---------------------------------------------------------------------------------------------
@@ -61,16 +63,118 @@ def official_choice_score(model, x, maskable, mask_id, levels, seed, shift=True)
     """The official multiple-choice score (eval_forward in LLaMA-Factory/src/llamafactory/train/ddm/trainer.py):
     the unweighted mean CE per masked token, averaged over t = j/T, j = 1..T (a level that happens
     to mask nothing counts 0)."""
-    losses = level_losses(model, x, maskable, mask_id, [j / levels for j in range(1, levels + 1)], seed, shift)
+    losses = level_losses(model, x, maskable, mask_id, official_levels(levels), seed, shift)
     return sum(ce / n if n else 0.0 for _, ce, n in losses) / levels
 
 
+def official_levels(T):
+    return [j / T for j in range(1, T + 1)]
+
+
 @torch.no_grad()
-def sequence_nll(model, meta, x, maskable, levels, seed):
-    """Σ NLL (AR, exact) or Σ ELBO (diffusion) of the maskable tokens of x (1, L), as targets of the shift."""
-    if meta["objective"] == "ar":
-        return ar_loss(model, x, targets=maskable).sum().item()
-    return elbo(model, x, maskable, meta["mask_token_id"], levels, seed, meta.get("shift", True))
+def scores(model, meta, units, how, batch_size, desc):
+    """-(log-likelihood) in nats of each unit's scored tokens, many units per forward pass.
+
+    units: [(ids, start, levels, seed)]: ids[start:] are scored given ids[:start] (ids[0] is BOS).
+    AR checkpoints: exact. Diffusion: only the scored tokens are masked, at each noise level t in
+    levels, with level j's uniforms drawn from mix(seed, j); how "elbo": Σ CE/t averaged over the
+    levels (elbo(), a bound), "official": official_choice_score() times the number of scored tokens.
+    One row per unit and level, --batch-size rows per pass, right-padded: no query attends to
+    padding and nothing predicts it, so a unit scores what it scores alone (up to float rounding).
+    """
+    ar, device = meta["objective"] == "ar", model.tok_emb.weight.device
+    rows = [(u, j) for u, unit in enumerate(units) for j in range(1 if ar else len(unit[2]))]
+    per_level = [[] for _ in units]  # (Σ CE/t, Σ CE, number masked) of each of the unit's levels
+    for first in tqdm(range(0, len(rows), batch_size), desc=desc, file=sys.stderr, disable=None):
+        batch = rows[first : first + batch_size]
+        x, real = padded([units[u][0] for u, _ in batch], device)
+        maskable = real.clone()
+        for b, (u, _) in enumerate(batch):
+            maskable[b, : units[u][1]] = False
+        if ar:
+            ce = ar_loss(model, x, targets=maskable)
+            for (u, _), values in zip(batch, ce.split(maskable[:, 1:].sum(1).tolist())):
+                per_level[u].append((None, values.sum().item(), None))
+            continue
+        noise = torch.ones(x.shape)  # padding is never maskable, whatever its noise
+        for b, (u, j) in enumerate(batch):
+            n = len(units[u][0])
+            noise[b, :n] = torch.rand(n, generator=torch.Generator().manual_seed(mix(units[u][3], j)))
+        t = torch.tensor([units[u][2][j] for u, j in batch], device=device)
+        sums = diffusion_loss(
+            model,
+            x,
+            maskable,
+            t,
+            noise.to(device),
+            meta["mask_token_id"],
+            key_mask(real),
+            meta.get("shift", True),
+            True,
+        )
+        for b, (u, _) in enumerate(batch):
+            per_level[u].append(tuple(v[b].item() for v in sums))
+    if ar:
+        return [levels[0][1] for levels in per_level]
+    if how == "official":
+        return [
+            sum(ce / n if n else 0.0 for _, ce, n in levels) / len(levels) * (len(ids) - start)
+            for levels, (ids, start, _, _) in zip(per_level, units)
+        ]
+    return [sum(w for w, _, _ in levels) / len(levels) for levels in per_level]
+
+
+def padded(rows, device):
+    """Token lists -> (x (B, longest) padded on the right, real (B, longest): where x holds a token)."""
+    lengths = torch.tensor([len(ids) for ids in rows], device=device)
+    x = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long, device=device)
+    for b, ids in enumerate(rows):
+        x[b, : len(ids)] = torch.tensor(ids)
+    return x, torch.arange(x.shape[1], device=device) < lengths[:, None]
+
+
+def key_mask(real):
+    """Full attention to every real token and none to padding: a (B, 1, 1, L) mask, or "full" when nothing is padded."""
+    return "full" if real.all() else real[:, None, None]
+
+
+def decode_many(model, meta, tok, jobs, batch_size, options, desc):
+    """Generated ids of each job (prefix, length, suffix, seed, steps, sampling) -> (ids of each, forward passes).
+
+    Jobs that share a length, steps and sampling are decoded --batch-size at a time (a batch decodes
+    one length), each row from its own seed: a job decodes to the same tokens in any batch
+    (sample.generate_batch). options: the diffusion decoding options. AR checkpoints continue the
+    prefix (they cannot see a suffix)."""
+    groups = {}
+    for k, (_, length, _, _, steps, sampling) in enumerate(jobs):
+        groups.setdefault((length, steps, sampling), []).append(k)
+    out, forwards, common = [None] * len(jobs), 0, dict(mask_id=meta["mask_token_id"], vocab=tok.n_vocab)
+    with tqdm(total=len(jobs), desc=desc, file=sys.stderr, disable=None) as bar:
+        for (length, steps, sampling), ks in groups.items():
+            for first in range(0, len(ks), batch_size):
+                batch = ks[first : first + batch_size]
+                prefixes, seeds = [jobs[k][0] for k in batch], [jobs[k][3] for k in batch]
+                if meta["objective"] == "ar":
+                    rows, passes = generate_ar_batch(model, prefixes, length, seeds=seeds, sampling=sampling, **common)
+                    generated = [row[len(p) :] for row, p in zip(rows, prefixes)]
+                else:
+                    x, passes = generate_batch(
+                        model,
+                        [(jobs[k][0], jobs[k][2]) for k in batch],
+                        length,
+                        seeds=seeds,
+                        steps=steps,
+                        sampling=sampling,
+                        shift=meta.get("shift", True),
+                        **options,
+                        **common,
+                    )
+                    generated = [row[len(p) : len(p) + length].tolist() for row, p in zip(x, prefixes)]
+                for k, ids in zip(batch, generated):
+                    out[k] = ids
+                forwards += passes
+                bar.update(len(batch))
+    return out, forwards
 
 
 def distinct_n(samples, n=2):
@@ -153,13 +257,8 @@ def task_nll(model, meta, tok, args):
         raise UserError(f"--block-size {L} is beyond the model's {model.cfg.block_size} positions")
     windows = [ids[i : i + L] for i in range(0, len(ids) - 1, L)][: args.limit or None]
     levels = noise_levels(args.mc, seed=None if args.t_grid else args.seed)
-    totals, counts = [], []
-    for k, w in enumerate(tqdm(windows, desc="nll", file=sys.stderr, disable=None)):
-        x = torch.tensor([w], device=args.device)
-        maskable = torch.ones_like(x, dtype=torch.bool)
-        maskable[:, 0] = False
-        totals.append(sequence_nll(model, meta, x, maskable, levels, mix(args.seed, k)))
-        counts.append(len(w) - 1)
+    units = [(w, 1, levels, mix(args.seed, k)) for k, w in enumerate(windows)]
+    totals, counts = scores(model, meta, units, "elbo", args.batch_size, "nll"), [len(w) - 1 for w in windows]
     nll = sum(totals) / sum(counts)
     result = {"nll": nll, "ppl": math.exp(nll), "bound": meta["objective"] != "ar", "tokens": sum(counts)}
     records = [{"window": k, "tokens": c, "nll": t / c} for k, (t, c) in enumerate(zip(totals, counts))]
@@ -173,31 +272,22 @@ def task_lambada(model, meta, tok, args):
     checkpoints decode greedily: the answer must be their most probable continuation. Each passage
     is counted once."""
     lines = [line for line in read_lines(args.data) if line][: args.limit or None]
-    correct, records = [], []
-    for k, line in enumerate(tqdm(lines, desc="lambada", file=sys.stderr, disable=None)):
+    sampling = Sampling(greedy=args.greedy or meta["objective"] == "ar")
+    jobs, answers = [], []
+    for k, line in enumerate(lines):
         if " " not in line:
             raise UserError(f"--data {args.data}: passage {k + 1} has no context before its last word")
         context, word = line.rsplit(" ", 1)
         context_ids, answer_ids = tok.encode_continuation(context, " " + word)
         n = len(answer_ids)
-        prefix = fit_prompt(tok, context_ids, model.cfg.block_size - n)
-        sampling = Sampling(greedy=args.greedy or meta["objective"] == "ar")
-        x, _ = decode(
-            model,
-            meta,
-            prefix,
-            n,
-            vocab=tok.n_vocab,
-            sampling=sampling,
-            seed=mix(args.seed, k),
-            steps=n,
-            strategy=args.strategy,
-        )
-        prediction = x[0, len(prefix) :].tolist()
-        correct.append(tok.decode(prediction).strip() == word)
-        records.append(
-            {"context_ids": prefix, "answer_ids": answer_ids, "prediction_ids": prediction, "correct": correct[-1]}
-        )
+        jobs.append((fit_prompt(tok, context_ids, model.cfg.block_size - n), n, (), mix(args.seed, k), n, sampling))
+        answers.append((word, answer_ids))
+    predictions, _ = decode_many(model, meta, tok, jobs, args.batch_size, dict(strategy=args.strategy), "lambada")
+    correct = [tok.decode(ids).strip() == word for ids, (word, _) in zip(predictions, answers)]
+    records = [
+        {"context_ids": job[0], "answer_ids": answer_ids, "prediction_ids": ids, "correct": right}
+        for job, (_, answer_ids), ids, right in zip(jobs, answers, predictions, correct)
+    ]
     acc, se = accuracy(correct)
     return {"accuracy": acc, "stderr": se, "n": len(lines)}, records
 
@@ -226,37 +316,22 @@ def read_choice_items(path):
     return items
 
 
-def continuation_input(model, tok, context, continuation, device):
-    """x (1, L) = [BOS] + context + continuation, the continuation tokenized in its context and the
-    context cut from the start to fit; maskable (1, L) marks the continuation."""
+def continuation_unit(model, tok, context, continuation, args):
+    """The unit of scores() for a continuation after its context; shared by --task choice and the
+    lm-eval model, so that both give the same number for the same text.
+
+    ids = [BOS] + context + continuation, the continuation tokenized in its context and the context
+    cut from the start to fit. Diffusion, with only the continuation masked: --score official, the
+    official mean CE per masked token over t = j/T (T = --mc) times the token count; --score elbo,
+    the ELBO (a bound) over --mc stratified Monte Carlo levels, as LLaDA and Dream estimate it. The
+    noise is seeded by the text: a continuation scores the same wherever it sits in a file.
+    """
     context_ids, ids = tok.encode_continuation(context, continuation)
     ids = ids[: model.cfg.block_size - 1]
     prefix = fit_prompt(tok, context_ids, model.cfg.block_size - len(ids))
-    x = torch.tensor([prefix + ids], device=device)
-    maskable = torch.zeros_like(x, dtype=torch.bool)
-    maskable[:, len(prefix) :] = True
-    return x, maskable
-
-
-def text_seed(seed, context, continuation):
-    """The noise of a scored continuation is seeded by its text: it scores the same wherever it sits in a file."""
-    return mix(seed, zlib.crc32(f"{context}\0{continuation}".encode()))
-
-
-def score_continuation(model, meta, x, maskable, seed, args):
-    """-(log-likelihood) in nats of x's maskable tokens (continuation_input); shared by --task choice
-    and the lm-eval model, so that both give the same number for the same text.
-
-    AR: exact. Diffusion, with only the continuation masked: --score official, the official mean CE
-    per masked token over t = j/T (T = --mc) times the token count; --score elbo, the ELBO (a bound)
-    over --mc stratified Monte Carlo levels, as LLaDA and Dream estimate it.
-    """
-    if meta["objective"] == "diffusion" and args.score == "official":
-        mean_ce = official_choice_score(
-            model, x, maskable, meta["mask_token_id"], args.mc, seed, meta.get("shift", True)
-        )
-        return mean_ce * maskable.sum().item()
-    return sequence_nll(model, meta, x, maskable, noise_levels(args.mc, seed=seed), seed)
+    seed = mix(args.seed, zlib.crc32(f"{context}\0{continuation}".encode()))
+    levels = official_levels(args.mc) if args.score == "official" else noise_levels(args.mc, seed=seed)
+    return prefix + ids, len(prefix), levels, seed
 
 
 def task_choice(model, meta, tok, args):
@@ -264,20 +339,24 @@ def task_choice(model, meta, tok, args):
 
     Each choice is scored on context + " " + choice + after, with the choice and the text after it
     masked ("after": Winogrande's partial scoring, appended as it is), per token: by default the official
-    score, --score elbo the ELBO (see score_continuation). AR: the exact NLL per token.
+    score, --score elbo the ELBO (see continuation_unit). AR: the exact NLL per token.
     """
     items = read_choice_items(args.data)[: args.limit or None]
+    units = [
+        continuation_unit(model, tok, item["context"], " " + choice.strip() + item.get("after", ""), args)
+        for item in items
+        for choice in item["choices"]
+    ]
+    nlls = scores(model, meta, units, args.score, args.batch_size, "choice")
+    per_token = iter([nll / (len(ids) - start) for nll, (ids, start, _, _) in zip(nlls, units)])
     correct, records = [], []
-    for item in tqdm(items, desc="choice", file=sys.stderr, disable=None):
-        scores = []
-        for choice in item["choices"]:
-            continuation = " " + choice.strip() + item.get("after", "")
-            x, maskable = continuation_input(model, tok, item["context"], continuation, args.device)
-            seed = text_seed(args.seed, item["context"], continuation)
-            scores.append(score_continuation(model, meta, x, maskable, seed, args) / maskable.sum().item())
-        prediction = min(range(len(scores)), key=scores.__getitem__)
+    for item in items:
+        item_scores = [next(per_token) for _ in item["choices"]]
+        prediction = min(range(len(item_scores)), key=item_scores.__getitem__)
         correct.append(prediction == item["label"])
-        records.append({"scores": scores, "label": item["label"], "prediction": prediction, "correct": correct[-1]})
+        records.append(
+            {"scores": item_scores, "label": item["label"], "prediction": prediction, "correct": correct[-1]}
+        )
     acc, se = accuracy(correct)
     return {"accuracy": acc, "stderr": se, "n": len(items), "score": args.score}, records
 
@@ -285,12 +364,12 @@ def task_choice(model, meta, tok, args):
 def task_infill(model, meta, tok, args):
     """Stories with the middle sentence removed: generate it between the sentences before and after
     (eval-diffugpt.py: eval_infilling on ROCStories, the third of five sentences); ROUGE against it."""
-    predictions, references = [], []
     stories = [re.split(r"(?<=[.!?])\s+", d.replace("\n", " ")) for d in texts([args.data])]
     stories = [s for s in stories if len(s) >= 3][: args.limit or None]
     if not stories:
         raise UserError(f"--data {args.data} holds no story of three or more sentences")
-    for s in tqdm(stories, desc="infill", file=sys.stderr, disable=None):
+    jobs, references = [], []
+    for k, s in enumerate(stories):
         mid = len(s) // 2
         before = " ".join(s[:mid])
         context_ids, middle_ids = tok.encode_continuation(before, " " + s[mid])
@@ -298,20 +377,10 @@ def task_infill(model, meta, tok, args):
         n = min(len(middle_ids), model.cfg.block_size // 2)
         suffix = suffix_ids[: (model.cfg.block_size - n) // 2]
         prefix = fit_prompt(tok, context_ids, model.cfg.block_size - n - len(suffix))
-        x, _ = decode(
-            model,
-            meta,
-            prefix,
-            n,
-            vocab=tok.n_vocab,
-            suffix=suffix,
-            seed=args.seed,
-            sampling=Sampling(greedy=args.greedy),
-            steps=args.steps or n,
-            **decoding_options(args),
-        )
-        predictions.append(tok.decode(x[0, len(prefix) : len(prefix) + n].tolist()).strip())
+        jobs.append((prefix, n, suffix, mix(args.seed, k), args.steps or n, Sampling(greedy=args.greedy)))
         references.append(s[mid])
+    generated, _ = decode_many(model, meta, tok, jobs, args.batch_size, decoding_options(args), "infill")
+    predictions = [tok.decode(ids).strip() for ids in generated]
     mean, per_item = rouge(predictions, references, per_item=True)
     stderr = {k: stderr_of_mean([s[k] for s in per_item]) for k in mean}
     records = [{"prediction": p, "reference": r, **s} for p, r, s in zip(predictions, references, per_item)]
@@ -329,27 +398,13 @@ def task_genppl(model, meta, tok, args):
     judge_tok = load_tokenizer(args.judge, judge_meta)
     if judge_meta["objective"] != "ar":
         raise UserError(f"--judge {args.judge} is not an AR checkpoint")
-    n, samples = args.limit or 16, []
-    steps = args.steps or args.length
-    forwards = 0
-    for start in tqdm(range(0, n, args.batch_size), desc="genppl", file=sys.stderr, disable=None):
-        x, passes = decode(
-            model,
-            meta,
-            tok.encode("", bos=True),
-            args.length,
-            vocab=tok.n_vocab,
-            num_samples=min(args.batch_size, n - start),
-            seed=mix(args.seed, start),
-            sampling=Sampling(temperature=args.temperature, top_p=args.top_p),
-            steps=steps,
-            **decoding_options(args),
-        )
-        forwards += passes
-        samples += [row[1:].tolist() for row in x]
+    steps, sampling = args.steps or args.length, Sampling(temperature=args.temperature, top_p=args.top_p)
+    bos = tok.encode("", bos=True)
+    jobs = [(bos, args.length, (), mix(args.seed, s), steps, sampling) for s in range(args.limit or 16)]
+    samples, forwards = decode_many(model, meta, tok, jobs, args.batch_size, decoding_options(args), "genppl")
     totals, counts, records = [], [], []
     for ids in samples:
-        text = tok.decode(ids[: ids.index(tok.eos_id)] if tok.eos_id in ids else ids)
+        text = tok.decode(until_eos(ids, tok.eos_id))
         judged = judge_tok.encode(text, bos=True)[: judge.cfg.block_size]
         records.append({"text": text, "tokens": len(judged) - 1})
         if len(judged) < 2:
@@ -377,74 +432,70 @@ def task_genppl(model, meta, tok, args):
 
 
 @torch.no_grad()
-def is_greedy(model, meta, tok, x, maskable):
-    """Whether x's maskable tokens (continuation_input) are the model's most probable: AR given the
-    true prefix at every token; diffusion with the whole continuation masked, in one pass."""
-    ar = meta["objective"] == "ar"
-    inputs = x if ar else x.masked_fill(maskable, meta["mask_token_id"])
-    where = predicting(maskable, ar or meta.get("shift", True))
-    logits = valid_logits(
-        model(inputs, attn="causal" if ar else "full", where=where), meta["mask_token_id"], tok.n_vocab
-    )
-    return bool((logits.argmax(-1) == x[maskable]).all())
+def greedy_flags(model, meta, tok, units, batch_size):
+    """Whether each unit's scored tokens (scores()) are the model's most probable: AR given the true
+    prefix at every token; diffusion with all of them masked, in one pass. --batch-size units at a time."""
+    ar, mask_id, flags = meta["objective"] == "ar", meta["mask_token_id"], []
+    for first in range(0, len(units), batch_size):
+        batch = units[first : first + batch_size]
+        x, real = padded([ids for ids, *_ in batch], model.tok_emb.weight.device)
+        maskable = real.clone()
+        for b, (_, start, _, _) in enumerate(batch):
+            maskable[b, :start] = False
+        inputs = x if ar else x.masked_fill(maskable, mask_id)
+        where = predicting(maskable, ar or meta.get("shift", True))
+        logits = model(inputs, attn="causal" if ar else key_mask(real), where=where)
+        hits = valid_logits(logits, mask_id, tok.n_vocab).argmax(-1) == x[maskable]
+        flags += [bool(row.all()) for row in hits.split(maskable.sum(1).tolist())]
+    return flags
 
 
 def harness_model(model, meta, tok, args):
-    """This checkpoint as an lm-evaluation-harness 0.4 model (defined here: lm-eval is optional)."""
+    """This checkpoint as an lm-evaluation-harness 0.4 model (defined here: lm-eval is optional).
+    Requests are scored and decoded --batch-size at a time, as our tasks are."""
     from lm_eval.api.model import LM
 
     class Model(LM):
         def loglikelihood(self, requests, disable_tqdm=False):
             """(log p(continuation | context), is_greedy): exact (AR), or --score official / elbo (diffusion)."""
-            out = []
-            for r in tqdm(requests, desc="loglikelihood", file=sys.stderr, disable=disable_tqdm or None):
-                context, continuation = r.args
-                x, maskable = continuation_input(model, tok, context, continuation, args.device)
-                nll = score_continuation(model, meta, x, maskable, text_seed(args.seed, context, continuation), args)
-                out.append((-nll, is_greedy(model, meta, tok, x, maskable)))
-            return out
+            units = [continuation_unit(model, tok, *r.args, args) for r in requests]
+            nlls = scores(model, meta, units, args.score, args.batch_size, "loglikelihood")
+            return [(-nll, g) for nll, g in zip(nlls, greedy_flags(model, meta, tok, units, args.batch_size))]
 
         def loglikelihood_rolling(self, requests, disable_tqdm=False):
             """log p(text) in nats: exact (AR), or minus the ELBO with the shift (diffusion: a bound),
             over windows of the model's context, each window's first token the previous one's last."""
-            out = []
-            for r in tqdm(requests, desc="loglikelihood_rolling", file=sys.stderr, disable=disable_tqdm or None):
-                ids, L = tok.encode(r.args[0], bos=True), model.cfg.block_size
-                total = 0.0  # windows overlap by one token, the context of the next: every token is scored once
+            units, owners, L = [], [], model.cfg.block_size
+            for n, r in enumerate(requests):
+                ids, text_seed = tok.encode(r.args[0], bos=True), zlib.crc32(r.args[0].encode())
+                # windows overlap by one token, the context of the next: every token is scored once
                 for k, i in enumerate(range(0, len(ids) - 1, L - 1)):
-                    x = torch.tensor([ids[i : i + L]], device=args.device)
-                    maskable = torch.ones_like(x, dtype=torch.bool)
-                    maskable[:, 0] = False
-                    seed = mix(args.seed, zlib.crc32(r.args[0].encode()), k)
-                    total += sequence_nll(model, meta, x, maskable, noise_levels(args.mc, seed=seed), seed)
-                out.append(-total)
-            return out
+                    seed = mix(args.seed, text_seed, k)
+                    units.append((ids[i : i + L], 1, noise_levels(args.mc, seed=seed), seed))
+                    owners.append(n)
+            totals = [0.0] * len(requests)
+            for n, nll in zip(owners, scores(model, meta, units, "elbo", args.batch_size, "loglikelihood_rolling")):
+                totals[n] -= nll
+            return totals
 
         def generate_until(self, requests, disable_tqdm=False):
             """This project's sampler (--strategy, --steps; greedy unless the task samples), cut at the stop strings."""
-            out = []
-            for k, r in enumerate(tqdm(requests, desc="generate_until", file=sys.stderr, disable=disable_tqdm or None)):
+            jobs = []
+            for k, r in enumerate(requests):
                 context, options = r.args
-                until = options.get("until") or []
                 n = min(options.get("max_gen_toks", 256), model.cfg.block_size // 2)  # leave room for context
                 prefix = fit_prompt(tok, tok.encode(context), model.cfg.block_size - n)
                 temperature = options.get("temperature", 0.0)
                 sampling = Sampling(
                     temperature=temperature or 1.0, greedy=not options.get("do_sample") or not temperature
                 )
-                x, _ = decode(
-                    model,
-                    meta,
-                    prefix,
-                    n,
-                    vocab=tok.n_vocab,
-                    sampling=sampling,
-                    seed=mix(args.seed, k),
-                    steps=args.steps or n,
-                    **decoding_options(args),
-                )
-                ids = x[0, len(prefix) :].tolist()
-                text = tok.decode(ids[: ids.index(tok.eos_id)] if tok.eos_id in ids else ids)
+                jobs.append((prefix, n, (), mix(args.seed, k), args.steps or n, sampling))
+            generated, _ = decode_many(
+                model, meta, tok, jobs, args.batch_size, decoding_options(args), "generate_until"
+            )
+            out = []
+            for r, ids in zip(requests, generated):
+                text, until = tok.decode(until_eos(ids, tok.eos_id)), r.args[1].get("until") or []
                 for stop in [until] if isinstance(until, str) else until:
                     text = text.split(stop)[0]
                 out.append(text)
@@ -519,7 +570,7 @@ def parse_args(argv):
     a("--top-p", type=float, default=1.0, help="genppl: nucleus sampling")
     a("--threshold", type=float, help="genppl, infill: parallel decoding threshold (sample.py)")
     a("--block-length", type=int, default=0, help="genppl, infill: semi-autoregressive blocks (sample.py)")
-    a("--batch-size", type=int, default=8, help="genppl: samples decoded together")
+    a("--batch-size", type=int, default=32, help="sequences per forward pass (a scored one: each of its noise levels)")
     a("--cache", action="store_true", help="genppl, infill: approximate key/value cache (sample.py)")
     a("--device", default="auto", help="auto: CUDA when present, else the CPU; or cpu, cuda, cuda:N")
     a("--dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="auto: bf16 on a GPU, fp32 on CPU")

@@ -289,12 +289,13 @@ def predicting(targets, shift=True):
     return F.pad(targets[:, 1:], (0, 1)) if shift else targets
 
 
-def diffusion_loss(model, x, maskable, t, noise, mask_id, attn="full", shift=True):
+def diffusion_loss(model, x, maskable, t, noise, mask_id, attn="full", shift=True, per_row=False):
     """Masked-diffusion loss sums for one batch -> (Σ CE/t, Σ CE, number of masked targets).
 
     x, maskable, noise: (B, L); t: (B,). Token (b, i) is masked where maskable and noise < t[b]:
     passing the uniforms in, rather than drawing them here, makes every run reproducible.
     The paper's loss is Σ CE/t / n; Σ CE / n is the unweighted masked cross-entropy.
+    per_row: the three sums of each row, (B,) each (scoring many sequences in one batch).
     """
     # noising: x -> x_t, each maskable token replaced by the mask token with probability t
     masked = maskable & (noise < t[:, None])  # (B, L)
@@ -308,6 +309,9 @@ def diffusion_loss(model, x, maskable, t, noise, mask_id, attn="full", shift=Tru
         where, targets, weights = masked, x[masked], (1 / t)[:, None].expand_as(masked)[masked]
     # loss: cross-entropy at masked targets only, weighted by 1/t
     ce = F.cross_entropy(model(xt, attn=attn, where=where), targets, reduction="none")  # (N,)
+    if per_row:  # the targets come row by row, as boolean indexing lists them
+        counts = (masked[:, 1:] if shift else masked).sum(1).tolist()
+        return *(torch.stack([v.sum() for v in values.split(counts)]) for values in (weights * ce, ce)), masked.sum(1)
     return (weights * ce).sum(), ce.sum(), masked.sum()
 
 

@@ -10,7 +10,17 @@ import torch
 
 from checkpoint import load_checkpoint
 from conftest import ASSETS, ROOT, assert_user_error, run
-from eval import distinct_n, elbo, fit_prompt, official_choice_score, rouge, task_choice, task_lambada
+from eval import (
+    TASKS,
+    distinct_n,
+    elbo,
+    fit_prompt,
+    official_choice_score,
+    parse_args,
+    rouge,
+    task_choice,
+    task_lambada,
+)
 from model import noise_levels
 from tokenizer import Tokenizer, load_tokenizer
 
@@ -46,7 +56,9 @@ def test_lambada_stub_that_is_always_right_scores_one_counted_once(stories_ckpt,
     oracle = AnswerOracle(answers, 513, meta["mask_token_id"])
     diffusion = {**meta, "objective": "diffusion"}
     for greedy in (False, True):  # the official sampling at temperature 1, and greedy
-        args = argparse.Namespace(data=tmp_path / "lambada.txt", limit=0, strategy="confidence", greedy=greedy, seed=0)
+        args = argparse.Namespace(
+            data=tmp_path / "lambada.txt", limit=0, strategy="confidence", greedy=greedy, seed=0, batch_size=2
+        )
         result, records = task_lambada(oracle, diffusion, tok, args)
         assert result == {"accuracy": 1.0, "stderr": 0.0, "n": 3}
         assert [r["prediction_ids"] for r in records] == [r["answer_ids"] for r in records] == list(answers.values())
@@ -71,7 +83,7 @@ def test_choice_prefers_the_choice_the_model_predicts(stories_ckpt, tmp_path):
         answers[tuple([tok.bos_id] + context_ids)] = ids
     oracle = AnswerOracle(answers, 513, meta["mask_token_id"])
     for score in ("official", "elbo"):
-        args = argparse.Namespace(data=tmp_path / "c.jsonl", limit=0, mc=4, seed=0, device="cpu", score=score)
+        args = argparse.Namespace(data=tmp_path / "c.jsonl", limit=0, mc=4, seed=0, score=score, batch_size=3)
         result, records = task_choice(oracle, {**meta, "objective": "diffusion"}, tok, args)
         assert result == {"accuracy": 1.0, "stderr": 0.0, "n": 3, "score": score}
         assert all(len(r["scores"]) == 2 and r["correct"] for r in records)
@@ -174,6 +186,56 @@ def test_cli_tasks_on_the_real_model(stories_ckpt, tmp_path):
     assert_user_error(
         run("eval.py", "--ckpt", ckpt, "--task", "nll", "--data", tmp_path / "none.txt", check=False), "does not exist"
     )
+
+
+def same(a, b, rel=1e-9):
+    """a == b, floats to a relative tolerance, through dicts and lists."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k], rel) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y, rel) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("objective", ["ar", "diffusion"])
+def test_every_task_batched_gives_what_each_item_gives_alone(stories_ckpt, tmp_path, objective):
+    """--batch-size changes no result: items of different lengths, padded into batches of 5 (and each
+    noise level of a scored item a row), give each item's batch-1 result (float64: up to rounding)."""
+    model, meta = load_checkpoint(stories_ckpt)
+    model, meta, tok = model.double(), {**meta, "objective": objective}, load_tokenizer(stories_ckpt)
+    stories = (ASSETS / "text" / "tinystories_val.txt").read_text()[:6000]
+    (tmp_path / "stories.txt").write_text(stories)
+    lambada = (ASSETS / "eval" / "lambada_test.txt").read_text().splitlines()[:12]
+    (tmp_path / "lambada.txt").write_text(
+        "\n".join(" ".join(line.split()[-n:]) for n, line in zip(range(4, 60, 5), lambada))
+    )
+    items = [
+        {"context": story[: 10 + 37 * k], "choices": [" ".join(story.split()[k : k + 1 + k % 4]), "blue"], "label": 0}
+        for k, story in enumerate(stories.split("\n\n")[:7])
+    ]
+    (tmp_path / "choice.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    tasks = [
+        ("nll", "stories.txt", ["--block-size", "48", "--limit", "7", "--mc", "3"]),
+        ("nll", "stories.txt", ["--block-size", "40", "--limit", "7", "--mc", "3", "--t-grid"]),
+        ("choice", "choice.jsonl", ["--mc", "4"]),
+        ("choice", "choice.jsonl", ["--mc", "4", "--score", "elbo"]),
+        ("lambada", "lambada.txt", []),
+        ("lambada", "lambada.txt", ["--greedy", "--strategy", "margin"]),
+        ("infill", "stories.txt", ["--limit", "6", "--steps", "4"]),
+        ("infill", "stories.txt", ["--limit", "6", "--greedy", "--block-length", "3", "--strategy", "random"]),
+        ("genppl", None, ["--judge", stories_ckpt, "--limit", "6", "--length", "12", "--steps", "6", "--top-p", "0.9"]),
+    ]
+    for task, data, options in tasks:
+        argv = ["--ckpt", stories_ckpt, "--task", task, *([] if data is None else ["--data", tmp_path / data])]
+        results = []
+        for batch_size in ("1", "5"):
+            args = parse_args([*map(str, argv), *map(str, options), "--batch-size", batch_size])
+            result, records = TASKS[task](model, meta, tok, args)
+            result.pop("forwards", None)  # genppl's cost: one batch's passes serve all its rows
+            results.append((result, records))
+        assert same(*results), (task, options, results)
 
 
 def test_fit_prompt_keeps_whole_contexts_and_the_end_of_long_ones(stories_ckpt):
