@@ -16,8 +16,10 @@ from eval import (
     elbo,
     fit_prompt,
     official_choice_score,
+    official_levels,
     parse_args,
     rouge,
+    scores,
     task_choice,
     task_lambada,
 )
@@ -188,6 +190,24 @@ def test_cli_tasks_on_the_real_model(stories_ckpt, tmp_path):
     )
 
 
+def test_batched_scores_equal_the_plain_one_sequence_scores(stories_ckpt):
+    """scores() (padded rows of many sequences and levels) against elbo() and official_choice_score()."""
+    model, meta = load_checkpoint(stories_ckpt)
+    model, meta = model.double(), {**meta, "objective": "diffusion"}
+    g = torch.Generator().manual_seed(0)
+    units = [(torch.randint(3, 500, (n,), generator=g).tolist(), 1 + n // 3) for n in (9, 40, 17, 64, 5)]
+    for how, levels in (("elbo", noise_levels(5, seed=1)), ("official", official_levels(4))):
+        batched = scores(model, meta, [(ids, start, levels, k) for k, (ids, start) in enumerate(units)], how, 7, how)
+        for k, (ids, start) in enumerate(units):
+            x = torch.tensor([ids])
+            maskable = torch.arange(len(ids))[None] >= start
+            if how == "elbo":
+                plain = elbo(model, x, maskable, meta["mask_token_id"], levels, k)
+            else:
+                plain = official_choice_score(model, x, maskable, meta["mask_token_id"], 4, k) * (len(ids) - start)
+            assert batched[k] == pytest.approx(plain, rel=1e-9), (how, k)
+
+
 def same(a, b, rel=1e-9):
     """a == b, floats to a relative tolerance, through dicts and lists."""
     if isinstance(a, float) and isinstance(b, float):
@@ -355,11 +375,11 @@ def test_lm_eval_harness_equals_eval_py_on_the_same_items(stories_ckpt, tmp_path
     samples = sorted(
         (json.loads(line) for line in (tmp_path / "harness.jsonl").read_text().splitlines()), key=lambda s: s["doc_id"]
     )
-    for item, scores, sample in zip(items, per_token, samples):
+    for item, item_scores, sample in zip(items, per_token, samples):
         n = [len(tok.encode_continuation(item["context"], " " + c)[1]) for c in item["choices"]]
         assert len(set(n)) == 1  # equal lengths: acc (sums) and our per-token choice agree
         loglik = [float(r[0][0]) for r in sample["resps"]]
-        assert loglik == pytest.approx([-s * k for s, k in zip(scores, n)], rel=1e-9)
+        assert loglik == pytest.approx([-s * k for s, k in zip(item_scores, n)], rel=1e-9)
 
 
 def test_lm_eval_rolling_generation_and_unknown_tasks(stories_ckpt, tmp_path):
