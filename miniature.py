@@ -8,11 +8,24 @@ One command, the paper's Table 3 ablation honestly measured at equal training to
   training; after adaptation (annealing + shift); without annealing; without shift; from scratch.
 Then generation perplexity against decoding steps, judged by the AR model, and a few samples.
 Everything lands in --out: checkpoints, results.json, results.md, loss.png.
+
+    python miniature.py --scaling [--quick]    # about 30 minutes on 2 cores (--quick: 5)
+
+--scaling, the paper's headline in miniature: how the gap to the AR parent closes with adaptation
+tokens. One adapted run and one from scratch, each evaluated at 1x, 2x, 4x and 8x --iters: the
+held-out NLL bound against the AR parent's exact NLL, a story cloze (a held-out story's true last
+sentence against another story's, the official choice score) and Gen PPL with sample.py's default
+sampler, all with standard errors. The points are checkpoints of one long run per arm, resumed
+from one point to the next (train.py resumes exactly); the learning rate is constant after
+warm-up so that no point sits in a schedule's cool-down that a longer run would not have. Writes
+scaling.png and results.md (a table) to --out.
 """
 
 import argparse
 import json
 import os
+import random
+import re
 import shutil
 import subprocess
 import sys
@@ -106,6 +119,8 @@ def main(argv=None):
     nll = lambda ckpt: evaluate(
         ckpt=ckpt, task="nll", data=test, mc=args.mc, block_size=args.block_size, limit=args.eval_windows
     )
+    if args.scaling:
+        return scaling(args, base, nll, test_stories)
     progress("NLL of the AR model, and of its weights read as a diffusion model")
     rows = [("stories260K, AR (exact NLL)", nll(base))]
     as_diffusion = args.out / "stories260K-as-diffusion"  # the same weights, read with full attention and masks
@@ -167,6 +182,130 @@ def main(argv=None):
         plot(bounds, args.out / "loss.png", "val NLL bound (nats/token)", "Adapting stories260K into a diffusion LM")
     print("\n" + table)
     return rows
+
+
+def scaling(args, base, nll, test_stories):
+    """--scaling: adapted and from-scratch runs evaluated at each of --points times --iters steps."""
+    cloze = args.out / "cloze.jsonl"
+    items = cloze_items(test_stories, cloze)
+    sampler = dict(task="genppl", judge=base, length=args.gen_length, limit=args.gen_samples, temperature=0.95)
+    sampler.update(top_p=0.9, steps=min(64, args.gen_length))  # sample.py's defaults
+    measure = lambda ckpt: {
+        "nll": nll(ckpt),
+        "cloze": evaluate(ckpt=ckpt, task="choice", data=cloze),
+        "genppl": evaluate(ckpt=ckpt, **sampler),
+    }
+    progress(f"the AR parent: exact NLL, story cloze ({len(items)} items), Gen PPL")
+    ar = measure(base)
+    common = dict(
+        data_dir=args.out / "data",
+        batch_size=args.batch_size,
+        block_size=args.block_size,
+        lr=args.lr,
+        lr_schedule="constant",
+        warmup_iters=max(1, args.iters // 20),
+        anneal_steps=args.anneal_steps,
+        eval_interval=args.iters,
+        eval_iters=8,
+    )
+    points = []
+    for arm, extra in (("adapted", {}), ("scratch", {"reinit": True})):
+        run = args.out / arm
+        for k in sorted(set(map(int, args.points.split(",")))):
+            progress(f"{arm}: training to {k}x ({k * args.iters} steps), then measuring")
+            start = dict(init_from=base, **extra) if not run.exists() else dict(init_from="resume")
+            script("train.py", **common, **start, out_dir=run, max_iters=k * args.iters)
+            shutil.copytree(run, args.out / f"{arm}-{k}x")
+            tokens = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["tokens"]
+            points.append({"arm": arm, "times": k, "tokens": tokens, **measure(args.out / f"{arm}-{k}x")})
+    table = scaling_table(ar, points, len(items), args)
+    (args.out / "results.md").write_text(table + "\n")
+    (args.out / "results.json").write_text(json.dumps({"ar": ar, "points": points}, indent=2))
+    if plot_available():
+        plot_scaling(ar, points, args.out / "scaling.png")
+    print("\n" + table)
+    return points
+
+
+def cloze_items(stories, path, seed=0):
+    """A story cloze from held-out stories: the story without its last sentence as context, then its
+    true last sentence or the next story's, in a seeded order. Written as --task choice JSON lines."""
+    split = [re.split(r"(?<=[.!?])\s+", story.strip()) for story in stories]
+    split = [s for s in split if len(s) >= 2]
+    rng, items = random.Random(seed), []
+    for k, sentences in enumerate(split):
+        true, other = sentences[-1], split[(k + 1) % len(split)][-1]
+        if true == other:
+            continue
+        label = rng.randrange(2)
+        choices = [true, other] if label == 0 else [other, true]
+        items.append({"context": " ".join(sentences[:-1]), "choices": choices, "label": label})
+    if not items:
+        raise UserError("the held-out stories give no cloze item (raise --test-stories)")
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    return items
+
+
+def with_error(value, stderr, digits=3):
+    return f"{value:.{digits}f} ± {stderr:.{digits}f}" if stderr is not None else f"{value:.{digits}f}"
+
+
+def scaling_table(ar, points, n_items, args):
+    ar_nll = ar["nll"]
+    lines = [
+        f"Adaptation of stories260K against training from scratch, {args.iters} steps × {args.batch_size} × "
+        f"{args.block_size} tokens per 1x; held-out NLL on {ar_nll['tokens']:,} tokens, story cloze on {n_items} "
+        f"items (official score, T = 32), Gen PPL of {args.gen_samples} unconditional {args.gen_length}-token "
+        "samples (sample.py's defaults) judged by stories260K. ± one standard error; the gap's adds the two in "
+        "quadrature (the same windows: conservative).",
+        "",
+        "| model | tokens | NLL (nats/token) | gap to AR | cloze accuracy | Gen PPL |",
+        "|---|---|---|---|---|---|",
+        f"| stories260K, AR (exact) | | {with_error(ar_nll['nll'], ar_nll['stderr'])} | 0 | "
+        f"{with_error(ar['cloze']['accuracy'], ar['cloze']['stderr'])} | "
+        f"{with_error(ar['genppl']['gen_ppl'], ar['genppl']['stderr'], 1)} |",
+    ]
+    for p in points:
+        gap, se = gap_to_ar(ar, p)
+        lines.append(
+            f"| {p['arm']}, {p['times']}x | {p['tokens']:,} | ≤ {with_error(p['nll']['nll'], p['nll']['stderr'])} | "
+            f"{with_error(gap, se)} | {with_error(p['cloze']['accuracy'], p['cloze']['stderr'])} | "
+            f"{with_error(p['genppl']['gen_ppl'], p['genppl']['stderr'], 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def gap_to_ar(ar, point):
+    """(NLL bound - AR's exact NLL, its standard error: the two in quadrature)."""
+    a, b = ar["nll"], point["nll"]
+    return b["nll"] - a["nll"], ((a["stderr"] or 0) ** 2 + (b["stderr"] or 0) ** 2) ** 0.5
+
+
+def plot_scaling(ar, points, path):
+    """scaling.png: the gap to AR and the cloze accuracy against training tokens (log axis), per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for arm in dict.fromkeys(p["arm"] for p in points):
+        mine = [p for p in points if p["arm"] == arm]
+        tokens = [p["tokens"] for p in mine]
+        gaps = [gap_to_ar(ar, p) for p in mine]
+        left.errorbar(tokens, [g for g, _ in gaps], yerr=[se for _, se in gaps], marker="o", capsize=3, label=arm)
+        accuracy = [p["cloze"]["accuracy"] for p in mine]
+        right.errorbar(tokens, accuracy, yerr=[p["cloze"]["stderr"] for p in mine], marker="o", capsize=3, label=arm)
+    right.axhline(ar["cloze"]["accuracy"], color="k", linestyle="--", label="AR parent")
+    right.axhline(0.5, color="gray", linestyle=":", label="chance")
+    left.set(xscale="log", xlabel="training tokens", ylabel="NLL bound - AR NLL (nats/token)", title="gap to AR")
+    right.set(xscale="log", xlabel="training tokens", ylabel="accuracy", title="story cloze")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def progress(message):
@@ -247,7 +386,25 @@ def parse_args(argv):
     a("--gen-samples", type=int, default=16, help="unconditional samples per Gen PPL cell")
     a("--gen-length", type=int, default=64, help="tokens per sample")
     a("--force", action="store_true", help="start over if --out exists")
-    return p.parse_args(argv)
+    a("--scaling", action="store_true", help="the gap to AR against training tokens, adapted vs from scratch")
+    a("--points", default="1,2,4,8", help="--scaling: evaluate at these multiples of --iters")
+    a("--quick", action="store_true", help="--scaling in about 5 minutes: --iters 75, fewer test items")
+    args = p.parse_args(argv)
+    if args.quick and not args.scaling:
+        raise UserError("--quick goes with --scaling")
+    if args.quick:  # defaults only: a value given on the command line stays
+        quick = {"iters": 75, "test_stories": 100, "eval_windows": 20, "gen_samples": 16}
+        given = p.parse_args(argv, argparse.Namespace(**{k: None for k in quick}))
+        for k, v in quick.items():
+            if getattr(given, k) is None:
+                setattr(args, k, v)
+    try:
+        points = [int(k) for k in args.points.split(",")]
+    except ValueError:
+        points = []
+    if not points or min(points) < 1:
+        raise UserError(f"--points must be positive integers, comma-separated, got {args.points!r}")
+    return args
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""miniature.py --scaling end to end on tiny settings: the code path of the scaling study."""
+
+import json
+
+from conftest import ASSETS, run
+
+
+def test_scaling_study_on_tiny_settings(tmp_path):
+    out = tmp_path / "scaling"
+    tiny = "--iters 3 --batch-size 2 --block-size 32 --eval-windows 2 --mc 2 --gen-samples 2 --gen-length 8"
+    proc = run(
+        "miniature.py",
+        "--scaling",
+        "--quick",
+        "--assets",
+        ASSETS,
+        "--out",
+        out,
+        *tiny.split(),
+        "--test-stories",
+        6,
+        "--points",
+        "1,2",
+    )
+    results = json.loads((out / "results.json").read_text())
+    points = results["points"]
+    assert [(p["arm"], p["times"], p["tokens"]) for p in points] == [
+        (arm, k, k * 3 * 2 * 32) for arm in ("adapted", "scratch") for k in (1, 2)
+    ]
+    for p in [results["ar"], *points]:
+        assert p["nll"]["stderr"] > 0 and 0 <= p["cloze"]["accuracy"] <= 1 and p["genppl"]["gen_ppl"] > 1
+    assert results["ar"]["nll"]["bound"] is False and all(p["nll"]["bound"] for p in points)
+    # each point is a checkpoint of one run, resumed: the 2x snapshot continued the 1x one
+    metrics = (out / "adapted-2x" / "metrics.jsonl").read_text().splitlines()
+    assert [m["iter"] for m in map(json.loads, metrics) if "val_loss" in m] == [0, 3, 6]
+    items = [json.loads(line) for line in (out / "cloze.jsonl").read_text().splitlines()]
+    assert items and all(len(i["choices"]) == 2 and i["choices"][0] != i["choices"][1] for i in items)
+    table = (out / "results.md").read_text()
+    assert table.count("| adapted, ") == 2 and table.count("| scratch, ") == 2 and table in proc.stdout
+    assert (out / "scaling.png").stat().st_size > 0
