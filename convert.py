@@ -309,11 +309,16 @@ def released_mask_id(src, spec, files):
     return mask_id
 
 
-def add_mask_token(cfg, state):
-    """Append one token whose embedding (and untied head row) is the mean of the existing rows."""
+def add_mask_token(cfg, state, init="mean"):
+    """Append one token whose embedding (and untied head row) is the mean of the existing rows; init
+    "noisy-mean": plus N(0, 1/d) noise, seeded (LLaMA-Factory's noisy mean, which the official code ran on)."""
+    g = torch.Generator().manual_seed(0)
     for key in ("tok_emb.weight",) + (() if cfg.tie_embeddings else ("lm_head.weight",)):
         w = state[key]
-        state[key] = torch.cat([w, w.float().mean(0, keepdim=True).to(w.dtype)])
+        row = w.float().mean(0, keepdim=True)
+        if init == "noisy-mean":
+            row += torch.randn(row.shape, generator=g) / w.shape[1] ** 0.5
+        state[key] = torch.cat([w, row.to(w.dtype)])
     cfg.vocab_size += 1
     return cfg.vocab_size - 1
 
@@ -365,6 +370,12 @@ def parse_args(argv):
         help="'new' appends a mask token; an integer reuses that id "
         "(default: new for AR sources, the released id for DiffuGPT / DiffuLLaMA)",
     )
+    p.add_argument(
+        "--mask-init",
+        choices=["mean", "noisy-mean"],
+        default="mean",
+        help="a new mask token's embedding: the mean of the others, or that plus N(0, 1/d) noise (LLaMA-Factory's)",
+    )
     p.add_argument("--objective", choices=["ar", "diffusion"], help="override what the source was trained for")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.add_argument("--check", action="store_true", help="compare logits with transformers after converting")
@@ -410,7 +421,7 @@ def main(argv=None):
 
     choice = args.mask_token or ("new" if released_mask is None else str(released_mask))
     if choice == "new":
-        mask_id = add_mask_token(cfg, state)
+        mask_id = add_mask_token(cfg, state, args.mask_init)
     else:
         mask_id = int(choice)
         if not 0 <= mask_id < cfg.vocab_size:

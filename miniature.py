@@ -121,6 +121,8 @@ def main(argv=None):
     )
     if args.scaling:
         return scaling(args, base, nll, test_stories)
+    if args.levers:
+        return levers(args, base, nll, test_stories, (stories_bin, tokenizer_model))
     progress("NLL of the AR model, and of its weights read as a diffusion model")
     rows = [("stories260K, AR (exact NLL)", nll(base))]
     as_diffusion = args.out / "stories260K-as-diffusion"  # the same weights, read with full attention and masks
@@ -128,18 +130,7 @@ def main(argv=None):
     meta = json.loads((as_diffusion / "config.json").read_text())
     (as_diffusion / "config.json").write_text(json.dumps({**meta, "objective": "diffusion"}, indent=2))
     rows.append(("AR weights as diffusion, before training", nll(as_diffusion)))
-    common = dict(
-        init_from=base,
-        data_dir=args.out / "data",
-        max_iters=args.iters,
-        batch_size=args.batch_size,
-        block_size=args.block_size,
-        lr=args.lr,
-        warmup_iters=max(1, args.iters // 20),
-        anneal_steps=args.anneal_steps,
-        eval_interval=max(1, args.iters // 6),
-        eval_iters=8,
-    )
+    common = dict(**recipe(args), init_from=base, max_iters=args.iters)
     curves = {}
     for name, (description, extra) in RUNS.items():
         progress(f"training: {description} ({args.iters} steps), then its NLL")
@@ -184,30 +175,40 @@ def main(argv=None):
     return rows
 
 
-def scaling(args, base, nll, test_stories):
-    """--scaling: adapted and from-scratch runs evaluated at each of --points times --iters steps."""
-    cloze = args.out / "cloze.jsonl"
-    items = cloze_items(test_stories, cloze)
-    sampler = dict(task="genppl", judge=base, length=args.gen_length, limit=args.gen_samples, temperature=0.95)
-    sampler.update(top_p=0.9, steps=min(64, args.gen_length))  # sample.py's defaults
-    measure = lambda ckpt: {
-        "nll": nll(ckpt),
-        "cloze": evaluate(ckpt=ckpt, task="choice", data=cloze),
-        "genppl": evaluate(ckpt=ckpt, **sampler),
-    }
-    progress(f"the AR parent: exact NLL, story cloze ({len(items)} items), Gen PPL")
-    ar = measure(base)
-    common = dict(
+def recipe(args):
+    """The miniature's train.py options (cosine lr after a 5% warm-up; 6 evaluations per run)."""
+    return dict(
         data_dir=args.out / "data",
         batch_size=args.batch_size,
         block_size=args.block_size,
         lr=args.lr,
-        lr_schedule="constant",
         warmup_iters=max(1, args.iters // 20),
         anneal_steps=args.anneal_steps,
-        eval_interval=args.iters,
+        eval_interval=max(1, args.iters // 6),
         eval_iters=8,
     )
+
+
+def measurer(args, base, nll, test_stories, genppl=True):
+    """-> (measure(ckpt): its NLL, story-cloze accuracy and Gen PPL with sample.py's defaults; cloze items)."""
+    cloze = args.out / "cloze.jsonl"
+    items = cloze_items(test_stories, cloze)
+    sampler = dict(task="genppl", judge=base, length=args.gen_length, limit=args.gen_samples, temperature=0.95)
+    sampler.update(top_p=0.9, steps=min(64, args.gen_length))  # sample.py's defaults
+
+    def measure(ckpt):
+        result = {"nll": nll(ckpt), "cloze": evaluate(ckpt=ckpt, task="choice", data=cloze)}
+        return {**result, "genppl": evaluate(ckpt=ckpt, **sampler)} if genppl else result
+
+    return measure, items
+
+
+def scaling(args, base, nll, test_stories):
+    """--scaling: adapted and from-scratch runs evaluated at each of --points times --iters steps."""
+    measure, items = measurer(args, base, nll, test_stories)
+    progress(f"the AR parent: exact NLL, story cloze ({len(items)} items), Gen PPL")
+    ar = measure(base)
+    common = {**recipe(args), "lr_schedule": "constant", "eval_interval": args.iters}
     points = []
     for arm, extra in (("adapted", {}), ("scratch", {"reinit": True})):
         run = args.out / arm
@@ -225,6 +226,77 @@ def scaling(args, base, nll, test_stories):
         plot_scaling(ar, points, args.out / "scaling.png")
     print("\n" + table)
     return points
+
+
+LEVERS = {  # name: (train.py options, convert.py options), each against the miniature's recipe
+    "the miniature's recipe": ({}, {}),
+    "the same, seed 1": ({"seed": 1}, {}),
+    "lr 5e-4": ({"lr": 5e-4}, {}),
+    "lr 2e-3": ({"lr": 2e-3}, {}),
+    "warm-up 20% of the steps": ({"warmup_iters": "20%"}, {}),
+    "no annealing": ({"anneal_steps": 0}, {}),
+    "annealing over the whole run": ({"anneal_steps": "100%"}, {}),
+    "batch 16, half the steps": ({"batch_size": "x2"}, {}),
+    "batch 4, twice the steps": ({"batch_size": "/2"}, {}),
+    "no shift": ({"no_shift": True}, {}),
+    "mask token: noisy mean (official)": ({}, {"mask_init": "noisy-mean"}),
+    "stratified noise levels": ({"t_sampling": "stratified"}, {}),
+}
+
+
+def levers(args, base, nll, test_stories, sources):
+    """--levers: one adaptation run per LEVERS row, at --iters steps' tokens; NLL bound and story cloze."""
+    measure, items = measurer(args, base, nll, test_stories, genppl=False)
+    progress(f"the AR parent: exact NLL and story cloze ({len(items)} items)")
+    ar = measure(base)
+    rows = []
+    for name, (train_options, convert_options) in LEVERS.items():
+        options = dict(**recipe(args), init_from=base, max_iters=args.iters)
+        for key, value in train_options.items():  # "20%": of the steps; "x2", "/2": the batch, steps the other way
+            if value in ("x2", "/2"):
+                factor = 2 if value == "x2" else 0.5
+                options.update(batch_size=int(args.batch_size * factor), max_iters=int(args.iters / factor))
+            elif isinstance(value, str) and value.endswith("%"):
+                options[key] = args.iters * int(value[:-1]) // 100
+            else:
+                options[key] = value
+        if convert_options:
+            options["init_from"] = args.out / f"stories260K-{convert_options['mask_init']}"
+            script("convert.py", sources[0], options["init_from"], tokenizer=sources[1], **convert_options)
+        progress(f"lever: {name}")
+        run = args.out / f"lever-{len(rows)}"
+        script("train.py", **options, out_dir=run)
+        rows.append({"lever": name, "options": {**train_options, **convert_options}, **measure(run)})
+    table = levers_table(ar, rows, len(items), args)
+    (args.out / "results.md").write_text(table + "\n")
+    (args.out / "results.json").write_text(json.dumps({"ar": ar, "levers": rows}, indent=2, default=str))
+    print("\n" + table)
+    return rows
+
+
+def levers_table(ar, rows, n_items, args):
+    base = rows[0]
+    lines = [
+        f"Levers of the adaptation recipe on stories260K, each one run of {args.iters} steps × {args.batch_size} × "
+        f"{args.block_size} tokens changing one thing (lr {args.lr} cosine, warm-up {max(1, args.iters // 20)}, "
+        f"annealing {args.anneal_steps}). Held-out NLL on {ar['nll']['tokens']:,} tokens; story cloze on "
+        f"{n_items} items (official score); ± one standard error of the evaluation. The change against the first "
+        "row is on the same windows and items; its ± adds the two errors in quadrature.",
+        "",
+        "| lever | NLL bound | gap to AR | Δ NLL vs recipe | cloze accuracy |",
+        "|---|---|---|---|---|",
+        f"| stories260K, AR (exact) | {with_error(ar['nll']['nll'], ar['nll']['stderr'])} | 0 | | "
+        f"{with_error(ar['cloze']['accuracy'], ar['cloze']['stderr'])} |",
+    ]
+    for r in rows:
+        gap, se = gap_to_ar(ar, r)
+        delta, delta_se = gap_to_ar(base, r)
+        lines.append(
+            f"| {r['lever']} | ≤ {with_error(r['nll']['nll'], r['nll']['stderr'])} | {with_error(gap, se)} | "
+            f"{with_error(delta, delta_se) if r is not base else ''} | "
+            f"{with_error(r['cloze']['accuracy'], r['cloze']['stderr'])} |"
+        )
+    return "\n".join(lines)
 
 
 def cloze_items(stories, path, seed=0):
@@ -389,9 +461,12 @@ def parse_args(argv):
     a("--scaling", action="store_true", help="the gap to AR against training tokens, adapted vs from scratch")
     a("--points", default="1,2,4,8", help="--scaling: evaluate at these multiples of --iters")
     a("--quick", action="store_true", help="--scaling in about 5 minutes: --iters 75, fewer test items")
+    a("--levers", action="store_true", help="one run per lever of the recipe (lr, warm-up, annealing, batch, ...)")
     args = p.parse_args(argv)
     if args.quick and not args.scaling:
         raise UserError("--quick goes with --scaling")
+    if args.scaling and args.levers:
+        raise UserError("--scaling and --levers are two studies: run them one at a time")
     if args.quick:  # defaults only: a value given on the command line stays
         quick = {"iters": 75, "test_stories": 100, "eval_windows": 20, "gen_samples": 16}
         given = p.parse_args(argv, argparse.Namespace(**{k: None for k in quick}))

@@ -62,6 +62,13 @@ def build_parser():
     a("--objective", choices=["diffusion", "ar"], default="diffusion", help="what to train for (ar: the baseline)")
     a("--anneal-steps", type=int, default=0, help="steps to open the causal mask to full attention (0: full at once)")
     a("--no-shift", action="store_true", help="ablation: the logit at i predicts token i instead of i+1")
+    a(
+        "--t-sampling",
+        choices=["uniform", "stratified"],
+        default="uniform",
+        help="noise levels: t ~ U(1e-3, 1) "
+        "per example, or stratified over each step's examples (MDLM's low-discrepancy sampler)",
+    )
     # optimisation
     a("--max-iters", type=int, default=1000, help="optimizer steps (on resume: may be raised)")
     a("--extend-schedule", action="store_true", help="on resume: accept the cosine schedule of a new --max-iters")
@@ -275,13 +282,22 @@ class Data:
         t = torch.tensor(ts, dtype=torch.float32)
         return [a.to(device, non_blocking=True) for a in (torch.stack(xs), torch.stack(ms), t, torch.stack(noise))]
 
-    def train_batch(self, seed, step, micro_index, batch_size, device):
-        """Micro-batch `micro_index` of step `step`: every example drawn from its own (seed, step, example) stream."""
+    def train_batch(self, seed, step, micro_index, batch_size, device, stratified_over=0):
+        """Micro-batch `micro_index` of step `step`: every example drawn from its own (seed, step, example) stream.
+
+        t ~ U(EPS, 1) per example; stratified_over=N (the step's N examples): one uniform u per step and
+        example k's t at (u + k/N) mod 1, so that each step covers the levels evenly (MDLM's
+        low-discrepancy sampler: the same expectation, less variance)."""
         indices, ts, seeds = [], [], []
+        shared = float(torch.rand(1, generator=torch.Generator().manual_seed(mix(seed, step))))
         for b in range(batch_size):
-            g = torch.Generator().manual_seed(mix(seed, step, micro_index * batch_size + b))
+            k = micro_index * batch_size + b
+            g = torch.Generator().manual_seed(mix(seed, step, k))
             indices.append(int(torch.randint(self.n, (1,), generator=g)))
-            ts.append(EPS + (1 - EPS) * float(torch.rand(1, generator=g)))  # t ~ U(EPS, 1)
+            u = float(torch.rand(1, generator=g))
+            if stratified_over:
+                u = (shared + k / stratified_over) % 1.0
+            ts.append(EPS + (1 - EPS) * u)  # t ~ U(EPS, 1)
             seeds.append(int(torch.randint(2**62, (1,), generator=g)))
         return self.batch(indices, ts, seeds, device)
 
@@ -588,7 +604,8 @@ def main(argv=None):
             if args.fsdp:
                 model.set_requires_gradient_sync(last)
             with contextlib.nullcontext() if last or world == 1 or args.fsdp else model.no_sync():
-                batch = train_data.train_batch(args.seed, step, micro * world + rank, args.batch_size, device)
+                strata = args.grad_accum * args.batch_size if args.t_sampling == "stratified" else 0
+                batch = train_data.train_batch(args.seed, step, micro * world + rank, args.batch_size, device, strata)
                 with autocast:
                     weighted, ce, n = objective.loss_sums(model, *batch, attn)
                 loss = weighted / n.clamp(min=1)

@@ -237,3 +237,30 @@ def test_an_existing_output_is_kept_unless_forced(tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
     run("convert.py", tmp_path / "hf", out, "--force")
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+
+
+def test_new_mask_token_is_the_mean_row_or_the_noisy_mean(tmp_path):
+    from convert import add_mask_token
+    from model import ModelConfig
+
+    g = torch.Generator().manual_seed(0)
+    for tie in (True, False):
+        cfg = ModelConfig(arch="llama", vocab_size=300, n_embd=64, n_layer=1, n_head=2, tie_embeddings=tie)
+        rows = {
+            "tok_emb.weight": torch.randn(300, 64, generator=g),
+            "lm_head.weight": torch.randn(300, 64, generator=g),
+        }
+        for init in ("mean", "noisy-mean"):
+            state = dict(rows)
+            c = ModelConfig(**{**cfg.__dict__})
+            assert add_mask_token(c, state, init) == 300 and c.vocab_size == 301
+            for key in ("tok_emb.weight",) + (() if tie else ("lm_head.weight",)):
+                offset = state[key][300] - rows[key].mean(0)
+                if init == "mean":
+                    assert offset.abs().max() < 1e-6
+                else:  # N(0, 1/d): about 1/sqrt(d) per coordinate, the same each time
+                    assert 0.5 < offset.std().item() * 64**0.5 < 1.5
+                    again = dict(rows)
+                    add_mask_token(ModelConfig(**{**cfg.__dict__}), again, init)
+                    assert torch.equal(again[key], state[key])
+            assert state["lm_head.weight"].shape[0] == (300 if tie else 301)

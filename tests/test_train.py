@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from checkpoint import load_checkpoint
 from conftest import ASSETS, ROOT, assert_user_error, run
-from model import anneal_ratio, attention_at, diffusion_loss
+from model import EPS, anneal_ratio, attention_at, diffusion_loss
 from train import Data, lr_at, parse_args
 
 STORIES_TXT = ASSETS / "text" / "tinystories_val.txt"
@@ -452,3 +452,18 @@ def test_parquet_documents_come_from_the_recipe_field(tmp_path):
 
     pq.write_table(pyarrow.table({"content": ["def f():\n    return 1\n", "x = 2\n"]}), tmp_path / "code.parquet")
     assert list(texts([tmp_path / "code.parquet"], "content")) == ["def f():\n    return 1\n", "x = 2\n"]
+
+
+def test_stratified_noise_levels_cover_each_step_evenly(stories_data):
+    """--t-sampling stratified: a step's N examples (over its micro-batches) hold one t in each stratum
+    [k/N, (k+1)/N) of (EPS, 1); the examples and their noise are those of the uniform sampler."""
+    data, N, micro = Data(stories_data, "train", 32), 12, 4
+    for step in range(3):
+        uniform = [data.train_batch(0, step, m, micro, "cpu") for m in range(N // micro)]
+        stratified = [data.train_batch(0, step, m, micro, "cpu", stratified_over=N) for m in range(N // micro)]
+        t = torch.cat([b[2] for b in stratified])
+        strata = ((t - EPS) / (1 - EPS) * N).floor().long()
+        assert sorted(strata.tolist()) == list(range(N))
+        assert torch.cat([b[2] for b in uniform]).tolist() != t.tolist()
+        for u, s in zip(uniform, stratified):
+            assert torch.equal(u[0], s[0]) and torch.equal(u[3], s[3])
