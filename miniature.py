@@ -249,8 +249,8 @@ def levers(args, base, nll, test_stories, sources):
     measure, items = measurer(args, base, nll, test_stories, genppl=False)
     progress(f"the AR parent: exact NLL and story cloze ({len(items)} items)")
     ar = measure(base)
-    rows = []
-    for name, (train_options, convert_options) in LEVERS.items():
+    rows, chosen = [], [0, *args.levers]  # the recipe's row first: the others are measured against it
+    for name, (train_options, convert_options) in [list(LEVERS.items())[k] for k in dict.fromkeys(chosen)]:
         options = dict(**recipe(args), init_from=base, max_iters=args.iters)
         for key, value in train_options.items():  # "20%": of the steps; "x2", "/2": the batch, steps the other way
             if value in ("x2", "/2"):
@@ -461,12 +461,26 @@ def parse_args(argv):
     a("--scaling", action="store_true", help="the gap to AR against training tokens, adapted vs from scratch")
     a("--points", default="1,2,4,8", help="--scaling: evaluate at these multiples of --iters")
     a("--quick", action="store_true", help="--scaling in about 5 minutes: --iters 75, fewer test items")
-    a("--levers", action="store_true", help="one run per lever of the recipe (lr, warm-up, annealing, batch, ...)")
+    a(
+        "--levers",
+        nargs="?",
+        const="all",
+        help="one run per lever of the recipe (lr, warm-up, annealing, batch, "
+        "...); or only these rows of miniature.LEVERS, comma-separated",
+    )
     args = p.parse_args(argv)
     if args.quick and not args.scaling:
         raise UserError("--quick goes with --scaling")
-    if args.scaling and args.levers:
+    if args.scaling and args.levers is not None:
         raise UserError("--scaling and --levers are two studies: run them one at a time")
+    if args.levers is not None:
+        given = range(len(LEVERS)) if args.levers == "all" else args.levers.split(",")
+        try:
+            args.levers = [int(k) for k in given]
+        except ValueError:
+            args.levers = [-1]
+        if not all(0 <= k < len(LEVERS) for k in args.levers):
+            raise UserError(f"--levers: row numbers 0 to {len(LEVERS) - 1}, comma-separated")
     if args.quick:  # defaults only: a value given on the command line stays
         quick = {"iters": 75, "test_stories": 100, "eval_windows": 20, "gen_samples": 16}
         given = p.parse_args(argv, argparse.Namespace(**{k: None for k in quick}))

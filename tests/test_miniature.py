@@ -38,3 +38,27 @@ def test_scaling_study_on_tiny_settings(tmp_path):
     table = (out / "results.md").read_text()
     assert table.count("| adapted, ") == 2 and table.count("| scratch, ") == 2 and table in proc.stdout
     assert (out / "scaling.png").stat().st_size > 0
+
+
+def test_levers_study_on_tiny_settings(tmp_path):
+    """--levers ROWS: the recipe's row and the chosen ones; a batch lever keeps the tokens, a mask-init
+    lever converts its own base."""
+    out = tmp_path / "levers"
+    tiny = "--iters 4 --batch-size 2 --block-size 32 --eval-windows 2 --mc 2 --test-stories 6"
+    proc = run("miniature.py", "--levers", "7,10", "--assets", ASSETS, "--out", out, *tiny.split())
+    rows = json.loads((out / "results.json").read_text())["levers"]
+    assert [r["lever"] for r in rows] == [
+        "the miniature's recipe",
+        "batch 16, half the steps",
+        "mask token: noisy mean (official)",
+    ]
+    tokens = [
+        json.loads((out / f"lever-{k}" / "metrics.jsonl").read_text().splitlines()[-1])["tokens"] for k in range(3)
+    ]
+    assert tokens == [4 * 2 * 32] * 3
+    config = json.loads((out / "lever-1" / "config.json").read_text())["training"]["args"]
+    assert (config["batch_size"], config["max_iters"]) == (4, 2)
+    assert (out / "stories260K-noisy-mean").is_dir()
+    assert all(r["nll"]["bound"] and 0 <= r["cloze"]["accuracy"] <= 1 for r in rows)
+    table = (out / "results.md").read_text()
+    assert table in proc.stdout and table.count("\n| ") == 5  # AR and three levers, after the header
