@@ -68,6 +68,7 @@ def official_choice_score(model, x, maskable, mask_id, levels, seed, shift=True)
 
 
 def official_levels(T):
+    """The official score's noise levels: t = j/T, j = 1..T."""
     return [j / T for j in range(1, T + 1)]
 
 
@@ -101,17 +102,8 @@ def scores(model, meta, units, how, batch_size, desc):
             n = len(units[u][0])
             noise[b, :n] = torch.rand(n, generator=torch.Generator().manual_seed(mix(units[u][3], j)))
         t = torch.tensor([units[u][2][j] for u, j in batch], device=device)
-        sums = diffusion_loss(
-            model,
-            x,
-            maskable,
-            t,
-            noise.to(device),
-            meta["mask_token_id"],
-            key_mask(real),
-            meta.get("shift", True),
-            True,
-        )
+        shift, mask_id = meta.get("shift", True), meta["mask_token_id"]
+        sums = diffusion_loss(model, x, maskable, t, noise.to(device), mask_id, key_mask(real), shift, per_row=True)
         for b, (u, _) in enumerate(batch):
             per_level[u].append(tuple(v[b].item() for v in sums))
     if ar:
