@@ -331,18 +331,18 @@ def scaling_table(ar, points, n_items, args):
         "samples (sample.py's defaults) judged by stories260K. ± one standard error; the gap's adds the two in "
         "quadrature (the same windows: conservative).",
         "",
-        "| model | tokens | NLL (nats/token) | gap to AR | cloze accuracy | Gen PPL |",
-        "|---|---|---|---|---|---|",
+        "| model | tokens | NLL (nats/token) | gap to AR | cloze accuracy | Gen PPL | distinct-2 |",
+        "|---|---|---|---|---|---|---|",
         f"| stories260K, AR (exact) | | {with_error(ar_nll['nll'], ar_nll['stderr'])} | 0 | "
         f"{with_error(ar['cloze']['accuracy'], ar['cloze']['stderr'])} | "
-        f"{with_error(ar['genppl']['gen_ppl'], ar['genppl']['stderr'], 1)} |",
+        f"{with_error(ar['genppl']['gen_ppl'], ar['genppl']['stderr'], 1)} | {ar['genppl']['distinct2']:.2f} |",
     ]
     for p in points:
         gap, se = gap_to_ar(ar, p)
         lines.append(
             f"| {p['arm']}, {p['times']}x | {p['tokens']:,} | ≤ {with_error(p['nll']['nll'], p['nll']['stderr'])} | "
             f"{with_error(gap, se)} | {with_error(p['cloze']['accuracy'], p['cloze']['stderr'])} | "
-            f"{with_error(p['genppl']['gen_ppl'], p['genppl']['stderr'], 1)} |"
+            f"{with_error(p['genppl']['gen_ppl'], p['genppl']['stderr'], 1)} | {p['genppl']['distinct2']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -460,7 +460,7 @@ def parse_args(argv):
     a("--force", action="store_true", help="start over if --out exists")
     a("--scaling", action="store_true", help="the gap to AR against training tokens, adapted vs from scratch")
     a("--points", default="1,2,4,8", help="--scaling: evaluate at these multiples of --iters")
-    a("--quick", action="store_true", help="--scaling in about 5 minutes: --iters 75, fewer test items")
+    a("--quick", action="store_true", help="--scaling in about 5 minutes: --iters 50, fewer test items")
     a(
         "--levers",
         nargs="?",
@@ -482,7 +482,7 @@ def parse_args(argv):
         if not all(0 <= k < len(LEVERS) for k in args.levers):
             raise UserError(f"--levers: row numbers 0 to {len(LEVERS) - 1}, comma-separated")
     if args.quick:  # defaults only: a value given on the command line stays
-        quick = {"iters": 75, "test_stories": 100, "eval_windows": 20, "gen_samples": 16}
+        quick = {"iters": 50, "test_stories": 100, "eval_windows": 20, "gen_samples": 16}
         given = p.parse_args(argv, argparse.Namespace(**{k: None for k in quick}))
         for k, v in quick.items():
             if getattr(given, k) is None:

@@ -303,6 +303,11 @@ ROWS = [
     ),
     (lambda w: ["eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, *CUDA], 1, ["cuda"]),
     (lambda w: ["eval.py", "--ckpt", w.ckpt_no_vocab, "--task", "nll", "--data", w.text], 1, ["vocab_size"]),
+    (
+        lambda w: ["eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--batch-size", "0"],
+        1,
+        ["--batch-size"],
+    ),
     # miniature.py: its studies' options, refused before any download or work
     (lambda w: ["miniature.py", "--out", OUT, "--levers", "3,x"], 1, ["--levers", "row numbers"]),
     (lambda w: ["miniature.py", "--out", OUT, "--levers", "99"], 1, ["--levers", "0 to 11"]),
