@@ -228,48 +228,42 @@ def scaling(args, base, nll, test_stories):
     return points
 
 
-LEVERS = {  # name: (train.py options, convert.py options), each against the miniature's recipe
-    "the miniature's recipe": ({}, {}),
-    "the same, seed 1": ({"seed": 1}, {}),
-    "lr 5e-4": ({"lr": 5e-4}, {}),
-    "lr 2e-3": ({"lr": 2e-3}, {}),
-    "warm-up 20% of the steps": ({"warmup_iters": "20%"}, {}),
-    "no annealing": ({"anneal_steps": 0}, {}),
-    "annealing over the whole run": ({"anneal_steps": "100%"}, {}),
-    "batch 16, half the steps": ({"batch_size": "x2"}, {}),
-    "batch 4, twice the steps": ({"batch_size": "/2"}, {}),
-    "no shift": ({"no_shift": True}, {}),
-    "mask token: noisy mean (official)": ({}, {"mask_init": "noisy-mean"}),
-    "stratified noise levels": ({"t_sampling": "stratified"}, {}),
+LEVERS = {  # name: the options that change, given the miniature's; mask_init goes to convert.py, the rest to train.py
+    "the miniature's recipe": lambda a: {},
+    "the same, seed 1": lambda a: {"seed": 1},
+    "lr 5e-4": lambda a: {"lr": 5e-4},
+    "lr 2e-3": lambda a: {"lr": 2e-3},
+    "warm-up 20% of the steps": lambda a: {"warmup_iters": a.iters // 5},
+    "no annealing": lambda a: {"anneal_steps": 0},
+    "annealing over the whole run": lambda a: {"anneal_steps": a.iters},
+    "twice the batch, half the steps": lambda a: {"batch_size": 2 * a.batch_size, "max_iters": a.iters // 2},
+    "half the batch, twice the steps": lambda a: {"batch_size": a.batch_size // 2, "max_iters": 2 * a.iters},
+    "no shift": lambda a: {"no_shift": True},
+    "mask token: noisy mean (official)": lambda a: {"mask_init": "noisy-mean"},
+    "stratified noise levels": lambda a: {"t_sampling": "stratified"},
 }
 
 
 def levers(args, base, nll, test_stories, sources):
-    """--levers: one adaptation run per LEVERS row, at --iters steps' tokens; NLL bound and story cloze."""
+    """--levers: one adaptation run per chosen LEVERS row, the recipe's first; NLL bound and story cloze."""
     measure, items = measurer(args, base, nll, test_stories, genppl=False)
     progress(f"the AR parent: exact NLL and story cloze ({len(items)} items)")
     ar = measure(base)
-    rows, chosen = [], [0, *args.levers]  # the recipe's row first: the others are measured against it
-    for name, (train_options, convert_options) in [list(LEVERS.items())[k] for k in dict.fromkeys(chosen)]:
-        options = dict(**recipe(args), init_from=base, max_iters=args.iters)
-        for key, value in train_options.items():  # "20%": of the steps; "x2", "/2": the batch, steps the other way
-            if value in ("x2", "/2"):
-                factor = 2 if value == "x2" else 0.5
-                options.update(batch_size=int(args.batch_size * factor), max_iters=int(args.iters / factor))
-            elif isinstance(value, str) and value.endswith("%"):
-                options[key] = args.iters * int(value[:-1]) // 100
-            else:
-                options[key] = value
-        if convert_options:
-            options["init_from"] = args.out / f"stories260K-{convert_options['mask_init']}"
-            script("convert.py", sources[0], options["init_from"], tokenizer=sources[1], **convert_options)
+    rows = []
+    for k in dict.fromkeys([0, *args.levers]):  # the recipe's row first: the others are measured against it
+        name, change = list(LEVERS.items())[k]
+        options = {**recipe(args), "init_from": base, "max_iters": args.iters, **change(args)}
+        if "mask_init" in options:  # a base of its own
+            init = args.out / f"stories260K-{options['mask_init']}"
+            script("convert.py", sources[0], init, tokenizer=sources[1], mask_init=options.pop("mask_init"))
+            options["init_from"] = init
         progress(f"lever: {name}")
         run = args.out / f"lever-{len(rows)}"
         script("train.py", **options, out_dir=run)
-        rows.append({"lever": name, "options": {**train_options, **convert_options}, **measure(run)})
+        rows.append({"lever": name, "options": change(args), **measure(run)})
     table = levers_table(ar, rows, len(items), args)
     (args.out / "results.md").write_text(table + "\n")
-    (args.out / "results.json").write_text(json.dumps({"ar": ar, "levers": rows}, indent=2, default=str))
+    (args.out / "results.json").write_text(json.dumps({"ar": ar, "levers": rows}, indent=2))
     print("\n" + table)
     return rows
 

@@ -49,7 +49,7 @@ def test_levers_study_on_tiny_settings(tmp_path):
     rows = json.loads((out / "results.json").read_text())["levers"]
     assert [r["lever"] for r in rows] == [
         "the miniature's recipe",
-        "batch 16, half the steps",
+        "twice the batch, half the steps",
         "mask token: noisy mean (official)",
     ]
     tokens = [
