@@ -19,6 +19,12 @@ sampler, all with standard errors. The points are checkpoints of one long run pe
 from one point to the next (train.py resumes exactly); the learning rate is constant after
 warm-up so that no point sits in a schedule's cool-down that a longer run would not have. Writes
 scaling.png and results.md (a table) to --out.
+
+    python miniature.py --levers [ROWS]        # about 25 minutes: one run per lever of the recipe
+
+--levers: the levers the paper and its peers use (lr, warm-up, annealing length, batch at equal
+tokens, the shift, the mask token's embedding, the noise-level distribution), one run each at the
+miniature's tokens, plus a second seed for the run-to-run spread; NLL bound and story cloze.
 """
 
 import argparse
