@@ -289,8 +289,8 @@ def levers_table(ar, rows, n_items, args):
         f"{with_error(ar['cloze']['accuracy'], ar['cloze']['stderr'])} |",
     ]
     for r in rows:
-        gap, se = gap_to_ar(ar, r)
-        delta, delta_se = gap_to_ar(base, r)
+        gap, se = nll_difference(ar, r)
+        delta, delta_se = nll_difference(base, r)
         lines.append(
             f"| {r['lever']} | ≤ {with_error(r['nll']['nll'], r['nll']['stderr'])} | {with_error(gap, se)} | "
             f"{with_error(delta, delta_se) if r is not base else ''} | "
@@ -338,7 +338,7 @@ def scaling_table(ar, points, n_items, args):
         f"{with_error(ar['genppl']['gen_ppl'], ar['genppl']['stderr'], 1)} | {ar['genppl']['distinct2']:.2f} |",
     ]
     for p in points:
-        gap, se = gap_to_ar(ar, p)
+        gap, se = nll_difference(ar, p)
         lines.append(
             f"| {p['arm']}, {p['times']}x | {p['tokens']:,} | ≤ {with_error(p['nll']['nll'], p['nll']['stderr'])} | "
             f"{with_error(gap, se)} | {with_error(p['cloze']['accuracy'], p['cloze']['stderr'])} | "
@@ -347,9 +347,10 @@ def scaling_table(ar, points, n_items, args):
     return "\n".join(lines)
 
 
-def gap_to_ar(ar, point):
-    """(NLL bound - AR's exact NLL, its standard error: the two in quadrature)."""
-    a, b = ar["nll"], point["nll"]
+def nll_difference(reference, point):
+    """(point's NLL - the reference's, its standard error: the two in quadrature). Against the AR
+    parent: the gap to AR; against the recipe's run: what a lever changed."""
+    a, b = reference["nll"], point["nll"]
     return b["nll"] - a["nll"], ((a["stderr"] or 0) ** 2 + (b["stderr"] or 0) ** 2) ** 0.5
 
 
@@ -364,7 +365,7 @@ def plot_scaling(ar, points, path):
     for arm in dict.fromkeys(p["arm"] for p in points):
         mine = [p for p in points if p["arm"] == arm]
         tokens = [p["tokens"] for p in mine]
-        gaps = [gap_to_ar(ar, p) for p in mine]
+        gaps = [nll_difference(ar, p) for p in mine]
         left.errorbar(tokens, [g for g, _ in gaps], yerr=[se for _, se in gaps], marker="o", capsize=3, label=arm)
         accuracy = [p["cloze"]["accuracy"] for p in mine]
         right.errorbar(tokens, accuracy, yerr=[p["cloze"]["stderr"] for p in mine], marker="o", capsize=3, label=arm)
