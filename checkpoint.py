@@ -1,4 +1,4 @@
-"""Checkpoint directories, and Hugging Face's names for the same tensors.
+"""Checkpoint directories, and what every script's command line shares.
 
 A checkpoint is a directory, the one hand-off between scripts:
     config.json        {"model": ModelConfig, "objective": "ar" | "diffusion", "mask_token_id", "bos_token_id",
@@ -6,14 +6,18 @@ A checkpoint is a directory, the one hand-off between scripts:
     model.safetensors  the weights in our names (a tied head is stored once, as tok_emb.weight)
     tokenizer files    encoder.json + vocab.bpe (GPT-2 BPE) or tokenizer.model (SentencePiece)
 It is written atomically: a crash leaves the old directory (or none), never a half-written one.
+
+The scripts share --help's format, --device / --dtype (pick_device, pick_dtype), one-line value checks
+for argparse (checked, COUNT, ...) and the peak FLOP/s that MFU is measured against.
 """
 
+import argparse
 import errno
 import json
 import os
 import pickle
-import re
 import shutil
+import time
 import warnings
 import zipfile
 from contextlib import contextmanager
@@ -32,17 +36,15 @@ def atomic_dir(path, overwrite=False):
     """Yield a temporary directory that becomes `path` only once the block succeeds.
 
     Beside `path` live, for a moment, .NAME.tmp-PID (being written), .NAME.old-PID (the previous
-    version, between the two renames) and .NAME.trash-PID (being deleted). A crash can leave any of
-    them; those of dead processes are cleared here, and read_meta restores an .old-* if need be.
+    version, between the two renames of replace_dir) and .NAME.trash-PID (being deleted). A crash can
+    leave any of them: clear_leftovers clears those of dead processes, read_meta restores an .old-*.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise UserError(f"{path} already exists (pass --force to overwrite it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    restore_previous(path)
-    for leftover in leftovers(path, "tmp", "trash", *(["old"] if path.exists() else [])):
-        shutil.rmtree(leftover, ignore_errors=True)
-    tmp, old, trash = (path.parent / f".{path.name}.{kind}-{os.getpid()}" for kind in ("tmp", "old", "trash"))
+    clear_leftovers(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -58,13 +60,31 @@ def atomic_dir(path, overwrite=False):
         if is_disk_full(e):
             raise UserError(f"cannot write {path}: {str(e).splitlines()[0]}; nothing was changed") from None
         raise
-    if path.exists():
-        path.rename(old)  # an .old-* is always whole: it is renamed, never deleted in place
-        tmp.rename(path)
-        old.rename(trash)
-        shutil.rmtree(trash)
-    else:
-        tmp.rename(path)
+    replace_dir(tmp, path)
+
+
+def replace_dir(new, path):
+    """Rename directory `new` to `path`. A previous `path` is renamed aside first and deleted last: it is
+    never deleted in place, so a crash leaves it whole (as .NAME.old-PID, which restore_previous puts back)."""
+    if not path.exists():
+        new.rename(path)
+        return
+    old, trash = (path.parent / f".{path.name}.{kind}-{os.getpid()}" for kind in ("old", "trash"))
+    path.rename(old)
+    new.rename(path)
+    old.rename(trash)
+    shutil.rmtree(trash)
+
+
+def atomic_write(path, data):
+    """Write a file whole or not at all: a temporary beside it, synced to disk, then renamed over it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def is_disk_full(e):
@@ -97,12 +117,19 @@ def is_alive(pid):
 
 
 def restore_previous(path):
-    """After a crash between atomic_dir's two renames, path is gone and its previous version is an .old-*."""
+    """After a crash between replace_dir's two renames, path is gone and its previous version is an .old-*."""
     if path.exists():
         return
     whole = [d for d in leftovers(path, "old") if (d / CONFIG_FILE).is_file()]
     if whole:  # the newest, if crashes left several
         max(whole, key=lambda d: (d / CONFIG_FILE).stat().st_mtime_ns).rename(path)
+
+
+def clear_leftovers(path):
+    """Put back a previous version of path that a crash left aside, then delete what dead processes left beside it."""
+    restore_previous(path)
+    for leftover in leftovers(path, "tmp", "old", "trash"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def save_checkpoint(path, model, meta, tokenizer_from, overwrite=False, extra=None):
@@ -159,33 +186,6 @@ def read_meta(path):
         if not (path / name).is_file():
             raise UserError(f"checkpoint {path} lacks its tokenizer file {name}")
     return meta
-
-
-def pick_device(name):
-    """--device: 'auto' is CUDA when present, else the CPU; a device this machine lacks is a one-line error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"--device {name}: {e}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: this machine has no CUDA device (use --device cpu)")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name}: MPS is not available on this machine")
-    return device
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def pick_dtype(name, device):
-    """--dtype: 'auto' is bf16 on a GPU that has it, fp32 elsewhere (CPUs without bf16 units are ~100x slower)."""
-    if name != "auto":
-        return DTYPES[name]
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
 
 
 def load_torch_file(file):
@@ -249,135 +249,100 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32):
 
 
 # ---------------------------------------------------------------------------------------------
-# Hugging Face names: convert.py reads HF checkpoints through this table, bench.py builds its
-# transformers twin through its inverse.
-
-HF_NAMES = {  # HF module name -> ours; inside layer i, "h.{i}." / "layers.{i}." is stripped first
-    "gpt2": {
-        "top": {"wte": "tok_emb", "embed_tokens": "tok_emb", "wpe": "pos_emb", "ln_f": "norm", "lm_head": "lm_head"},
-        "layer": {
-            "ln_1": "attn_norm",
-            "ln_2": "mlp_norm",
-            "attn.c_attn": "attn.wqkv",
-            "attn.c_proj": "attn.wo",
-            "mlp.c_fc": "mlp.up",
-            "mlp.c_proj": "mlp.down",
-        },
-    },
-    "llama": {  # several HF modules for one of ours: fused in this order (q, k, v; gate, up)
-        "top": {"embed_tokens": "tok_emb", "norm": "norm", "lm_head": "lm_head"},
-        "layer": {
-            "input_layernorm": "attn_norm",
-            "post_attention_layernorm": "mlp_norm",
-            "self_attn.q_proj": "attn.wqkv",
-            "self_attn.k_proj": "attn.wqkv",
-            "self_attn.v_proj": "attn.wqkv",
-            "self_attn.o_proj": "attn.wo",
-            "mlp.gate_proj": "mlp.up",
-            "mlp.up_proj": "mlp.up",
-            "mlp.down_proj": "mlp.down",
-        },
-    },
-}
-HF_PREFIX = {"gpt2": "transformer.", "llama": "model."}
-HF_SKIPPED = ("attn", "self_attn.rotary_emb")  # buffers of old transformers versions: causal masks, RoPE tables
+# What every script's command line shares: --help, --device / --dtype, value checks
 
 
-def is_conv1d(arch, name, param):
-    """GPT-2's Conv1D layers store their weight as [in, out]: transposed from nn.Linear's [out, in]."""
-    return arch == "gpt2" and param == "weight" and name.startswith(("attn.", "mlp."))
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """The scripts' --help: each option's default, unless it is empty (None, False, "", [])."""
+
+    def _get_help_string(self, action):
+        empty = action.default is None or action.default is False or action.default in ("", [])
+        said = "default" in (action.help or "")
+        return action.help if empty or said else super()._get_help_string(action)
 
 
-def from_hf(arch, tensors):
-    """Stream (HF name, tensor) -> (our name, tensor), holding only the parts of a fused matrix."""
-    table, label = HF_NAMES[arch], {"gpt2": "GPT-2", "llama": "LLaMA"}[arch]
-    pending = {}  # our fused name -> {HF name: tensor}
-    for key, t in tensors:
-        module, _, param = key.removeprefix(HF_PREFIX[arch]).removeprefix("denoise_model.").rpartition(".")
-        layer = re.fullmatch(r"(?:h|layers)\.(\d+)\.(.+)", module)
-        if layer and layer[2] in HF_SKIPPED:
-            continue
-        theirs, names = (layer[2], table["layer"]) if layer else (module, table["top"])
-        if theirs not in names:
-            raise UserError(f"unexpected {label} tensor {key}")
-        ours = f"layers.{layer[1]}.{names[theirs]}" if layer else names[theirs]
-        t = t.t() if layer and is_conv1d(arch, names[theirs], param) else t
-        parts = [n for n, o in names.items() if o == names[theirs]] if layer else [theirs]
-        if len(parts) == 1:
-            yield f"{ours}.{param}", t
-            continue
-        group = pending.setdefault(f"{ours}.{param}", {})
-        group[theirs] = t
-        if len(group) == len(parts):
-            del pending[f"{ours}.{param}"]
-            yield f"{ours}.{param}", torch.cat([group[p] for p in parts])
-    if pending:
-        raise UserError(f"incomplete weights: {sorted(pending)[0]} lacks some of its parts")
+def checked(kind, ok, what):
+    """An argparse type= that refuses a bad value in one line: checked(float, lambda v: v > 0, "positive")."""
+
+    def parse(text):
+        value = kind(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value: 'x'"
+    return parse
 
 
-def to_hf(model):
-    """Our weights under HF's names (GPT2LMHeadModel / LlamaForCausalLM): the inverse of from_hf."""
-    cfg, table = model.cfg, HF_NAMES[model.cfg.arch]
-    fused_sizes = {
-        "attn.wqkv": [cfg.n_head * cfg.head_dim] + [cfg.n_kv_head * cfg.head_dim] * 2,
-        "mlp.up": [cfg.ffn_dim] * 2,
-    }
-    state = {}
-    for key, t in model.state_dict().items():
-        module, _, param = key.rpartition(".")
-        layer = re.fullmatch(r"layers\.(\d+)\.(.+)", module)
-        ours, names = (layer[2], table["layer"]) if layer else (module, table["top"])
-        parts = [n for n, o in names.items() if o == ours]
-        if not layer:
-            parts = parts[:1]  # GPT-2's embedding has two HF names (wte, and DiffuGPT's embed_tokens): the first
-        pieces = t.split(fused_sizes[ours]) if len(parts) > 1 else [t]
-        for theirs, piece in zip(parts, pieces):
-            if theirs == "lm_head":
-                name = f"lm_head.{param}"
-            elif layer:
-                name = f"{HF_PREFIX[cfg.arch]}{'h' if cfg.arch == 'gpt2' else 'layers'}.{layer[1]}.{theirs}.{param}"
-            else:
-                name = f"{HF_PREFIX[cfg.arch]}{theirs}.{param}"
-            state[name] = (piece.t() if is_conv1d(cfg.arch, ours, param) else piece).detach().clone()
-    return state
+COUNT = checked(int, lambda v: v >= 1, "at least 1")
+NON_NEGATIVE = checked(int, lambda v: v >= 0, "at least 0")
+POSITIVE = checked(float, lambda v: v > 0, "positive")
+PROBABILITY = checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
 
 
-def hf_twin(model):
-    """transformers' GPT2LMHeadModel or LlamaForCausalLM with our model's weights (the official code's engine)."""
-    import transformers
+def add_device_options(parser):
+    """--device and --dtype: one rule in every script (pick_device, pick_dtype)."""
+    parser.add_argument("--device", default="auto", help="auto: CUDA when present, else the CPU; or cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="auto: bf16 on a GPU, else fp32")
 
-    cfg = model.cfg
-    if cfg.arch == "gpt2":
-        hf = transformers.GPT2LMHeadModel(
-            transformers.GPT2Config(
-                vocab_size=cfg.vocab_size,
-                n_positions=cfg.block_size,
-                n_embd=cfg.n_embd,
-                n_layer=cfg.n_layer,
-                n_head=cfg.n_head,
-                layer_norm_epsilon=cfg.norm_eps,
-                bos_token_id=0,
-                eos_token_id=0,
-            )
-        )
-    else:
-        hf = transformers.LlamaForCausalLM(
-            transformers.LlamaConfig(
-                vocab_size=cfg.vocab_size,
-                hidden_size=cfg.n_embd,
-                intermediate_size=cfg.ffn_dim,
-                num_hidden_layers=cfg.n_layer,
-                num_attention_heads=cfg.n_head,
-                num_key_value_heads=cfg.n_kv_head,
-                head_dim=cfg.head_dim,
-                max_position_embeddings=cfg.block_size,
-                rms_norm_eps=cfg.norm_eps,
-                rope_theta=cfg.rope_theta,
-                tie_word_embeddings=cfg.tie_embeddings,
-            )
-        )
-    loaded = hf.load_state_dict(to_hf(model), strict=False)  # a tied head is stored once
-    missing = [k for k in loaded.missing_keys if not (k == "lm_head.weight" and cfg.tie_embeddings)]
-    assert not missing and not loaded.unexpected_keys, (missing, loaded.unexpected_keys)
-    hf.tie_weights()
-    return hf.to(model.tok_emb.weight.device)
+
+def given_options(parser, argv):
+    """{dest: value} of the options argv names, told apart from defaults: argparse fills in a default only
+    where the namespace has no value yet, so every option starts out as a marker."""
+    unset = object()
+    names = argparse.Namespace(**{action.dest: unset for action in parser._actions})
+    return {k: v for k, v in vars(parser.parse_args(argv, names)).items() if v is not unset}
+
+
+def pick_device(name):
+    """--device: 'auto' is CUDA when present, else the CPU; a device this machine lacks is a one-line error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"--device {name}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: this machine has no CUDA device (use --device cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available on this machine")
+    return device
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def pick_dtype(name, device):
+    """--dtype: 'auto' is bf16 on a GPU that has it, fp32 elsewhere (CPUs without bf16 units are ~100x slower)."""
+    if name != "auto":
+        return DTYPES[name]
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+
+
+GPU_BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
+
+
+def matmul_peak(device, dtype, n=1024, repeats=4):
+    """FLOP/s of a large square matmul measured now: the honest MFU denominator on any machine."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync()
+    return 2 * n**3 * repeats / (time.perf_counter() - t0)
+
+
+def peak_flops(device, dtype):
+    """The datasheet's dense bf16 peak of a known GPU, else a matmul measured now."""
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        name = torch.cuda.get_device_name(device)
+        for key, peak in GPU_BF16_PEAK.items():
+            if key in name:
+                return peak
+    return matmul_peak(device, dtype)

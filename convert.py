@@ -12,16 +12,17 @@ Tensors are streamed one at a time in their source dtype, so a 7B model is held 
 import argparse
 import datetime
 import json
+import re
 import struct
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from checkpoint import check_shapes, from_hf, hf_twin, load_checkpoint, load_torch_file, save_checkpoint
-from download import download_model
-from model import HelpFormatter, ModelConfig, UserError
+from checkpoint import HelpFormatter, check_shapes, load_checkpoint, load_torch_file, save_checkpoint
+from data.download import download_model
+from model import ModelConfig, UserError
 from tokenizer import GPT2_FILES, SENTENCEPIECE_FILES
 
 # Mask tokens of the released diffusion checkpoints.
@@ -87,43 +88,22 @@ def read_llama2c(path):
         raise UserError(f"{path} does not have a valid llama2.c header")
     shared = vocab > 0
     vocab, hd, kv_dim = abs(vocab), dim // n_heads, n_kv * (dim // n_heads)
-    shapes = [
-        ("tok_emb", (vocab, dim)),
-        ("rms_att", (n_layers, dim)),
-        ("wq", (n_layers, dim, dim)),
-        ("wk", (n_layers, kv_dim, dim)),
-        ("wv", (n_layers, kv_dim, dim)),
-        ("wo", (n_layers, dim, dim)),
-        ("rms_ffn", (n_layers, dim)),
-        ("w1", (n_layers, hidden, dim)),
-        ("w2", (n_layers, dim, hidden)),
-        ("w3", (n_layers, hidden, dim)),
-        ("rms_final", (dim,)),
-        ("freq_real", (seq_len, hd // 2)),
-        ("freq_imag", (seq_len, hd // 2)),
-    ] + ([] if shared else [("wcls", (vocab, dim))])
-    numel = sum(torch.Size(s).numel() for _, s in shapes)
+    layer = {"rms_att": (dim,), "wq": (dim, dim), "wk": (kv_dim, dim), "wv": (kv_dim, dim), "wo": (dim, dim)}
+    layer |= {"rms_ffn": (dim,), "w1": (hidden, dim), "w2": (dim, hidden), "w3": (hidden, dim)}
+    shapes = {"tok_emb": (vocab, dim), **{k: (n_layers, *shape) for k, shape in layer.items()}, "rms_final": (dim,)}
+    shapes |= {"freq_real": (seq_len, hd // 2), "freq_imag": (seq_len, hd // 2)}  # unused RoPE tables
+    shapes |= {} if shared else {"wcls": (vocab, dim)}
+    numel = sum(torch.Size(s).numel() for s in shapes.values())
     if len(data) != 28 + 4 * numel:
         raise UserError(f"{path} has {len(data)} bytes but its header implies {28 + 4 * numel}: truncated or corrupted")
     flat = torch.frombuffer(bytearray(data[28:]), dtype=torch.float32)
     w, offset = {}, 0
-    for name, shape in shapes:
+    for name, shape in shapes.items():
         n = torch.Size(shape).numel()
         w[name] = flat[offset : offset + n].view(shape)
         offset += n
-    cfg = ModelConfig(
-        arch="llama",
-        vocab_size=vocab,
-        block_size=seq_len,
-        n_layer=n_layers,
-        n_head=n_heads,
-        n_kv_head=n_kv,
-        n_embd=dim,
-        ffn_dim=hidden,
-        norm_eps=1e-5,
-        rope_theta=10000.0,
-        tie_embeddings=shared,
-    )
+    sizes = dict(vocab_size=vocab, block_size=seq_len, n_layer=n_layers, n_head=n_heads, n_kv_head=n_kv, n_embd=dim)
+    cfg = ModelConfig(arch="llama", **sizes, ffn_dim=hidden, norm_eps=1e-5, rope_theta=10000.0, tie_embeddings=shared)
     state = {"tok_emb.weight": w["tok_emb"], "norm.weight": w["rms_final"]}
     if not shared:
         state["lm_head.weight"] = w["wcls"]
@@ -139,49 +119,161 @@ def read_llama2c(path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Hugging Face configs -> ModelConfig
+# Hugging Face's names for our config fields and tensors, both ways: convert.py reads HF checkpoints
+# through these tables, hf_twin (tests, bench, --check) builds transformers' model from ours.
+
+HF_CONFIG = [  # our ModelConfig field, GPT-2's config key, LLaMA's (None: not in that config)
+    ("block_size", "n_positions", "max_position_embeddings"),
+    ("n_layer", "n_layer", "num_hidden_layers"),
+    ("n_head", "n_head", "num_attention_heads"),
+    ("n_kv_head", None, "num_key_value_heads"),
+    ("n_embd", "n_embd", "hidden_size"),
+    ("head_dim", None, "head_dim"),
+    ("ffn_dim", "n_inner", "intermediate_size"),
+    ("norm_eps", "layer_norm_epsilon", "rms_norm_eps"),
+    ("rope_theta", None, "rope_theta"),
+    ("tie_embeddings", None, "tie_word_embeddings"),
+]
+# HF's defaults for the keys a config may leave out (0: ModelConfig derives the value)
+HF_DEFAULTS = {"n_inner": 0, "layer_norm_epsilon": 1e-5, "num_key_value_heads": 0, "head_dim": 0, "rms_norm_eps": 1e-6}
+HF_DEFAULTS |= {"rope_theta": 10000.0, "tie_word_embeddings": False}
 
 
-def gpt2_config(hf, vocab_size):
-    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise UserError(f"unsupported GPT-2 activation {hf['activation_function']!r}")
-    if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
-        raise UserError(
-            "unsupported GPT-2 attention variant (scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn)"
-        )
-    return ModelConfig(
-        arch="gpt2",
-        vocab_size=vocab_size,
-        block_size=hf["n_positions"],
-        n_layer=hf["n_layer"],
-        n_head=hf["n_head"],
-        n_embd=hf["n_embd"],
-        ffn_dim=hf.get("n_inner") or 0,
-        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        tie_embeddings=True,
-    )
+def hf_config_keys(arch):
+    """{our ModelConfig field: HF's config key} of an architecture."""
+    column = 1 if arch == "gpt2" else 2
+    return {row[0]: row[column] for row in HF_CONFIG if row[column]}
 
 
-def llama_config(hf, vocab_size):
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise UserError(f"unsupported RoPE scaling {rope!r}")
-    if hf.get("attention_bias") or hf.get("mlp_bias") or hf.get("hidden_act", "silu") != "silu":
-        raise UserError("unsupported LLaMA variant (attention_bias, mlp_bias or an activation other than silu)")
-    return ModelConfig(
-        arch="llama",
-        vocab_size=vocab_size,
-        block_size=hf["max_position_embeddings"],
-        n_layer=hf["num_hidden_layers"],
-        n_head=hf["num_attention_heads"],
-        n_kv_head=hf.get("num_key_value_heads") or 0,
-        n_embd=hf["hidden_size"],
-        head_dim=hf.get("head_dim") or 0,
-        ffn_dim=hf["intermediate_size"],
-        norm_eps=hf.get("rms_norm_eps", 1e-6),
-        rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-    )
+def config_from_hf(arch, hf, vocab_size, where):
+    """A Hugging Face config.json (GPT-2 or LLaMA) -> ModelConfig; variants we do not implement are refused."""
+    if arch == "gpt2":
+        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise UserError(f"unsupported GPT-2 activation {hf['activation_function']!r}")
+        if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
+            raise UserError("unsupported GPT-2 attention (scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn)")
+    else:
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise UserError(f"unsupported RoPE scaling {rope!r}")
+        if hf.get("attention_bias") or hf.get("mlp_bias") or hf.get("hidden_act", "silu") != "silu":
+            raise UserError("unsupported LLaMA variant (attention_bias, mlp_bias or an activation other than silu)")
+        hf = {**hf, "rope_theta": rope.get("rope_theta", hf.get("rope_theta"))}  # newer transformers nest it
+    fields = {}
+    for ours, theirs in hf_config_keys(arch).items():
+        value = hf.get(theirs)
+        if value is None and theirs not in HF_DEFAULTS:
+            raise UserError(f"{where} lacks {theirs!r}")
+        fields[ours] = HF_DEFAULTS[theirs] if value is None else value
+    return ModelConfig(arch=arch, vocab_size=vocab_size, **fields)
+
+
+HF_NAMES = {  # HF module name -> ours; inside layer i, "h.{i}." / "layers.{i}." is stripped first
+    "gpt2": {
+        "top": {"wte": "tok_emb", "embed_tokens": "tok_emb", "wpe": "pos_emb", "ln_f": "norm", "lm_head": "lm_head"},
+        "layer": {
+            "ln_1": "attn_norm",
+            "ln_2": "mlp_norm",
+            "attn.c_attn": "attn.wqkv",
+            "attn.c_proj": "attn.wo",
+            "mlp.c_fc": "mlp.up",
+            "mlp.c_proj": "mlp.down",
+        },
+    },
+    "llama": {  # several HF modules for one of ours: fused in this order (q, k, v; gate, up)
+        "top": {"embed_tokens": "tok_emb", "norm": "norm", "lm_head": "lm_head"},
+        "layer": {
+            "input_layernorm": "attn_norm",
+            "post_attention_layernorm": "mlp_norm",
+            "self_attn.q_proj": "attn.wqkv",
+            "self_attn.k_proj": "attn.wqkv",
+            "self_attn.v_proj": "attn.wqkv",
+            "self_attn.o_proj": "attn.wo",
+            "mlp.gate_proj": "mlp.up",
+            "mlp.up_proj": "mlp.up",
+            "mlp.down_proj": "mlp.down",
+        },
+    },
+}
+HF_PREFIX = {"gpt2": "transformer.", "llama": "model."}
+HF_SKIPPED = ("attn", "self_attn.rotary_emb")  # buffers of old transformers versions: causal masks, RoPE tables
+
+
+def is_conv1d(arch, name, param):
+    """GPT-2's Conv1D layers store their weight as [in, out]: transposed from nn.Linear's [out, in]."""
+    return arch == "gpt2" and param == "weight" and name.startswith(("attn.", "mlp."))
+
+
+def from_hf(arch, tensors):
+    """Stream (HF name, tensor) -> (our name, tensor), holding only the parts of a fused matrix."""
+    table, label = HF_NAMES[arch], {"gpt2": "GPT-2", "llama": "LLaMA"}[arch]
+    pending = {}  # our fused name -> {HF name: tensor}
+    for key, t in tensors:
+        module, _, param = key.removeprefix(HF_PREFIX[arch]).removeprefix("denoise_model.").rpartition(".")
+        layer = re.fullmatch(r"(?:h|layers)\.(\d+)\.(.+)", module)
+        if layer and layer[2] in HF_SKIPPED:
+            continue
+        theirs, names = (layer[2], table["layer"]) if layer else (module, table["top"])
+        if theirs not in names:
+            raise UserError(f"unexpected {label} tensor {key}")
+        ours = f"layers.{layer[1]}.{names[theirs]}" if layer else names[theirs]
+        t = t.t() if layer and is_conv1d(arch, names[theirs], param) else t
+        parts = [n for n, o in names.items() if o == names[theirs]] if layer else [theirs]
+        if len(parts) == 1:
+            yield f"{ours}.{param}", t
+            continue
+        group = pending.setdefault(f"{ours}.{param}", {})
+        group[theirs] = t
+        if len(group) == len(parts):
+            del pending[f"{ours}.{param}"]
+            yield f"{ours}.{param}", torch.cat([group[p] for p in parts])
+    if pending:
+        raise UserError(f"incomplete weights: {sorted(pending)[0]} lacks some of its parts")
+
+
+def to_hf(model):
+    """Our weights under HF's names (GPT2LMHeadModel / LlamaForCausalLM): the inverse of from_hf."""
+    cfg, table = model.cfg, HF_NAMES[model.cfg.arch]
+    fused_sizes = {
+        "attn.wqkv": [cfg.n_head * cfg.head_dim] + [cfg.n_kv_head * cfg.head_dim] * 2,
+        "mlp.up": [cfg.ffn_dim] * 2,
+    }
+    state = {}
+    for key, t in model.state_dict().items():
+        module, _, param = key.rpartition(".")
+        layer = re.fullmatch(r"layers\.(\d+)\.(.+)", module)
+        ours, names = (layer[2], table["layer"]) if layer else (module, table["top"])
+        parts = [n for n, o in names.items() if o == ours]
+        if not layer:
+            parts = parts[:1]  # GPT-2's embedding has two HF names (wte, and DiffuGPT's embed_tokens): the first
+        pieces = t.split(fused_sizes[ours]) if len(parts) > 1 else [t]
+        for theirs, piece in zip(parts, pieces):
+            if theirs == "lm_head":
+                name = f"lm_head.{param}"
+            elif layer:
+                name = f"{HF_PREFIX[cfg.arch]}{'h' if cfg.arch == 'gpt2' else 'layers'}.{layer[1]}.{theirs}.{param}"
+            else:
+                name = f"{HF_PREFIX[cfg.arch]}{theirs}.{param}"
+            state[name] = (piece.t() if is_conv1d(cfg.arch, ours, param) else piece).detach().clone()
+    return state
+
+
+def hf_twin(model):
+    """transformers' GPT2LMHeadModel or LlamaForCausalLM with our model's weights (the official code's engine)."""
+    import transformers
+
+    cfg = model.cfg
+    settings = {theirs: getattr(cfg, ours) for ours, theirs in hf_config_keys(cfg.arch).items()}
+    if cfg.arch == "gpt2":
+        hf_cfg = transformers.GPT2Config(vocab_size=cfg.vocab_size, bos_token_id=0, eos_token_id=0, **settings)
+        hf = transformers.GPT2LMHeadModel(hf_cfg)
+    else:
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=cfg.vocab_size, **settings))
+    loaded = hf.load_state_dict(to_hf(model), strict=False)  # a tied head is stored once
+    missing = [k for k in loaded.missing_keys if not (k == "lm_head.weight" and cfg.tie_embeddings)]
+    assert not missing and not loaded.unexpected_keys, (missing, loaded.unexpected_keys)
+    hf.tie_weights()
+    return hf.to(model.tok_emb.weight.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,11 +322,21 @@ def is_hub_id(src):
     return len(parts) <= 2 and all(parts) and not src.startswith((".", "~")) and not src.endswith(".bin")
 
 
+@dataclass
+class Source:
+    """A model read from disk, in our names."""
+
+    cfg: ModelConfig
+    state: dict  # our name -> tensor
+    kind: str  # "llama2c", "hf-gpt2", "hf-llama" or "diffugpt"
+    objective: str  # what it was trained for: "ar" or "diffusion"
+    mask_id: int | None  # a released diffusion checkpoint's mask token
+
+
 def load_source(src):
-    """-> (cfg, state dict in our naming, source description, default objective, released mask id or None)."""
+    """A llama2.c file or a Hugging Face directory -> Source."""
     if src.is_file():
-        cfg, state = read_llama2c(src)
-        return cfg, state, "llama2c", "ar", None
+        return Source(*read_llama2c(src), "llama2c", "ar", None)
     if not (src / "config.json").is_file():
         raise UserError(f"{src} has no config.json: not a Hugging Face model directory")
     try:
@@ -259,10 +361,7 @@ def load_source(src):
     if "tok_emb.weight" not in state:
         raise UserError(f"{src} has no token embedding")
     vocab_size = state["tok_emb.weight"].shape[0]
-    try:
-        cfg = gpt2_config(hf, vocab_size) if kind == "gpt2" else llama_config(hf, vocab_size)
-    except KeyError as e:
-        raise UserError(f"{src / 'config.json'} lacks {e}") from None
+    cfg = config_from_hf(kind, hf, vocab_size, src / "config.json")
     head = state.get("lm_head.weight")
     if head is not None and cfg.tie_embeddings:
         if head.shape == state["tok_emb.weight"].shape and torch.equal(head, state["tok_emb.weight"]):
@@ -272,8 +371,9 @@ def load_source(src):
     # DiffuGPT's own layout wraps GPT-2 in denoise_model.*: its mask is 10541 (S) or an added 50257 (M)
     # unless its tokenizer says otherwise (released_mask_id)
     if kind == "gpt2" and "denoise_model" in prefixes:
-        return cfg, state, "diffugpt", "diffusion", DIFFUGPT_M_MASK if vocab_size > DIFFUGPT_M_MASK else DIFFUGPT_S_MASK
-    return cfg, state, f"hf-{kind}", "ar", None
+        mask_id = DIFFUGPT_M_MASK if vocab_size > DIFFUGPT_M_MASK else DIFFUGPT_S_MASK
+        return Source(cfg, state, "diffugpt", "diffusion", mask_id)
+    return Source(cfg, state, f"hf-{kind}", "ar", None)
 
 
 def released_mask_id(src, spec, files):
@@ -361,24 +461,20 @@ def check_against_transformers(src, kind, out):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    p.add_argument("src", help="HF model directory, llama2.c .bin file, or hub id")
-    p.add_argument("out", help="checkpoint directory to write")
-    p.add_argument("--tokenizer", help="tokenizer file or directory (needed for llama2.c)")
-    p.add_argument(
-        "--mask-token",
-        default=None,
-        help="'new' appends a mask token; an integer reuses that id "
-        "(default: new for AR sources, the released id for DiffuGPT / DiffuLLaMA)",
-    )
-    p.add_argument(
+    a = p.add_argument
+    a("src", help="HF model directory, llama2.c .bin file, or hub id")
+    a("out", help="checkpoint directory to write")
+    a("--tokenizer", help="tokenizer file or directory (needed for llama2.c)")
+    a("--mask-token", help="'new' appends one, an integer reuses that id (default: new, or the released id)")
+    a(
         "--mask-init",
         choices=["mean", "noisy-mean"],
         default="mean",
-        help="a new mask token's embedding: the mean of the others, or that plus N(0, 1/d) noise (LLaMA-Factory's)",
+        help="a new mask's embedding: mean, or + N(0, 1/d)",
     )
-    p.add_argument("--objective", choices=["ar", "diffusion"], help="override what the source was trained for")
-    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    p.add_argument("--check", action="store_true", help="compare logits with transformers after converting")
+    a("--objective", choices=["ar", "diffusion"], help="override what the source was trained for")
+    a("--force", action="store_true", help="overwrite OUT if it exists")
+    a("--check", action="store_true", help="compare logits with transformers after converting")
     args = p.parse_args(argv)
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -396,7 +492,8 @@ def main(argv=None):
         if not is_hub_id(args.src):
             raise UserError(f"source {args.src} does not exist")
         hub_id, src = args.src, download_model(args.src)
-    cfg, state, kind, objective, released_mask = load_source(src)
+    source = load_source(src)
+    cfg, state = source.cfg, source.state
 
     if args.tokenizer and not Path(args.tokenizer).exists():
         raise UserError(f"tokenizer {args.tokenizer} does not exist")
@@ -408,18 +505,18 @@ def main(argv=None):
         )
     spec, files = tok
     declared = None if src.is_file() else released_mask_id(src, spec, files)
+    label = source.kind
     if declared is not None:  # a released diffusion checkpoint, whatever its directory is called
-        objective, released_mask = "diffusion", declared
-    label = {"hf-gpt2": "diffugpt", "hf-llama": "diffullama"}.get(kind, kind) if declared is not None else kind
+        source.objective, source.mask_id = "diffusion", declared
+        label = {"hf-gpt2": "diffugpt", "hf-llama": "diffullama"}.get(source.kind, source.kind)
     n_tok, bos, eos = tokenizer_size_and_ids(spec, files)
     if n_tok > cfg.vocab_size:
         raise UserError(
             f"the tokenizer has {n_tok} tokens but the model's vocabulary only {cfg.vocab_size}: wrong tokenizer?"
         )
-
     check_shapes(state, cfg, args.src)
 
-    choice = args.mask_token or ("new" if released_mask is None else str(released_mask))
+    choice = args.mask_token or ("new" if source.mask_id is None else str(source.mask_id))
     if choice == "new":
         mask_id = add_mask_token(cfg, state, args.mask_init)
     else:
@@ -429,7 +526,7 @@ def main(argv=None):
 
     meta = {
         "model": asdict(cfg),
-        "objective": args.objective or objective,
+        "objective": args.objective or source.objective,
         "mask_token_id": mask_id,
         "bos_token_id": bos,
         "eos_token_id": eos,
@@ -442,13 +539,14 @@ def main(argv=None):
         },
     }
     save_checkpoint(out, state, meta, tokenizer_from=files, overwrite=args.force)
+    params = sum(t.numel() for t in state.values()) / 1e6
     print(
-        f"wrote {out}: {label}, {cfg.arch}, {sum(t.numel() for t in state.values()) / 1e6:.2f}M params, "
-        f"vocab {cfg.vocab_size}, mask token {mask_id}, objective {meta['objective']}",
+        f"wrote {out}: {label}, {cfg.arch}, {params:.2f}M params, vocab {cfg.vocab_size}, mask token {mask_id}, "
+        f"objective {meta['objective']}",
         file=sys.stderr,
     )
     if args.check:
-        check_against_transformers(src, kind, out)
+        check_against_transformers(src, source.kind, out)
 
 
 if __name__ == "__main__":

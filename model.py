@@ -16,9 +16,7 @@ Read top to bottom, this is Section 3 and Algorithm 1 of Gong et al. (ICLR 2025)
     with probability min(1, (s+1)/A); after A steps, full attention.
 """
 
-import argparse
 import math
-import time
 from dataclasses import dataclass, fields
 
 import torch
@@ -29,15 +27,6 @@ import torch.utils.checkpoint
 
 class UserError(Exception):
     """A problem with the user's input; scripts print it as one line and exit non-zero."""
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """The scripts' --help: each option's default, unless it is empty (None, False, "", [])."""
-
-    def _get_help_string(self, action):
-        empty = action.default is None or action.default is False or action.default in ("", [])
-        said = "default" in (action.help or "")
-        return action.help if empty or said else super()._get_help_string(action)
 
 
 @dataclass
@@ -325,11 +314,14 @@ def ar_loss(model, x, targets=None):
     return F.cross_entropy(model(x, attn="causal", where=where), x[:, 1:][where[:, :-1]], reduction="none")
 
 
-def noise_levels(n, seed=None):
-    """n noise levels t over (EPS, 1): the midpoints of n equal strata, or with a seed one uniform
-    draw in each stratum (stratified Monte Carlo). Used to estimate the ELBO, E_t[(1/t) Σ CE]."""
-    u = [0.5] * n if seed is None else torch.rand(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return [EPS + (1 - EPS) * (j + u[j]) / n for j in range(n)]
+def noise_levels(n, seed=None, offset=0.5, eps=EPS):
+    """n noise levels, one in each of n equal strata of (eps, 1): eps + (1 - eps) (j + u_j) / n.
+
+    u_j = offset (0.5: the strata's midpoints, a fixed grid), or with a seed one uniform draw per stratum
+    (stratified Monte Carlo, for the ELBO E_t[(1/t) Σ CE]). The official choice score's t = j/T,
+    j = 1..T, is offset 1 with eps 0."""
+    u = [offset] * n if seed is None else torch.rand(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return [eps + (1 - eps) * (j + u[j]) / n for j in range(n)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,33 +405,3 @@ def flex_attention(q, k, v, block_mask, enable_gqa):
     if _compiled_flex_attention is None:
         _compiled_flex_attention = torch.compile(fa.flex_attention)
     return _compiled_flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
-
-
-# ---------------------------------------------------------------------------------------------
-# Speed accounting: the denominator of MFU
-
-GPU_BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
-
-
-def matmul_peak(device, dtype, n=1024, repeats=4):
-    """FLOP/s of a large square matmul measured now: the honest MFU denominator on any machine."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    a @ b
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    sync()
-    return 2 * n**3 * repeats / (time.perf_counter() - t0)
-
-
-def peak_flops(device, dtype):
-    """The datasheet's dense bf16 peak of a known GPU, else a matmul measured now."""
-    if device.type == "cuda" and dtype == torch.bfloat16:
-        name = torch.cuda.get_device_name(device)
-        for key, peak in GPU_BF16_PEAK.items():
-            if key in name:
-                return peak
-    return matmul_peak(device, dtype)

@@ -24,7 +24,6 @@ Standard output carries only the samples; progress, speed and --show go to stand
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -33,9 +32,20 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import load_checkpoint, pick_device, pick_dtype
-from corpus import read_text
-from model import HelpFormatter, UserError, mix, predicting
+from checkpoint import (
+    COUNT,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    HelpFormatter,
+    add_device_options,
+    atomic_write,
+    load_checkpoint,
+    pick_device,
+    pick_dtype,
+)
+from data.corpus import read_text
+from model import UserError, mix, predicting
 from tokenizer import MASK_GLYPH, load_tokenizer
 
 STRATEGIES = ("random", "confidence", "margin", "entropy")
@@ -51,63 +61,56 @@ class Sampling:
     greedy: bool = False  # always the most probable token
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How diffusion decoding proceeds (the module's docstring says what each option does)."""
+
+    steps: int = 0  # denoising steps T (0: one token per step)
+    strategy: str = "random"  # which masked tokens a step reveals: one of STRATEGIES
+    sampling: Sampling = Sampling()  # how each predicted token is drawn (AR decoding uses only this)
+    threshold: float | None = None  # also reveal every token more probable than this (Fast-dLLM)
+    block_length: int = 0  # semi-autoregressive blocks of this many tokens (0: one block)
+    cache: bool = False  # approximate key/value cache (Denoiser)
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Diffusion decoding (the paper's Algorithm 2)
 
 
-def generate(model, prefix, length, *, suffix=(), num_samples=1, seed=0, **options):
+def generate(model, prefix, length, decoding=Decoding(), *, suffix=(), num_samples=1, seed=0, **options):
     """Diffusion decoding of one prompt -> (tokens (num_samples, len(prefix) + length + len(suffix)), forward passes).
 
     prefix: token ids starting with BOS; suffix: ids kept after the generated part (infilling).
-    options: those of generate_batch. Sample s draws from its own stream, mix(seed, s)."""
+    options: generate_batch's. Sample s draws from its own stream, mix(seed, s)."""
     rows = [(list(prefix), list(suffix))] * num_samples
-    return generate_batch(model, rows, length, seeds=[mix(seed, s) for s in range(num_samples)], **options)
+    return generate_batch(model, rows, length, decoding, seeds=[mix(seed, s) for s in range(num_samples)], **options)
 
 
 @torch.no_grad()
-def generate_batch(
-    model,
-    rows,
-    length,
-    *,
-    seeds,
-    mask_id,
-    steps=None,
-    strategy="random",
-    sampling=Sampling(),
-    threshold=None,
-    block_length=0,
-    shift=True,
-    vocab=None,
-    cache=False,
-    on_step=None,
-):
+def generate_batch(model, rows, length, decoding=Decoding(), *, seeds, mask_id, shift=True, vocab=None, on_step=None):
     """Diffusion decoding of many prompts at once -> (tokens (B, longest row), forward passes).
 
     rows: [(prefix ids, suffix ids)], each decoded into prefix + `length` tokens + suffix, the shorter
     ones padded on the right. Padding changes no result: no query attends to it, nothing predicts it,
     and row b draws every random number from its own generator (seeds[b]), so a row decodes to what
     it decodes to alone (up to float rounding; --cache: approximately, see Denoiser).
-    threshold, block_length: see the module's docstring; cache: see Denoiser.
+    shift: as the checkpoint was trained; vocab: the tokenizer's size (never produce ids beyond it);
     on_step(tokens, step): called after every step (the --show display).
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}")
     device = model.tok_emb.weight.device
     starts = [len(p) for p, _ in rows]  # where each row's generated span begins
-    ends = [len(p) + length + len(s) for p, s in rows]
-    x = torch.zeros(len(rows), max(ends), dtype=torch.long, device=device)
-    masked = torch.zeros_like(x, dtype=torch.bool)
-    for b, (prefix, suffix) in enumerate(rows):
-        x[b, : ends[b]] = torch.tensor([*prefix, *[mask_id] * length, *suffix])
-        masked[b, starts[b] : starts[b] + length] = True
-    # no query attends to padding: a (B, 1, 1, L) key mask, or "full" when no row is padded
-    real = torch.arange(x.shape[1], device=device) < torch.tensor(ends, device=device)[:, None]
-    attn = "full" if real.all() else real[:, None, None]
+    x, real = pad_right([[*p, *[mask_id] * length, *s] for p, s in rows], device)
+    masked = torch.zeros_like(real)
+    for b, start in enumerate(starts):
+        masked[b, start : start + length] = True
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    denoiser = Denoiser(model, x.shape, mask_id, vocab, shift, cache, attn)
-    step = 0
-    for lo, hi, budget in block_schedule(0, length, block_length, steps or length):
+    denoiser = Denoiser(model, x.shape, mask_id, vocab, shift, decoding.cache, key_mask(real))
+    strategy, threshold, step = decoding.strategy, decoding.threshold, 0
+    for lo, hi, budget in block_schedule(0, length, decoding.block_length, decoding.steps or length):
         in_block = torch.zeros_like(masked)
         for b, start in enumerate(starts):
             in_block[b, start + lo : start + hi] = True
@@ -125,7 +128,7 @@ def generate_batch(
             if predict.any():
                 # 1. predict the masked positions: a token and its distribution for each
                 logits = denoiser(x, predict, eligible)  # (N, V), one row per predicted position
-                tokens, probs = sample_rows(logits, predict.sum(1).tolist(), sampling, generators)
+                tokens, probs = sample_rows(logits, predict.sum(1).tolist(), decoding.sampling, generators)
                 # 2. choose which to reveal, leaving as many masked as this block's remaining steps need
                 keep = (hi - lo) * (k - 1) // budget
                 reveal = choose(strategy, eligible, tokens, probs, keep, threshold, picked)
@@ -139,6 +142,20 @@ def generate_batch(
             if on_step:
                 on_step(x, step)
     return x, denoiser.forwards
+
+
+def pad_right(rows, device):
+    """Token lists -> (x (B, longest) padded on the right with 0, real (B, longest): where x holds a token)."""
+    lengths = torch.tensor([len(ids) for ids in rows], device=device)
+    x = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long, device=device)
+    for b, ids in enumerate(rows):
+        x[b, : len(ids)] = torch.tensor(ids)
+    return x, torch.arange(x.shape[1], device=device) < lengths[:, None]
+
+
+def key_mask(real):
+    """Full attention to every real token and none to padding: a (B, 1, 1, L) mask, or "full" when nothing is padded."""
+    return "full" if real.all() else real[:, None, None]
 
 
 def per_row_uniforms(shape, starts, length, eligible, generators):
@@ -195,12 +212,8 @@ class Denoiser:
             else:
                 cols = (eligible | self.stale | where).any(0).nonzero().squeeze(1)
                 out = self.model(x[:, cols], attn=self.attn, where=where[:, cols], cache=self.kv, start=cols)
-            self.logits, self.fresh, self.forwards = (
-                valid_logits(out, self.mask_id, self.vocab),
-                False,
-                self.forwards + 1,
-            )
-            self.stale = torch.zeros_like(self.stale)
+            self.logits = valid_logits(out, self.mask_id, self.vocab)
+            self.fresh, self.forwards, self.stale = False, self.forwards + 1, torch.zeros_like(self.stale)
         return self.logits
 
     def revealed(self, reveal):
@@ -318,53 +331,16 @@ def nucleus(probs, top_p):
 
 
 @torch.no_grad()
-def generate_ar(
-    model,
-    prefix,
-    length,
-    *,
-    mask_id,
-    eos_id=None,
-    sampling=Sampling(),
-    num_samples=1,
-    seed=0,
-    vocab=None,
-    use_cache=True,
-):
-    """Autoregressive sampling with a KV cache -> (tokens (num_samples, len(prefix) + generated), forward passes)."""
-    device = model.tok_emb.weight.device
-    x = torch.tensor([list(prefix)], device=device).repeat(num_samples, 1)
-    cache = model.make_cache(num_samples, len(prefix) + length) if use_cache else None
-    generator = torch.Generator(device=device).manual_seed(seed)
-    last = torch.zeros_like(x, dtype=torch.bool)
-    last[:, -1] = True
-    logits = model(x, attn="causal", where=last, cache=cache)  # prefill
-    done = torch.zeros(num_samples, dtype=torch.bool, device=device)
-    for i in range(length):
-        token, _ = sample_tokens(valid_logits(logits, mask_id, vocab), sampling, generator)
-        x = torch.cat([x, token[:, None]], dim=1)
-        done |= token == eos_id
-        if done.all() or i == length - 1:
-            return x, i + 1
-        if use_cache:
-            logits = model(token[:, None], attn="causal", cache=cache, start=x.shape[1] - 1)[:, -1]
-        else:
-            logits = model(x, attn="causal")[:, -1]
-    return x, length
+def generate_ar(model, prefixes, length, *, seeds, mask_id, eos_id=None, sampling=Sampling(), vocab=None):
+    """AR sampling with a KV cache -> ([tokens of each row: its prefix + what it generated], forward passes).
 
-
-@torch.no_grad()
-def generate_ar_batch(model, prefixes, length, *, seeds, mask_id, eos_id=None, sampling=Sampling(), vocab=None):
-    """AR sampling of many prompts at once -> [tokens of each row: its prefix + what it generated], forward passes.
-
-    The prompts are right-padded for one prefill; then every row writes its next token at its own
-    position (model positions (B, 1)), and attends to its slots up to there: the padding it prefilled
-    is overwritten before it is ever attended to. Each row draws from its own generator (seeds[b])."""
+    Many prompts at once: they are right-padded for one prefill; then every row writes its next token at
+    its own position (model positions (B, 1)) and attends to its slots up to there, so the padding it
+    prefilled is overwritten before it is ever attended to. Row b draws from its own generator (seeds[b]).
+    Generation stops after `length` tokens, or once every row has produced eos_id."""
     device, B = model.tok_emb.weight.device, len(prefixes)
-    lengths = torch.tensor([len(p) for p in prefixes], device=device)
-    x = torch.zeros(B, int(lengths.max()), dtype=torch.long, device=device)
-    for b, prefix in enumerate(prefixes):
-        x[b, : len(prefix)] = torch.tensor(prefix)
+    x, real = pad_right(prefixes, device)
+    lengths = real.sum(1)
     cache = model.make_cache(B, x.shape[1] + length)
     last = torch.arange(x.shape[1], device=device) == lengths[:, None] - 1
     logits = model(x, attn="causal", where=last, cache=cache)  # prefill: (B, V), each row's last prompt token
@@ -384,15 +360,19 @@ def generate_ar_batch(model, prefixes, length, *, seeds, mask_id, eos_id=None, s
     return out, length
 
 
-def decode(
-    model, meta, prefix, length, *, vocab, suffix=(), sampling=Sampling(), num_samples=1, seed=0, **diffusion_options
-):
-    """Decode as the checkpoint was trained: AR sampling for an AR checkpoint (which cannot see a
-    suffix: it continues the prefix), else diffusion decoding with the checkpoint's shift."""
-    common = dict(mask_id=meta["mask_token_id"], sampling=sampling, num_samples=num_samples, seed=seed, vocab=vocab)
-    if meta["objective"] == "ar":
-        return generate_ar(model, prefix, length, **common)
-    return generate(model, prefix, length, suffix=suffix, shift=meta.get("shift", True), **common, **diffusion_options)
+def decode(model, meta, rows, length, decoding, *, seeds, vocab=None, eos_id=None, ar=None, on_step=None):
+    """Decode as the checkpoint was trained -> ([the generated ids of each row], forward passes).
+
+    AR sampling for an AR checkpoint (it continues the prefix: it cannot see a suffix), else diffusion
+    decoding with the checkpoint's shift; ar=True / False decodes the other way."""
+    prefixes, common = [p for p, _ in rows], dict(seeds=seeds, mask_id=meta["mask_token_id"], vocab=vocab)
+    if meta["objective"] == "ar" if ar is None else ar:
+        out, forwards = generate_ar(model, prefixes, length, eos_id=eos_id, sampling=decoding.sampling, **common)
+        return [ids[len(p) :] for ids, p in zip(out, prefixes)], forwards
+    x, forwards = generate_batch(
+        model, rows, length, decoding, shift=meta.get("shift", True), on_step=on_step, **common
+    )
+    return [row[len(p) : len(p) + length].tolist() for row, p in zip(x, prefixes)], forwards
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,12 +389,11 @@ def suffix_ids(tok, prompt, suffix):
     return tok.encode(suffix)
 
 
-def render(tok, ids, start, end, eos_id):
+def render(tok, prefix, generated, suffix, eos_id):
     """Text of one sample: prompt, generated part up to its first EOS, suffix, decoded in one pass
     (SentencePiece drops a piece's leading space at the start of a decode: decoded apart, words glue)."""
-    ids = ids.tolist()
-    prompt = [i for i in ids[:start] if i != tok.bos_id]
-    return tok.decode(prompt + until_eos(ids[start:end], eos_id) + ids[end:])
+    prompt = [i for i in prefix if i != tok.bos_id]
+    return tok.decode(prompt + until_eos(generated, eos_id) + list(suffix))
 
 
 def until_eos(generated, eos_id):
@@ -452,52 +431,34 @@ def parse_args(argv):
     a("--prompt", default="", help="text before the generated part")
     a("--prompt-file", type=Path, help="read the prompt from a file")
     a("--prompts", type=Path, help='many prompts: one a line, or a .jsonl of {"prompt", "suffix"?}; decoded in batches')
-    a("--batch-size", type=int, default=16, help="rows (samples of prompts) decoded together")
+    a("--batch-size", type=COUNT, default=16, help="rows (samples of prompts) decoded together")
     a("--output", type=Path, help="one JSON line per sample: prompt, suffix, text, tokens, forward_passes")
     a("--suffix", default="", help="text after the generated part (infilling)")
-    a("--length", type=int, default=128, help="tokens to generate")
-    a("--num-samples", type=int, default=1, help="samples of the same prompt, decoded together")
+    a("--length", type=COUNT, default=128, help="tokens to generate")
+    a("--num-samples", type=COUNT, default=1, help="samples of the same prompt, decoded together")
     a("--seed", type=int, default=0, help="sampling seed")
-    # how
-    # defaults: the official inference script's values (64 steps, temperature 0.95, top-p 0.9) in the
+    # how: the defaults are the official inference script's (64 steps, temperature 0.95, top-p 0.9) in the
     # confidence order, which gives text where its random order gives noise on a small model (README)
-    a("--steps", type=int, default=64, help="denoising steps T (at most --length)")
+    a("--steps", type=COUNT, default=64, help="denoising steps T (at most --length)")
     a("--strategy", choices=STRATEGIES, default="confidence", help="which masked tokens a step reveals")
-    a("--temperature", type=float, default=0.95, help="softmax temperature (1 with --top-p 1: the unbiased sampler)")
-    a("--top-k", type=int, default=0, help="keep the k most probable tokens (0: all)")
-    a("--top-p", type=float, default=0.9, help="nucleus: keep the most probable tokens up to this mass (1: all)")
+    a("--temperature", type=POSITIVE, default=0.95, help="softmax temperature (1 with --top-p 1: unbiased)")
+    a("--top-k", type=NON_NEGATIVE, default=0, help="keep the k most probable tokens (0: all)")
+    a("--top-p", type=PROBABILITY, default=0.9, help="nucleus: keep the most probable tokens up to this mass (1: all)")
     a("--greedy", action="store_true", help="always the most probable token")
-    a("--threshold", type=float, help="also reveal every token with probability above this (0, 1]")
-    a("--block-length", type=int, default=0, help="semi-autoregressive blocks of this many tokens")
-    a(
-        "--cache",
-        action="store_true",
-        help="approximate: reuse the keys/values of positions that are neither masked "
-        "nor just revealed (Fast-dLLM, dKV-Cache)",
-    )
+    a("--threshold", type=PROBABILITY, help="also reveal every token with probability above this (0, 1]")
+    a("--block-length", type=NON_NEGATIVE, default=0, help="semi-autoregressive blocks of this many tokens")
+    a("--cache", action="store_true", help="approximate: reuse the keys/values of settled positions (Fast-dLLM)")
     a("--ar", action="store_true", help="plain autoregressive sampling with a KV cache")
     # output and system
     a("--show", action="store_true", help="draw the denoising as it happens (standard error)")
-    a("--device", default="auto", help="auto: CUDA when present, else the CPU; or cpu, cuda, cuda:N")
-    a("--dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="auto: bf16 on a GPU, fp32 on CPU")
+    add_device_options(p)
     a("--compile", action="store_true", help="torch.compile the model (GPU; worth it for long or many decodes)")
     args = p.parse_args(argv)
-    if args.length < 1 or args.steps < 1 or args.num_samples < 1 or args.batch_size < 1:
-        raise UserError("--length, --steps, --num-samples and --batch-size must be at least 1")
-    if args.threshold is not None and not 0 < args.threshold <= 1:
-        raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
-    if not 0 < args.top_p <= 1 or args.top_k < 0 or args.temperature <= 0:
-        raise UserError("--top-p must be in (0, 1], --top-k at least 0, --temperature positive")
     args.steps = min(args.steps, args.length)  # more steps than tokens: the extra ones would reveal nothing
-    if args.block_length < 0:
-        raise UserError("--block-length must not be negative")
     if args.ar and args.suffix:
         raise UserError("--suffix needs diffusion decoding (drop --ar)")
     if args.prompt_file:
-        try:
-            args.prompt = read_text(args.prompt_file)
-        except OSError as e:
-            raise UserError(f"cannot read --prompt-file: {e}") from None
+        args.prompt = read_text(args.prompt_file, "--prompt-file")
     if args.prompts and (args.prompt or args.prompt_file or args.suffix):
         raise UserError("--prompts gives the prompts (and suffixes): drop --prompt, --prompt-file and --suffix")
     args.items = read_prompts(args.prompts) if args.prompts else [(args.prompt, args.suffix, None)]
@@ -508,12 +469,8 @@ def parse_args(argv):
 
 def read_prompts(path):
     """--prompts -> [(prompt, suffix, line number)]: one prompt a line, or JSONL {"prompt", "suffix"?}."""
-    try:
-        lines = read_text(path).splitlines()
-    except OSError as e:
-        raise UserError(f"cannot read --prompts: {e}") from None
     items = []
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(read_text(path, "--prompts").splitlines(), 1):
         if not line.strip():
             continue
         if path.suffix != ".jsonl":
@@ -543,80 +500,47 @@ def main(argv=None):
         total = len(prefix) + args.length + len(suffix_tokens)
         if total > model.cfg.block_size:
             where = f"{args.prompts}:{line}: " if line else ""
-            raise UserError(
-                f"{where}prompt ({len(prefix)}) + length ({args.length}) + suffix ({len(suffix_tokens)}) = {total} "
-                f"tokens exceeds the model's context of {model.cfg.block_size}"
-            )
+            sizes = f"prompt ({len(prefix)}) + length ({args.length}) + suffix ({len(suffix_tokens)}) = {total} tokens"
+            raise UserError(f"{where}{sizes} exceeds the model's context of {model.cfg.block_size}")
         encoded.append((prefix, suffix_tokens))
     blocks = -(-args.length // args.block_length) if args.block_length else 1
     if not args.ar and args.steps < blocks:
         raise UserError(f"--steps {args.steps} is fewer than the {blocks} blocks of --block-length {args.block_length}")
     if args.ar != (meta["objective"] == "ar"):
-        print(
-            f"note: {args.ckpt} was trained with the {meta['objective']} objective, decoding "
-            f"{'autoregressively' if args.ar else 'by diffusion'}",
-            file=sys.stderr,
-        )
+        how = "autoregressively" if args.ar else "by diffusion"
+        print(f"note: {args.ckpt} was trained with the {meta['objective']} objective, decoding {how}", file=sys.stderr)
 
-    # decode: every sample of every prompt, in the input's order -> (prompt index, tokens, where the generated
-    # part starts and ends, forward passes of its batch)
+    # decode every sample of every prompt, in batches; row (i, s) is sample s of prompt i, from its own stream
     sampling = Sampling(args.temperature, args.top_k, args.top_p, args.greedy)
-    options = dict(mask_id=meta["mask_token_id"], sampling=sampling, vocab=tok.n_vocab)
-    decoded, forwards, t0 = [], 0, time.perf_counter()
+    decoding = Decoding(args.steps, args.strategy, sampling, args.threshold, args.block_length, args.cache)
+    show = Show(tok, args.steps) if args.show else None
     rows = [(i, s) for i in range(len(encoded)) for s in range(args.num_samples)]
-    if args.ar:
-        for first in range(0, len(rows), args.batch_size):
-            batch = rows[first : first + args.batch_size]
-            seeds = [mix(args.seed, i, s) for i, s in batch]
-            out, passes = generate_ar_batch(
-                model, [encoded[i][0] for i, _ in batch], args.length, seeds=seeds, eos_id=tok.eos_id, **options
-            )
-            forwards += passes
-            decoded += [(i, torch.tensor(ids), len(encoded[i][0]), len(ids), passes) for (i, _), ids in zip(batch, out)]
-    else:
-        for first in range(0, len(rows), args.batch_size):
-            batch = rows[first : first + args.batch_size]
-            x, passes = generate_batch(
-                model,
-                [encoded[i] for i, _ in batch],
-                args.length,
-                seeds=[mix(args.seed, i, s) for i, s in batch],  # a sample draws the same in any batch
-                steps=args.steps,
-                strategy=args.strategy,
-                threshold=args.threshold,
-                block_length=args.block_length,
-                shift=meta.get("shift", True),
-                cache=args.cache,
-                on_step=Show(tok, args.steps) if args.show else None,
-                **options,
-            )
-            forwards += passes
-            for (i, _), row in zip(batch, x):
-                start, end = len(encoded[i][0]), len(encoded[i][0]) + args.length
-                decoded.append((i, row[: end + len(encoded[i][1])], start, end, passes))
+    generated, passes, total_passes, t0 = [], [], 0, time.perf_counter()  # passes: those of each row's batch
+    for first in range(0, len(rows), args.batch_size):
+        batch = rows[first : first + args.batch_size]
+        seeds = [mix(args.seed, i, s) for i, s in batch]  # a sample draws the same in any batch
+        options = dict(seeds=seeds, vocab=tok.n_vocab, eos_id=tok.eos_id, ar=args.ar, on_step=show)
+        ids, forwards = decode(model, meta, [encoded[i] for i, _ in batch], args.length, decoding, **options)
+        generated += ids
+        passes += [forwards] * len(batch)
+        total_passes += forwards
     elapsed = time.perf_counter() - t0
 
     # output: the texts on standard output, or one JSON line per sample in --output
-    texts = [render(tok, row, start, end, tok.eos_id) for _, row, start, end, _ in decoded]
+    texts = [render(tok, encoded[i][0], ids, encoded[i][1], tok.eos_id) for (i, _), ids in zip(rows, generated)]
     if args.output:
         records = [
-            {
-                "prompt": args.items[i][0],
-                "suffix": args.items[i][1],
-                "text": text,
-                "tokens": until_eos(row[start:end].tolist(), tok.eos_id),
-                "forward_passes": passes,
-            }
-            for (i, row, start, end, passes), text in zip(decoded, texts)
+            {"prompt": args.items[i][0], "suffix": args.items[i][1], "text": text}
+            | {"tokens": until_eos(ids, tok.eos_id), "forward_passes": n}
+            for (i, _), text, ids, n in zip(rows, texts, generated, passes)
         ]
-        tmp = args.output.with_name(f".{args.output.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        tmp.replace(args.output)
+        atomic_write(args.output, "".join(json.dumps(r) + "\n" for r in records))
     else:
         print(("\n\n" + "-" * 40 + "\n\n").join(texts))
-    generated = sum(end - start for _, _, start, end, _ in decoded)
-    speed = f"{generated} tokens in {elapsed:.2f} s ({generated / elapsed:,.1f} tokens/s), {forwards} forward passes"
-    print(speed, file=sys.stderr)
+    n = sum(map(len, generated))
+    print(
+        f"{n} tokens in {elapsed:.2f} s ({n / elapsed:,.1f} tokens/s), {total_passes} forward passes", file=sys.stderr
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ exactly, and gives the same result on one process or many with the same global b
 
 import argparse
 import contextlib
-import copy
+import functools
+import importlib.util
 import json
 import math
 import os
@@ -23,30 +24,36 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
-from checkpoint import load_checkpoint, load_torch_file, pick_device, pick_dtype, read_meta, save_checkpoint
-from model import (
-    EPS,
-    AnnealFlex,
+from checkpoint import (
+    COUNT,
+    NON_NEGATIVE,
+    POSITIVE,
     HelpFormatter,
-    UserError,
-    ar_loss,
-    attention_at,
-    diffusion_loss,
-    mix,
-    noise_levels,
+    add_device_options,
+    checked,
+    given_options,
+    load_checkpoint,
+    load_torch_file,
     peak_flops,
+    pick_device,
+    pick_dtype,
+    read_meta,
+    save_checkpoint,
 )
-from plot import plot, plot_available
-from tokenizer import fingerprint
-
-EVAL_SEED = 1234  # evaluation noise is the same in every run, so numbers compare across runs
+from data.shards import Data, check_data
+from model import AnnealFlex, UserError, ar_loss, attention_at, diffusion_loss
 
 # ---------------------------------------------------------------------------------------------
 # Options
+
+
+AT_LEAST_0 = checked(float, lambda v: v >= 0, "at least 0")
+FRACTION = checked(float, lambda v: 0 <= v <= 1, "in [0, 1]")
+DECAY = checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def build_parser():
@@ -60,52 +67,31 @@ def build_parser():
     a("--out-dir", required=True, type=Path, help="the run's checkpoint directory, written at each evaluation")
     # the method
     a("--objective", choices=["diffusion", "ar"], default="diffusion", help="what to train for (ar: the baseline)")
-    a("--anneal-steps", type=int, default=0, help="steps to open the causal mask to full attention (0: full at once)")
+    a("--anneal-steps", type=NON_NEGATIVE, default=0, help="steps to open the causal mask to full attention")
     a("--no-shift", action="store_true", help="ablation: the logit at i predicts token i instead of i+1")
-    a(
-        "--t-sampling",
-        choices=["uniform", "stratified"],
-        default="uniform",
-        help="noise levels: t ~ U(1e-3, 1) "
-        "per example, or stratified over each step's examples (MDLM's low-discrepancy sampler)",
-    )
+    a("--t-sampling", choices=["uniform", "stratified"], default="uniform", help="t per example, or MDLM's strata")
     # optimisation
-    a("--max-iters", type=int, default=1000, help="optimizer steps (on resume: may be raised)")
+    a("--max-iters", type=COUNT, default=1000, help="optimizer steps (on resume: may be raised)")
     a("--extend-schedule", action="store_true", help="on resume: accept the cosine schedule of a new --max-iters")
-    a("--batch-size", type=int, default=8, help="sequences per micro-batch per process")
-    a("--grad-accum", type=int, help="micro-batches per step over all processes (default: the number of processes)")
-    a("--block-size", type=int, default=0, help="sequence length (0: the model's maximum, at most 1024)")
-    a("--lr", type=float, default=3e-4, help="peak learning rate")
+    a("--batch-size", type=COUNT, default=8, help="sequences per micro-batch per process")
+    a("--grad-accum", type=COUNT, help="micro-batches per step over all processes (default: the number of processes)")
+    a("--block-size", type=NON_NEGATIVE, default=0, help="sequence length (0: the model's maximum, at most 1024)")
+    a("--lr", type=POSITIVE, default=3e-4, help="peak learning rate")
     a("--lr-schedule", choices=["cosine", "constant"], default="cosine", help="after warm-up")
-    a("--min-lr-ratio", type=float, default=0.1, help="cosine decays to lr × this")
-    a("--warmup-iters", type=int, default=0, help="steps of linear warm-up")
-    a("--weight-decay", type=float, default=0.1, help="AdamW weight decay, on matrices only")
-    a("--beta2", type=float, default=0.95, help="AdamW's second-moment decay (the HF Trainer's default: 0.999)")
-    a("--grad-clip", type=float, default=1.0, help="0 disables")
+    a("--min-lr-ratio", type=FRACTION, default=0.1, help="cosine decays to lr × this")
+    a("--warmup-iters", type=NON_NEGATIVE, default=0, help="steps of linear warm-up")
+    a("--weight-decay", type=AT_LEAST_0, default=0.1, help="AdamW weight decay, on matrices only")
+    a("--beta2", type=DECAY, default=0.95, help="AdamW's second-moment decay (the HF Trainer's: 0.999)")
+    a("--grad-clip", type=AT_LEAST_0, default=1.0, help="0 disables")
     # evaluation
-    a("--eval-interval", type=int, default=100, help="steps between evaluations (and saves)")
-    a("--eval-iters", type=int, default=10, help="evaluation batches")
+    a("--eval-interval", type=COUNT, default=100, help="steps between evaluations (and saves)")
+    a("--eval-iters", type=COUNT, default=10, help="evaluation batches")
     # system
-    a("--device", default="auto", help="auto (CUDA when present), cpu, cuda; torchrun: one GPU per process")
-    a(
-        "--dtype",
-        choices=["auto", "float32", "bfloat16"],
-        default="auto",
-        help="auto: bf16 autocast where the GPU has it",
-    )
-    a("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
-    a(
-        "--fsdp",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="shard parameters, gradients and optimizer state (FSDP2)",
-    )
-    a(
-        "--activation-checkpointing",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="recompute each block in backward",
-    )
+    add_device_options(p)  # under torchrun: one GPU per process
+    on_off = argparse.BooleanOptionalAction
+    a("--compile", action=on_off, default=False, help="torch.compile the model")
+    a("--fsdp", action=on_off, default=False, help="shard parameters, gradients and optimizer state (FSDP2)")
+    a("--activation-checkpointing", action=on_off, default=False, help="recompute each block in backward")
     a("--seed", type=int, default=0, help="every random draw is a function of (seed, step, example)")
     return p
 
@@ -115,24 +101,52 @@ RESUME_MAY_CHANGE = {"data_dir", "eval_interval", "device", "dtype", "compile", 
 NOT_READ_BACK = {"config", "init_from", "out_dir", "extend_schedule"}
 
 
-def given_options(parser, argv):
-    """{dest: value} of the options the command line names (argparse has no other way to tell them from defaults)."""
-    quiet = argparse.ArgumentParser(add_help=False)
-    for action in parser._actions:
-        if action.option_strings and action.dest != "help":
-            quiet_action = quiet._add_action(copy.copy(action))
-            quiet_action.default, quiet_action.required = argparse.SUPPRESS, False
-    return vars(quiet.parse_known_args(argv)[0])
+def parse_args(argv=None):
+    """Defaults < the run's own options (on resume) < the --config preset < the command line.
+
+    The run's options and the preset are read as words of the command line that come before the
+    user's, so every value passes the same checks (argparse's type=)."""
+    p, argv = build_parser(), sys.argv[1:] if argv is None else [str(a) for a in argv]
+    given, known = given_options(p, argv), {action.dest for action in p._actions}
+    preset = read_preset(given["config"], known) if given.get("config") else {}
+    given = {**preset, **given}
+    saved, done = {}, 0
+    if given.get("init_from") == "resume" and given.get("out_dir"):
+        saved, done = saved_run(given["out_dir"])
+        saved = {k: v for k, v in saved.items() if k in known and k not in NOT_READ_BACK}
+    args = p.parse_args(as_argv(saved) + as_argv(preset) + argv)
+    if args.data_dir is None:
+        p.error("the following arguments are required: --data-dir")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    args.grad_accum = args.grad_accum or world  # the global batch of one process, on any number of them
+    if args.grad_accum % world:
+        raise UserError(f"--grad-accum {args.grad_accum} is not a multiple of the {world} processes")
+    pick_device(args.device)  # a device this machine lacks: refused before any work
+    if saved:
+        check_resume(args, saved, done, given)
+    return args
 
 
-def read_preset(path):
+def as_argv(options):
+    """{name: value} -> the command-line words that say it: --name value, a bare --name for True."""
+    words = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        words += [] if value is None or value is False else [flag] if value is True else [flag, str(value)]
+    return words
+
+
+def read_preset(path, known):
     try:
         preset = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read --config {path}: {e}") from None
     if not isinstance(preset, dict):
         raise UserError(f"--config {path} must hold a JSON object of options, not {type(preset).__name__}")
-    return {k.replace("-", "_"): v for k, v in preset.items() if not k.startswith("_")}
+    preset = {k.replace("-", "_"): v for k, v in preset.items() if not k.startswith("_")}
+    if set(preset) - known:
+        raise UserError(f"{path}: unknown options {sorted(set(preset) - known)}")
+    return preset
 
 
 def saved_run(out_dir):
@@ -141,41 +155,6 @@ def saved_run(out_dir):
     if not isinstance(training, dict) or not isinstance(training.get("args"), dict):
         raise UserError(f"{out_dir} is not a train.py output: its config.json records no training run")
     return training["args"], training["step"]
-
-
-def parse_args(argv=None):
-    """Defaults < --config preset < command line; on resume the run's own options replace the defaults."""
-    p = build_parser()
-    given = given_options(p, argv)
-    preset = read_preset(given["config"]) if given.get("config") else {}
-    known = {act.dest for act in p._actions}
-    if set(preset) - known:
-        raise UserError(f"{given['config']}: unknown options {sorted(set(preset) - known)}")
-    given = {**preset, **given}
-    saved, done = {}, 0
-    if given.get("init_from") == "resume" and given.get("out_dir"):
-        saved, done = saved_run(given["out_dir"])
-        saved = {k: v for k, v in saved.items() if k in known and k not in NOT_READ_BACK}
-    p.set_defaults(**{**saved, **preset})
-    args = p.parse_args(argv)
-    if args.data_dir is None:
-        p.error("the following arguments are required: --data-dir")
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    args.grad_accum = args.grad_accum or world  # the global batch of one process, on any number of them
-    for name in ["max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters"]:
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ["anneal_steps", "warmup_iters", "block_size", "weight_decay", "grad_clip"]:
-        if getattr(args, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must not be negative")
-    if not args.lr > 0 or not 0 <= args.min_lr_ratio <= 1 or not 0 <= args.beta2 < 1:
-        raise UserError("--lr must be positive, --min-lr-ratio in [0, 1] and --beta2 in [0, 1)")
-    if args.grad_accum % world:
-        raise UserError(f"--grad-accum {args.grad_accum} is not a multiple of the {world} processes")
-    pick_device(args.device)  # a device this machine lacks: refused before any work
-    if saved:
-        check_resume(args, saved, done, given)
-    return args
 
 
 def check_resume(args, saved, done, given):
@@ -205,141 +184,6 @@ def lr_at(step, args):
         return args.lr
     progress = (step - args.warmup_iters) / max(1, args.max_iters - args.warmup_iters)
     return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-
-
-class Data:
-    """Token shards from data/prepare.py, read as one sequence: random windows (pre-training) or rows (SFT).
-
-    The shards are memory-mapped and joined end to end with int64 offsets (corpora beyond 4G tokens);
-    a window may run across two shards, so the split into shards never changes the examples.
-    """
-
-    def __init__(self, data_dir, split, block_size):
-        data_dir, info = Path(data_dir), json.loads((Path(data_dir) / "meta.json").read_text())
-        self.sft, self.block_size = info["sft"], block_size
-        shards = Data.shards(info, split)
-        self.parts = [
-            np.memmap(data_dir / s["file"], dtype=info["dtype"], mode="r", shape=(s["tokens"],)) for s in shards
-        ]
-        self.starts = np.cumsum([0] + [s["tokens"] for s in shards], dtype=np.int64)  # where each shard begins
-        self.size = int(self.starts[-1])
-        if self.sft:
-            self.src_parts = [np.memmap(data_dir / s["src_file"], dtype=np.uint8, mode="r") for s in shards]
-            self.row = info["block_size"]
-            self.n = self.size // self.row
-        else:
-            self.n = self.size - block_size + 1  # window starts
-
-    @staticmethod
-    def shards(info, split):
-        """[{"file", "tokens", "src_file"?}] of a split; data prepared before shards is one file per split."""
-        if "shards" in info:
-            return [s for s in info["shards"][split] if s["tokens"] > 0]
-        return [{"file": f"{split}.bin", "tokens": info[f"{split}_tokens"], "src_file": f"{split}_src.bin"}]
-
-    def read(self, parts, start, length):
-        """Tokens [start, start + length) of the shards joined end to end."""
-        k = int(np.searchsorted(self.starts, start, side="right")) - 1
-        pieces = []
-        while length > 0:
-            piece = parts[k][start - self.starts[k] : start - self.starts[k] + length]
-            pieces.append(piece)
-            start, length, k = start + len(piece), length - len(piece), k + 1
-        return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
-
-    def repetition_note(self, tokens, data_dir):
-        """A line for a run that reads `tokens` tokens of this data, when that is more than one epoch."""
-        epochs = tokens / self.size
-        if epochs <= 1:
-            return None
-        # Muennighoff et al. 2023: up to ~4 epochs are nearly as good as new tokens, then returns fall fast
-        worse = "; beyond 4 repeated tokens are worth far less than new ones (prepare more)" if epochs > 4 else ""
-        return f"note: this run reads {tokens:,} tokens, {epochs:.1f} epochs of the {self.size:,} in {data_dir}{worse}"
-
-    def example(self, i):
-        """(tokens, maskable) of example i: window start i (pre-training) or row i (SFT)."""
-        if self.sft:
-            x = torch.from_numpy(self.read(self.parts, i * self.row, self.row).astype(np.int64))
-            maskable = torch.from_numpy(self.read(self.src_parts, i * self.row, self.row) == 0)
-        else:
-            x = torch.from_numpy(self.read(self.parts, i, self.block_size).astype(np.int64))
-            maskable = torch.ones(self.block_size, dtype=torch.bool)
-        maskable[0] = False  # the anchor: never noised, as BOS at decoding time
-        return x, maskable
-
-    def batch(self, indices, ts, seeds, device):
-        """Stack examples -> (x, maskable, t, noise): the uniforms in noise decide which tokens are masked."""
-        xs, ms, noise = [], [], []
-        for i, s in zip(indices, seeds):
-            x, m = self.example(i)
-            xs.append(x)
-            ms.append(m)
-            noise.append(torch.rand(len(x), generator=torch.Generator().manual_seed(s)))
-        t = torch.tensor(ts, dtype=torch.float32)
-        return [a.to(device, non_blocking=True) for a in (torch.stack(xs), torch.stack(ms), t, torch.stack(noise))]
-
-    def train_batch(self, seed, step, micro_index, batch_size, device, stratified_over=0):
-        """Micro-batch `micro_index` of step `step`: every example drawn from its own (seed, step, example) stream.
-
-        t ~ U(EPS, 1) per example; stratified_over=N (the step's N examples): one uniform u per step and
-        example k's t at (u + k/N) mod 1, so that each step covers the levels evenly (MDLM's
-        low-discrepancy sampler: the same expectation, less variance)."""
-        indices, ts, seeds = [], [], []
-        shared = float(torch.rand(1, generator=torch.Generator().manual_seed(mix(seed, step))))
-        for b in range(batch_size):
-            k = micro_index * batch_size + b
-            g = torch.Generator().manual_seed(mix(seed, step, k))
-            indices.append(int(torch.randint(self.n, (1,), generator=g)))
-            u = float(torch.rand(1, generator=g))
-            if stratified_over:
-                u = (shared + k / stratified_over) % 1.0
-            ts.append(EPS + (1 - EPS) * u)  # t ~ U(EPS, 1)
-            seeds.append(int(torch.randint(2**62, (1,), generator=g)))
-        return self.batch(indices, ts, seeds, device)
-
-    def eval_examples(self, count):
-        """Evenly spaced examples with t on a fixed grid over (EPS, 1): the same in every run."""
-        indices = [k * max(1, self.n - 1) // max(1, count - 1) for k in range(count)] if count > 1 else [0]
-        return indices, noise_levels(count), [mix(EVAL_SEED, k) for k in range(count)]
-
-
-def check_data(data_dir, init_dir, init_meta, block_size, model_block_size):
-    data_dir = Path(data_dir)
-    if not (data_dir / "meta.json").is_file():
-        raise UserError(f"data dir {data_dir} has no meta.json (make one with data/prepare.py)")
-    try:
-        info = json.loads((data_dir / "meta.json").read_text())
-        itemsize = np.dtype(info["dtype"]).itemsize
-        index = [shard for split in ("train", "val") for shard in Data.shards(info, split)]
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{data_dir / 'meta.json'} is corrupt ({e}); make it again with data/prepare.py") from None
-    for shard in index:
-        f = data_dir / shard["file"]
-        if not f.is_file() or shard["tokens"] == 0:
-            raise UserError(f"{f} is missing or empty")
-        if f.stat().st_size != shard["tokens"] * itemsize:
-            raise UserError(
-                f"{f} does not hold the {shard['tokens']:,} {info['dtype']} tokens meta.json says: truncated?"
-            )
-        src = data_dir / shard.get("src_file", "")
-        if info["sft"] and (not src.is_file() or src.stat().st_size != shard["tokens"]):
-            raise UserError(f"{src} (the SFT source mask of {f.name}) is missing or truncated")
-    if info["tokenizer_fingerprint"] != fingerprint(init_dir, init_meta):
-        raise UserError(
-            f"{data_dir} was tokenized with another tokenizer than {init_dir}'s; "
-            f"run data/prepare.py with --tokenizer {init_dir}"
-        )
-    if block_size > model_block_size:
-        raise UserError(f"--block-size {block_size} is beyond the model's {model_block_size} positions")
-    if info["sft"] and block_size != info["block_size"]:
-        raise UserError(f"SFT data rows have {info['block_size']} tokens; --block-size must match")
-    if not info["sft"] and min(info["train_tokens"], info["val_tokens"]) < block_size:
-        raise UserError(f"{data_dir} has fewer tokens than --block-size {block_size} in train or val")
-    return info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,29 +283,45 @@ def save(model, optimizer, meta, args, objective, step, tokens, metrics, init_di
     model_state, optim_state = get_state_dict(model, optimizer, options=options)
     if not master:
         return
-    out_meta = {k: v for k, v in meta.items() if k not in ("model", "training")}
     run_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    out_meta.update(
-        objective=objective.name,
-        shift=objective.shift if objective.name == "diffusion" else True,
-        training={"step": step, "tokens": tokens, "args": run_args},
-    )
-    out_meta["model"] = meta["model"]
+    shift, training = objective.shift or objective.name == "ar", {"step": step, "tokens": tokens, "args": run_args}
+    out_meta = {k: v for k, v in meta.items() if k not in ("model", "training")}
+    out_meta |= {"objective": objective.name, "shift": shift, "training": training, "model": meta["model"]}
     writers = {
         "train_state.pt": lambda f: torch.save({"step": step, "tokens": tokens, "optimizer": optim_state}, f),
         "metrics.jsonl": lambda f: f.write_text("".join(json.dumps(m) + "\n" for m in metrics)),
     }
-    if plot_available():
+    if HAVE_MATPLOTLIB:
         evals = [m for m in metrics if "val_loss" in m]  # not the notes
-        seen = [m["tokens"] for m in evals]
-        labels = [
-            ("val_loss", "val loss (CE/t, the paper's)"),
-            ("val_loss_unweighted", "val masked CE"),
-            ("val_nll_bound", "val NLL bound (nats/token)"),
-        ]
-        curves = {label: (seen, [m[key] for m in evals]) for key, label in labels}
-        writers["loss.png"] = lambda f: plot(curves, f, "nats")
+        curves = {label: ([m["tokens"] for m in evals], [m[key] for m in evals]) for key, label in CURVES.items()}
+        writers["loss.png"] = lambda f: plot_curves(curves, f, "nats")
     save_checkpoint(args.out_dir, model_state, out_meta, tokenizer_from=init_dir, overwrite=True, extra=writers)
+
+
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+CURVES = {  # loss.png: metric -> label
+    "val_loss": "val loss (CE/t, the paper's)",
+    "val_loss_unweighted": "val masked CE",
+    "val_nll_bound": "val NLL bound (nats/token)",
+}
+
+
+def plot_curves(curves, path, ylabel, title=None):
+    """Curves {label: (training tokens, values)} as a PNG (needs matplotlib; lab/miniature.py's too)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, (tokens, values) in curves.items():
+        ax.plot(tokens, values, label=label)
+    ax.set(xlabel="training tokens", ylabel=ylabel, title=title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def read_train_state(run_dir):
@@ -481,6 +341,7 @@ def read_train_state(run_dir):
 
 
 # ---------------------------------------------------------------------------------------------
+# The run
 
 
 def check_run(args):
@@ -511,48 +372,71 @@ class StopRequest:
 
     def __init__(self):
         self.signal = None
-        signal.signal(signal.SIGINT, self.set)
-        signal.signal(signal.SIGTERM, self.set)
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop, lambda signum, frame: setattr(self, "signal", signum))
 
-    def set(self, signum, frame):
-        self.signal = signum
+
+def load_model(init_dir, args, resumed, device):
+    """The checkpoint's weights (on resume: those of the last save), or fresh ones with --reinit."""
+    model, meta = load_checkpoint(init_dir, device="cpu")
+    if args.reinit and not resumed:
+        torch.manual_seed(args.seed)
+        model = type(model)(model.cfg)
+    return model.to(device).train(), meta
+
+
+def restore(state, model, optimizer, meta, args, master):
+    """A resumed run: the optimizer state, and where the run stands -> (step, tokens, metrics)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    step, tokens, metrics = state["step"], state["tokens"], state["metrics"]
+    run = meta["training"]["args"]
+    args.init_from = run["init_from"]  # the run's origin, not "resume"
+    if args.max_iters != run["max_iters"]:  # --extend-schedule: say where the schedule changed
+        note = f"max_iters {run['max_iters']} -> {args.max_iters} at step {step}"
+        note += ": the cosine schedule is recomputed from here" if args.lr_schedule == "cosine" else ""
+        metrics.append({"iter": step, "tokens": tokens, "note": note})
+        if master:
+            print(note, file=sys.stderr)
+    return step, tokens, metrics
+
+
+def describe(model, args, world, device, tokens_per_step, train_data):
+    """The run in a line or two, before the first step."""
+    if not HAVE_MATPLOTLIB:
+        print("note: matplotlib is not installed: no loss.png (pip install matplotlib)", file=sys.stderr)
+    method = f", shift {not args.no_shift}, anneal {args.anneal_steps} steps" if args.objective == "diffusion" else ""
+    where = f"{world} process(es) on {device.type}, {args.dtype}, {tokens_per_step:,} tokens/step"
+    print(f"{model.num_params() / 1e6:.2f}M parameters, {where}, objective {args.objective}{method}", file=sys.stderr)
+    if note := train_data.repetition_note(args.max_iters * tokens_per_step, args.data_dir):
+        print(note, file=sys.stderr)
+
+
+def evaluated(model, objective, val_data, args, autocast, rank, world, device, master, step, tokens, logged=None):
+    """Evaluate, and say so -> the metrics lines to append (none off rank 0)."""
+    result, logged = evaluate(model, objective, val_data, args, autocast, rank, world, device), logged or {}
+    if master:
+        train = f"train loss {logged['train_loss']:.4f}, " if logged else ""
+        val = f"val loss {result['val_loss']:.4f} (unweighted {result['val_loss_unweighted']:.4f}, "
+        tqdm.write(f"step {step}: {train}{val}nll bound {result['val_nll_bound']:.4f})", file=sys.stderr)
+    return [{"iter": step, "tokens": tokens, **logged, **result}] if master else []
 
 
 def main(argv=None):
     # options, and every check that needs no model
     args = parse_args(argv)
     init_dir, resumed = check_run(args)
-    resume = resumed is not None
 
     # setup: processes, precision, model, optimizer, data
     rank, world, device = setup_distributed(args.device)
     master = rank == 0
     dtype, autocast = precision(args, device)
-    raw_model, meta = load_checkpoint(init_dir, device="cpu")  # on resume: the weights of the last save
-    if args.reinit and not resume:
-        torch.manual_seed(args.seed)
-        raw_model = type(raw_model)(raw_model.cfg)
-    raw_model = raw_model.to(device).train()
+    raw_model, meta = load_model(init_dir, args, resumed, device)
     model = wrap(raw_model, args, device, world)
     optimizer = make_optimizer(model, args, device)
-    step, tokens, metrics = 0, 0, []
-    if resume:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        options = StateDictOptions(full_state_dict=True)
-        set_optimizer_state_dict(model, optimizer, resumed["optimizer"], options=options)
-        step, tokens, metrics = resumed["step"], resumed["tokens"], resumed["metrics"]
-        run = meta["training"]["args"]
-        args.init_from = run["init_from"]  # the run's origin, not "resume"
-        if args.max_iters != run["max_iters"]:  # --extend-schedule: say where the schedule changed
-            note = f"max_iters {run['max_iters']} -> {args.max_iters} at step {step}"
-            note += ": the cosine schedule is recomputed from here" if args.lr_schedule == "cosine" else ""
-            metrics.append({"iter": step, "tokens": tokens, "note": note})
-            if master:
-                print(note, file=sys.stderr)
-
-    train_data = Data(args.data_dir, "train", args.block_size)
-    val_data = Data(args.data_dir, "val", args.block_size)
+    step, tokens, metrics = restore(resumed, model, optimizer, meta, args, master) if resumed else (0, 0, [])
+    train_data, val_data = Data(args.data_dir, "train", args.block_size), Data(args.data_dir, "val", args.block_size)
     objective = Objective(args.objective, meta["mask_token_id"], not args.no_shift)
     diffusion = args.objective == "diffusion"
     accum = args.grad_accum // world  # micro-batches per process
@@ -562,31 +446,12 @@ def main(argv=None):
     annealing_on_gpu = device.type == "cuda" and diffusion and step < args.anneal_steps
     flex = AnnealFlex(args.block_size, device) if annealing_on_gpu else None  # FlexAttention's BlockMask, not L×L
     stop = StopRequest()
-
-    if master and not plot_available():
-        print("note: matplotlib is not installed: no loss.png (pip install matplotlib)", file=sys.stderr)
     if master:
-        method = f", shift {objective.shift}, anneal {args.anneal_steps} steps" if diffusion else ""
-        print(
-            f"{raw_model.num_params() / 1e6:.2f}M parameters, {world} process(es) on {device.type}, {args.dtype}, "
-            f"{tokens_per_step:,} tokens/step, objective {args.objective}{method}",
-            file=sys.stderr,
-        )
-        if note := train_data.repetition_note(args.max_iters * tokens_per_step, args.data_dir):
-            print(note, file=sys.stderr)
-    if step == 0:
-        result = evaluate(model, objective, val_data, args, autocast, rank, world, device)
-        if master:
-            metrics.append({"iter": 0, "tokens": 0, **result})
-            print(
-                f"step 0: val loss {result['val_loss']:.4f} (nll bound {result['val_nll_bound']:.4f})", file=sys.stderr
-            )
+        describe(raw_model, args, world, device, tokens_per_step, train_data)
+    measure = functools.partial(evaluated, model, objective, val_data, args, autocast, rank, world, device, master)
+    metrics += measure(0, 0) if step == 0 else []
 
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=args.max_iters, initial=step, disable=None if master else True, file=sys.stderr, dynamic_ncols=True
-    )
+    bar = tqdm(total=args.max_iters, initial=step, disable=not master or None, file=sys.stderr, dynamic_ncols=True)
     t_last, steps_timed = time.perf_counter(), 0
     while step < args.max_iters:
         # determine the learning rate of this step
@@ -620,17 +485,11 @@ def main(argv=None):
         if world > 1:
             dist.all_reduce(running)
             running[:2] /= world
-        train_loss, train_ce = running[0].item(), running[1].item()
-        interrupted = running[2].item() > 0
+        train_loss, train_ce, interrupted = running[0].item(), running[1].item(), running[2].item() > 0
         if not math.isfinite(train_loss):  # stop before the step: the last checkpoint stays good
-            optimizer.zero_grad(set_to_none=True)
-            if master:
-                print(
-                    f"\nerror: loss is {train_loss} at step {step}; stopping. "
-                    f"The last good checkpoint in {args.out_dir} is kept.",
-                    file=sys.stderr,
-                )
-            sys.exit(1)
+            raise UserError(
+                f"loss is {train_loss} at step {step}: stopped; the last checkpoint in {args.out_dir} is kept"
+            )
 
         # the optimizer step
         optimizer.step()
@@ -641,36 +500,21 @@ def main(argv=None):
         # log: loss, throughput and MFU since the last checkpoint
         steps_timed += 1
         if master:
-            elapsed = time.perf_counter() - t_last
-            mfu = flops_per_step * steps_timed / elapsed / peak
-            bar.set_postfix(
-                loss=f"{train_loss:.3f}",
-                ce=f"{train_ce:.3f}",
-                tok_s=f"{tokens_per_step * steps_timed / elapsed:,.0f}",
-                mfu=f"{mfu:.1%}",
-                refresh=False,
-            )
+            rate = steps_timed / (time.perf_counter() - t_last)
+            tok_s, mfu = f"{tokens_per_step * rate:,.0f}", f"{flops_per_step * rate / peak:.1%}"
+            bar.set_postfix(loss=f"{train_loss:.3f}", ce=f"{train_ce:.3f}", tok_s=tok_s, mfu=mfu, refresh=False)
             bar.update(1)
 
         # evaluate and checkpoint (a signal saves without evaluating, then stops)
         if step % args.eval_interval == 0 or step == args.max_iters or interrupted:
             if not interrupted:
-                result = evaluate(model, objective, val_data, args, autocast, rank, world, device)
-                if master:
-                    metrics.append({"iter": step, "tokens": tokens, "train_loss": train_loss, "lr": lr, **result})
-                    bar.write(
-                        f"step {step}: train loss {train_loss:.4f}, val loss {result['val_loss']:.4f} "
-                        f"(unweighted {result['val_loss_unweighted']:.4f}, "
-                        f"nll bound {result['val_nll_bound']:.4f})",
-                        file=sys.stderr,
-                    )
+                metrics += measure(step, tokens, {"train_loss": train_loss, "lr": lr})
             save(model, optimizer, meta, args, objective, step, tokens, metrics, init_dir, master)
             t_last, steps_timed = time.perf_counter(), 0
         if interrupted:
             if master:
                 bar.write(
-                    f"stopped by signal at step {step}; saved {args.out_dir} (continue with --init-from resume)",
-                    file=sys.stderr,
+                    f"stopped by signal at step {step}; saved {args.out_dir} (resume: --init-from resume)", sys.stderr
                 )
             break
     bar.close()

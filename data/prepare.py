@@ -45,11 +45,11 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from checkpoint import read_meta  # noqa: E402
-from corpus import SUFFIXES, check_file, files_of, natural_key, pair_of, records, text_of  # noqa: E402
-from download import download_dataset_file, download_url, hub_dataset_files  # noqa: E402
-from model import HelpFormatter, UserError  # noqa: E402
-from tokenizer import fingerprint, load_tokenizer  # noqa: E402
+from checkpoint import COUNT, HelpFormatter, atomic_write, checked, clear_leftovers, read_meta, replace_dir
+from data.corpus import SUFFIXES, check_file, files_of, natural_key, pair_of, records, text_of
+from data.download import download_dataset_file, download_url, hub_dataset_files
+from model import UserError
+from tokenizer import fingerprint, load_tokenizer
 
 # The public corpora. A hub corpus names the folders that can be listed, each with the tokens its
 # publisher counts in it (the estimate of how many shards a budget needs), and the budget by default.
@@ -79,6 +79,7 @@ RECIPES = {
     },
     "shakespeare": {"url": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"},
 }
+FRACTION = checked(float, lambda v: 0 < v < 1, "in (0, 1)")
 CHUNK_CHARS = 1 << 20  # text handed to a worker at a time
 SHARD_END = None  # in a document stream: the tokenizer catches up before the next shard is opened (or downloaded)
 
@@ -100,12 +101,15 @@ class Source:
 
 
 def token_count(text):
-    """'30B', '500M', '1e9', '12000' -> an int (argparse type)."""
+    """'30B', '500M', '1e9', '12000' -> an int, at least 1 (argparse type)."""
     m = re.fullmatch(r"([0-9.]+(?:e[0-9]+)?)([kmbt]?)", text.strip().lower())
     try:
-        return round(float(m[1]) * 1000 ** " kmbt".index(m[2] or " "))
+        count = round(float(m[1]) * 1000 ** " kmbt".index(m[2] or " "))
     except (TypeError, ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"not a token count: {text!r} (e.g. 30B, 500M, 1e9)") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return count
 
 
 def parse_args(argv):
@@ -128,19 +132,14 @@ def parse_args(argv):
         help="local shards of the recipe's corpus: DIR, or NAME=DIR for each part of a mix (repeat)",
     )
     p.add_argument("--sft", action="store_true", help="prompt/response pairs with a source mask")
-    p.add_argument("--block-size", type=int, default=512, help="row length for --sft")
+    p.add_argument("--block-size", type=COUNT, default=512, help="row length for --sft")
     # what to write
-    p.add_argument("--val-fraction", type=float, default=0.05, help="every 1/this-th document is held out ...")
+    p.add_argument("--val-fraction", type=FRACTION, default=0.05, help="every 1/this-th document is held out ...")
     p.add_argument("--val-tokens", type=token_count, default="10M", help="... until validation holds this many")
     p.add_argument("--shard-tokens", type=token_count, default="250M", help="tokens per output shard (about)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="tokenizing processes")
+    p.add_argument("--workers", type=COUNT, default=min(8, os.cpu_count() or 1), help="tokenizing processes")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     args = p.parse_args(argv)
-    for name in ("tokens", "val_tokens", "shard_tokens", "workers", "block_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if not 0 < args.val_fraction < 1:
-        raise UserError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if not args.out.resolve().name or args.out.resolve() == Path.cwd():
         raise UserError(f"--out {args.out} must name a folder to create, not the current one")
     if args.out.exists() and not args.force:
@@ -337,52 +336,54 @@ def encoder(ckpt, workers, dtype, sft_block):
 # Output: shards written atomically, and the progress a rerun continues from
 
 
-def write_atomically(path, data):
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+@dataclass
+class OpenShard:
+    """A shard being written: its tokens (and SFT source mask) go to .tmp files, renamed when it is complete."""
+
+    name: str
+    tokens_file: object
+    mask_file: object  # None unless --sft
+    tokens: int = 0
+    documents: int = 0
 
 
 class ShardWriter:
-    """One source's shards: tokens go to a .tmp file that becomes the shard when close() renames it."""
+    """One source's shards, one open per split at a time; close() finishes them and records them in `state`."""
 
     def __init__(self, folder, source, state):
         self.folder, self.source, self.state = folder, source, state
-        self.open = {}  # split -> [token file, mask file or None, name, tokens, documents]
+        self.open = {}  # split -> OpenShard
 
     def write(self, split, tokens, mask=None):
         if split not in self.open:
             name = f"{split}-{self.source}-{len(self.state[split]):05d}.bin"
             src = open(self.folder / f"{split}_src{name[len(split) :]}.tmp", "wb") if mask is not None else None
-            self.open[split] = [open(self.folder / f"{name}.tmp", "wb"), src, name, 0, 0]
-        entry = self.open[split]
-        entry[0].write(tokens.tobytes())
+            self.open[split] = OpenShard(name, open(self.folder / f"{name}.tmp", "wb"), src)
+        shard = self.open[split]
+        shard.tokens_file.write(tokens.tobytes())
         if mask is not None:
-            entry[1].write(mask.tobytes())
-        entry[3] += len(tokens)
-        entry[4] += 1
+            shard.mask_file.write(mask.tobytes())
+        shard.tokens += len(tokens)
+        shard.documents += 1
 
     def pending(self, split):
-        return self.open[split][3] if split in self.open else 0
+        return self.open[split].tokens if split in self.open else 0
 
     def close(self):
-        for split, (f, src, name, tokens, docs) in self.open.items():
-            for handle in filter(None, (f, src)):
+        for split, shard in self.open.items():
+            for handle in filter(None, (shard.tokens_file, shard.mask_file)):
                 handle.flush()
                 os.fsync(handle.fileno())
                 handle.close()
                 os.replace(handle.name, handle.name.removesuffix(".tmp"))
-            self.state[split].append({"file": name, "tokens": tokens, "documents": docs})
-            if src:
-                self.state[split][-1]["src_file"] = Path(src.name).name.removesuffix(".tmp")
+            self.state[split].append({"file": shard.name, "tokens": shard.tokens, "documents": shard.documents})
+            if shard.mask_file:
+                self.state[split][-1]["src_file"] = Path(shard.mask_file.name).name.removesuffix(".tmp")
         self.open = {}
 
 
 def save_progress(folder, progress):
-    write_atomically(folder / "progress.json", json.dumps(progress, indent=1).encode())
+    atomic_write(folder / "progress.json", json.dumps(progress, indent=1))
 
 
 def prepare_source(source, folder, progress, encode, args):
@@ -443,18 +444,6 @@ def start_or_resume(folder, options):
     return {"options": options, "sources": {}}
 
 
-def move_into_place(folder, out):
-    for stale in out.parent.glob(f".{out.name}.old-*"):  # a crash between the two renames below
-        shutil.rmtree(stale, ignore_errors=True)
-    if out.exists():  # --force
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        folder.rename(out)
-        shutil.rmtree(old)
-    else:
-        folder.rename(out)
-
-
 def main(argv=None):
     args, meta = parse_args(argv)
     sources = plan(args)
@@ -472,7 +461,8 @@ def main(argv=None):
     folder = args.out.with_name(args.out.name + ".partial")
     progress = start_or_resume(folder, options)
     if progress is None:
-        move_into_place(folder, args.out)
+        clear_leftovers(args.out)
+        replace_dir(folder, args.out)
         return
 
     # tokenize each source into shards
@@ -524,11 +514,12 @@ def main(argv=None):
     }
     if args.sft:
         info["block_size"] = args.block_size
-    for leftover in folder.glob("*.tmp"):
+    for leftover in [*folder.glob("*.tmp"), *folder.glob(".*.tmp-*")]:
         leftover.unlink()
-    write_atomically(folder / "meta.json", (json.dumps(info, indent=2) + "\n").encode())
+    atomic_write(folder / "meta.json", json.dumps(info, indent=2) + "\n")
     (folder / "progress.json").unlink()  # after meta.json: a folder with both is continued, with meta alone renamed
-    move_into_place(folder, args.out)
+    clear_leftovers(args.out)
+    replace_dir(folder, args.out)
 
     skipped = sum(st["skipped"] for st in states.values())
     if skipped:

@@ -1,9 +1,14 @@
 """Shared fixtures. Real assets come from ../shared/assets and are never committed."""
 
+import contextlib
+import io
 import os
+import runpy
 import shutil
+import signal
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -15,19 +20,49 @@ STORIES_TOK = ASSETS / "stories260K" / "tok512.model"
 STORY_START = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
 
 
-def run(*args, check=True, env=None):
-    """Run one of the project's scripts as a user would; return the CompletedProcess."""
-    proc = subprocess.run(
-        [sys.executable, *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=600,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+def run(*args, check=True, env=None, cwd=ROOT):
+    """Run one of the project's scripts as a user would -> a CompletedProcess (returncode, stdout, stderr).
+
+    The script's `__main__` runs in this process (a new interpreter per command would import torch each
+    time, about 2 s): its standard streams captured, an uncaught exception printed as a traceback with
+    exit code 1, as the interpreter does. Signals, torchrun and file-size limits need real processes:
+    those tests start them with subprocess."""
+    script, *rest = map(str, args)
+    code, out, err = run_as_main([str(ROOT / script), *rest], cwd, env or {})
+    proc = subprocess.CompletedProcess([script, *rest], code, out, err)
+    if check and code != 0:
+        raise AssertionError(f"{args} failed ({code}):\n{out}\n{err}")
     return proc
+
+
+def run_as_main(argv, cwd, env):
+    """-> (exit code, standard output, standard error) of `python argv...`, run in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv, os.getcwd(), list(sys.path), dict(os.environ), signal.getsignal(signal.SIGINT)
+    saved_term = signal.getsignal(signal.SIGTERM)
+    sys.argv, sys.path[0:0] = argv, [str(Path(argv[0]).resolve().parent)]
+    os.environ.update(env)
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(argv[0], run_name="__main__")
+                code = 0
+            except SystemExit as e:  # sys.exit("message") prints the message and exits with 1
+                code = 1 if isinstance(e.code, str) else (e.code or 0)
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv, sys.path[:] = saved[0], saved[2]
+        os.chdir(saved[1])
+        os.environ.clear()
+        os.environ.update(saved[3])
+        signal.signal(signal.SIGINT, saved[4])  # train.py's StopRequest sets its own
+        signal.signal(signal.SIGTERM, saved_term)
+    return code, out.getvalue(), err.getvalue()
 
 
 def assert_user_error(proc, *words):

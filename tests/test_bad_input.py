@@ -5,23 +5,20 @@ script's `__main__` in this process (the disk-full row in a process of its own);
 row that failed, not just the first.
 """
 
-import contextlib
 import io
 import json
 import os
 import pickle
 import resource
-import runpy
 import shutil
 import signal
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
 
-from conftest import ASSETS, ROOT, STORIES_BIN, STORIES_TOK, run
+from conftest import ASSETS, ROOT, STORIES_BIN, STORIES_TOK, run, run_as_main
 
 TEXT = ASSETS / "text" / "tinystories_val.txt"
 
@@ -140,7 +137,6 @@ def truncate(file):
 
 
 def evil():
-    import io
 
     buf = io.BytesIO()
     pickle.dump(Evil(), buf)
@@ -270,7 +266,7 @@ ROWS = [
     (lambda w: ["sample.py", "--ckpt", w.ckpt_truncated], 1, ["corrupted or truncated"]),
     # eval.py
     *[
-        (lambda w, f=f, task=task: ["eval.py", "--ckpt", w.ckpt, "--task", task, "--data", w.d / f], 1, words)
+        (lambda w, f=f, task=task: ["lab/eval.py", "--ckpt", w.ckpt, "--task", task, "--data", w.d / f], 1, words)
         for task, f, words in [
             ("choice", "no_choices.jsonl", ["choices"]),
             ("choice", "empty_choices.jsonl", ["choices"]),
@@ -287,33 +283,33 @@ ROWS = [
         ]
     ],
     (
-        lambda w: ["eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--block-size", "9999"],
+        lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--block-size", "9999"],
         1,
         ["--block-size"],
     ),
     (
-        lambda w: ["eval.py", "--ckpt", w.ckpt, "--task", "genppl", "--judge", w.ckpt, "--length", "9999"],
+        lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "genppl", "--judge", w.ckpt, "--length", "9999"],
         1,
         ["--length"],
     ),
     (
-        lambda w: ["eval.py", "--ckpt", w.ckpt, "--task", "genppl", "--judge", w.ckpt, "--strategy", "bogus"],
+        lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "genppl", "--judge", w.ckpt, "--strategy", "bogus"],
         2,
         ["invalid choice"],
     ),
-    (lambda w: ["eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, *CUDA], 1, ["cuda"]),
-    (lambda w: ["eval.py", "--ckpt", w.ckpt_no_vocab, "--task", "nll", "--data", w.text], 1, ["vocab_size"]),
+    (lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, *CUDA], 1, ["cuda"]),
+    (lambda w: ["lab/eval.py", "--ckpt", w.ckpt_no_vocab, "--task", "nll", "--data", w.text], 1, ["vocab_size"]),
     (
-        lambda w: ["eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--batch-size", "0"],
+        lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--batch-size", "0"],
         1,
         ["--batch-size"],
     ),
     # miniature.py: its studies' options, refused before any download or work
-    (lambda w: ["miniature.py", "--out", OUT, "--levers", "3,x"], 1, ["--levers", "row numbers"]),
-    (lambda w: ["miniature.py", "--out", OUT, "--levers", "99"], 1, ["--levers", "0 to 11"]),
-    (lambda w: ["miniature.py", "--out", OUT, "--scaling", "--points", "1,0"], 1, ["--points"]),
-    (lambda w: ["miniature.py", "--out", OUT, "--quick"], 1, ["--quick", "--scaling"]),
-    (lambda w: ["miniature.py", "--out", OUT, "--scaling", "--levers"], 1, ["one at a time"]),
+    (lambda w: ["lab/miniature.py", "--out", OUT, "--levers", "3,x"], 1, ["--levers", "row numbers"]),
+    (lambda w: ["lab/miniature.py", "--out", OUT, "--levers", "99"], 1, ["--levers", "0 to 11"]),
+    (lambda w: ["lab/miniature.py", "--out", OUT, "--scaling", "--points", "1,0"], 1, ["--points"]),
+    (lambda w: ["lab/miniature.py", "--out", OUT, "--quick"], 1, ["--quick", "--scaling"]),
+    (lambda w: ["lab/miniature.py", "--out", OUT, "--scaling", "--levers"], 1, ["one at a time"]),
 ]
 
 
@@ -334,7 +330,7 @@ def attempt(row, w, index):
         )
         returncode, stderr = proc.returncode, proc.stderr
     else:
-        returncode, stderr = run_as_main(argv, cwd=w.d)  # relative outputs (and the evil pickle's file) land there
+        returncode, _, stderr = run_as_main(argv, w.d, {})  # relative outputs (and the evil pickle's file) land there
     lines = stderr.strip().splitlines()
     last = lines[-1] if lines else ""
     problems = []
@@ -351,31 +347,6 @@ def attempt(row, w, index):
     return argv, problems, stderr
 
 
-def run_as_main(argv, cwd):
-    """-> (exit code, standard error) of `python argv...` run in this process, as the interpreter would:
-    the script's `__main__` block, an uncaught exception printed as a traceback. (A new interpreter per
-    row would import torch 90 times.)"""
-    err, saved = io.StringIO(), (sys.argv, os.getcwd())
-    sys.argv = argv
-    os.chdir(cwd)
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            try:
-                runpy.run_path(argv[0], run_name="__main__")
-                code = 0
-            except SystemExit as e:  # sys.exit("message") prints the message and exits with 1
-                code = 1 if isinstance(e.code, str) else (e.code or 0)
-                if isinstance(e.code, str):
-                    print(e.code, file=sys.stderr)
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-    finally:
-        sys.argv = saved[0]
-        os.chdir(saved[1])
-    return code, err.getvalue()
-
-
 def test_every_bad_input_is_a_one_line_error(w):
     results = [attempt(row, w, i) for i, row in enumerate(ROWS)]
     failures = [f"{' '.join(argv)}: {', '.join(problems)}\n{err[-600:]}" for argv, problems, err in results if problems]
@@ -388,7 +359,9 @@ def test_every_bad_input_is_a_one_line_error(w):
     assert not [p for p in w.d.rglob(".*tmp-*")]  # no temporary directories left behind
 
 
-@pytest.mark.parametrize("script", ["convert", "data/prepare", "train", "sample", "eval", "bench", "miniature"])
+@pytest.mark.parametrize(
+    "script", ["convert", "data/prepare", "train", "sample", "lab/eval", "lab/bench", "lab/miniature"]
+)
 def test_help_gives_every_option_a_meaning_and_its_default(script, monkeypatch):
     import argparse
     import importlib.util

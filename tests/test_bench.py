@@ -6,14 +6,14 @@ import shutil
 import pytest
 import torch
 
-from bench import QUALITY_VARIANTS
-from checkpoint import hf_twin
 from conftest import run
+from convert import hf_twin
+from lab.bench import QUALITY_VARIANTS
 from model import ModelConfig, Transformer
 
 
 def test_bench_tiny_suite(tmp_path):
-    proc = run("bench.py", "--suite", "tiny", "--json", tmp_path / "rows.json")  # the README's command, plus --json
+    proc = run("lab/bench.py", "--suite", "tiny", "--json", tmp_path / "rows.json")  # the README's command, plus --json
     assert "ours/official" in proc.stdout and "/official" in proc.stdout and "matmul peak" in proc.stdout
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     train = {(r["engine"], r["mode"]) for r in rows if r["bench"] == "train"}
@@ -64,7 +64,7 @@ def test_bench_quality_of_the_approximate_options(stories_ckpt, tmp_path):
     meta = json.loads((diffusion / "config.json").read_text())
     (diffusion / "config.json").write_text(json.dumps({**meta, "objective": "diffusion"}))
     proc = run(
-        "bench.py",
+        "lab/bench.py",
         "--suite",
         "tiny",
         "--skip",

@@ -10,8 +10,9 @@ import torch
 
 from checkpoint import load_checkpoint
 from conftest import ASSETS, ROOT, assert_user_error, run
-from eval import (
+from lab.eval import (
     TASKS,
+    Unit,
     distinct_n,
     elbo,
     fit_prompt,
@@ -134,7 +135,7 @@ def test_elbo_of_a_perfect_denoiser_is_zero_and_of_uniform_is_log_v():
 
 def test_cli_tasks_on_the_real_model(stories_ckpt, tmp_path):
     text = ASSETS / "text" / "tinystories_val.txt"
-    ar = json.loads(run("eval.py", "--ckpt", stories_ckpt, "--task", "nll", "--data", text, "--limit", "3").stdout)
+    ar = json.loads(run("lab/eval.py", "--ckpt", stories_ckpt, "--task", "nll", "--data", text, "--limit", "3").stdout)
     assert (
         ar["task"] == "nll"
         and ar["bound"] is False
@@ -148,11 +149,13 @@ def test_cli_tasks_on_the_real_model(stories_ckpt, tmp_path):
     shutil.copytree(stories_ckpt, ckpt)
     meta = json.loads((ckpt / "config.json").read_text())
     (ckpt / "config.json").write_text(json.dumps({**meta, "objective": "diffusion"}))
-    d = json.loads(run("eval.py", "--ckpt", ckpt, "--task", "nll", "--data", text, "--limit", "3", "--mc", "4").stdout)
+    d = json.loads(
+        run("lab/eval.py", "--ckpt", ckpt, "--task", "nll", "--data", text, "--limit", "3", "--mc", "4").stdout
+    )
     assert d["bound"] is True and d["nll"] > ar["nll"] and d["tokens"] == ar["tokens"] and d["stderr"] > 0
     lam = json.loads(
         run(
-            "eval.py",
+            "lab/eval.py",
             "--ckpt",
             stories_ckpt,
             "--task",
@@ -164,11 +167,11 @@ def test_cli_tasks_on_the_real_model(stories_ckpt, tmp_path):
         ).stdout
     )
     assert lam["n"] == 5 and 0 <= lam["accuracy"] <= 1 and lam["stderr"] >= 0
-    inf = json.loads(run("eval.py", "--ckpt", ckpt, "--task", "infill", "--data", text, "--limit", "3").stdout)
+    inf = json.loads(run("lab/eval.py", "--ckpt", ckpt, "--task", "infill", "--data", text, "--limit", "3").stdout)
     assert inf["n"] == 3 and 0 <= inf["rouge1"] <= 100 and set(inf["stderr"]) == {"rouge1", "rouge2", "rougeL"}
     g = json.loads(
         run(
-            "eval.py",
+            "lab/eval.py",
             "--ckpt",
             ckpt,
             "--task",
@@ -184,9 +187,10 @@ def test_cli_tasks_on_the_real_model(stories_ckpt, tmp_path):
         ).stdout
     )
     assert g["n"] == 2 and g["gen_ppl"] > 1 and 0 < g["distinct2"] <= 1
-    assert_user_error(run("eval.py", "--ckpt", ckpt, "--task", "genppl", check=False), "--judge")
+    assert_user_error(run("lab/eval.py", "--ckpt", ckpt, "--task", "genppl", check=False), "--judge")
     assert_user_error(
-        run("eval.py", "--ckpt", ckpt, "--task", "nll", "--data", tmp_path / "none.txt", check=False), "does not exist"
+        run("lab/eval.py", "--ckpt", ckpt, "--task", "nll", "--data", tmp_path / "none.txt", check=False),
+        "does not exist",
     )
 
 
@@ -197,7 +201,9 @@ def test_batched_scores_equal_the_plain_one_sequence_scores(stories_ckpt):
     g = torch.Generator().manual_seed(0)
     units = [(torch.randint(3, 500, (n,), generator=g).tolist(), 1 + n // 3) for n in (9, 40, 17, 64, 5)]
     for how, levels in (("elbo", noise_levels(5, seed=1)), ("official", official_levels(4))):
-        batched = scores(model, meta, [(ids, start, levels, k) for k, (ids, start) in enumerate(units)], how, 7, how)
+        batched = scores(
+            model, meta, [Unit(ids, start, levels, k) for k, (ids, start) in enumerate(units)], how, 7, how
+        )
         for k, (ids, start) in enumerate(units):
             x = torch.tensor([ids])
             maskable = torch.arange(len(ids))[None] >= start
@@ -314,7 +320,7 @@ def test_output_records_one_line_per_item(stories_ckpt, tmp_path):
     items = [{"context": "Lily went to the", "choices": ["park", "moon"], "label": 0}] * 3
     (tmp_path / "c.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
     proc = run(
-        "eval.py",
+        "lab/eval.py",
         "--ckpt",
         stories_ckpt,
         "--task",
@@ -345,7 +351,7 @@ def test_lm_eval_harness_equals_eval_py_on_the_same_items(stories_ckpt, tmp_path
     common = ["--ckpt", ckpt, "--mc", "4"]
     ours = json.loads(
         run(
-            "eval.py",
+            "lab/eval.py",
             *common,
             "--task",
             "choice",
@@ -357,7 +363,7 @@ def test_lm_eval_harness_equals_eval_py_on_the_same_items(stories_ckpt, tmp_path
     )
     harness = json.loads(
         run(
-            "eval.py",
+            "lab/eval.py",
             *common,
             "--lm-eval",
             "diffu_story_choice",
@@ -390,7 +396,7 @@ def test_lm_eval_rolling_generation_and_unknown_tasks(stories_ckpt, tmp_path):
     (ckpt / "config.json").write_text(json.dumps({**meta, "objective": "diffusion"}))
     out = json.loads(
         run(
-            "eval.py",
+            "lab/eval.py",
             "--ckpt",
             ckpt,
             "--mc",
@@ -412,6 +418,6 @@ def test_lm_eval_rolling_generation_and_unknown_tasks(stories_ckpt, tmp_path):
     texts = [s["resps"][0][0] for s in generated if s["task"] == "diffu_story_generate"]
     assert len(texts) == 3 and not any("." in t for t in texts)  # cut at the stop string
     proc = run(
-        "eval.py", "--ckpt", ckpt, "--lm-eval", "no_such_task", "--include-path", LM_EVAL, check=False, env=OFFLINE
+        "lab/eval.py", "--ckpt", ckpt, "--lm-eval", "no_such_task", "--include-path", LM_EVAL, check=False, env=OFFLINE
     )
     assert_user_error(proc, "no_such_task")

@@ -9,7 +9,7 @@ def test_scaling_study_on_tiny_settings(tmp_path):
     out = tmp_path / "scaling"
     tiny = "--iters 3 --batch-size 2 --block-size 32 --eval-windows 2 --mc 2 --gen-samples 2 --gen-length 8"
     proc = run(
-        "miniature.py",
+        "lab/miniature.py",
         "--scaling",
         "--quick",
         "--assets",
@@ -45,7 +45,7 @@ def test_levers_study_on_tiny_settings(tmp_path):
     lever converts its own base."""
     out = tmp_path / "levers"
     tiny = "--iters 4 --batch-size 2 --block-size 32 --eval-windows 2 --mc 2 --test-stories 6"
-    proc = run("miniature.py", "--levers", "7,10", "--assets", ASSETS, "--out", out, *tiny.split())
+    proc = run("lab/miniature.py", "--levers", "7,10", "--assets", ASSETS, "--out", out, *tiny.split())
     rows = json.loads((out / "results.json").read_text())["levers"]
     assert [r["lever"] for r in rows] == [
         "the miniature's recipe",

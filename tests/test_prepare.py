@@ -359,7 +359,7 @@ def test_stray_blank_lines_do_not_make_one_document(layout):
     """A title and a blank line before a paragraph-per-line file, or a blank line after it: still one a line."""
     import tempfile
 
-    from corpus import texts
+    from data.corpus import texts
 
     paragraphs = [s.replace("\n", " ") for s in STORIES[:50]]
     body = "".join(p + "\n" for p in paragraphs)

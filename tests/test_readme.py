@@ -25,9 +25,9 @@ TINY = {
     "train.py": "--max-iters 2 --eval-interval 1 --eval-iters 1 --batch-size 2 --block-size 32 --grad-accum 2 "
     "--warmup-iters 1 --anneal-steps 2",
     "sample.py": "--length 8 --steps 4",
-    "eval.py": "--limit 2 --mc 2 --length 8 --steps 4",
-    "miniature.py": f"--assets {ASSETS} --out mini --iters 4 --batch-size 2 --block-size 32 --eval-windows 2 --mc 2 "
-    "--gen-steps 2,4 --gen-samples 2 --gen-length 8 --test-stories 4",
+    "lab/eval.py": "--limit 2 --mc 2 --length 8 --steps 4",
+    "lab/miniature.py": f"--assets {ASSETS} --out mini --iters 4 --batch-size 2 --block-size 32 --eval-windows 2 "
+    "--mc 2 --gen-steps 2,4 --gen-samples 2 --gen-length 8 --test-stories 4",
 }
 HUB_TASKS = "--lm-eval hellaswag,winogrande,piqa"  # lm-eval's tasks download their data: a local task instead
 SOURCES = {"fineweb": "--source web.jsonl", "diffullama": "--source slimpajama=web.jsonl --source starcoder=code.jsonl"}
@@ -53,7 +53,9 @@ def tiny_command(cmd):
         cmd,
     )
     cmd = cmd.replace("--nproc_per_node=8", "--nproc_per_node=2")
-    script = next((s for s in ["train.py", "sample.py", "eval.py", "miniature.py"] if f" {s}" in f" {cmd}"), None)
+    script = next(
+        (s for s in ["train.py", "sample.py", "lab/eval.py", "lab/miniature.py"] if f" {s}" in f" {cmd}"), None
+    )
     if script:
         cmd += " " + TINY[script]
     if "--init-from resume" in cmd:  # a resume continues past the finished tiny run
@@ -72,12 +74,12 @@ def tiny_command(cmd):
 def sandbox(tmp_path, monkeypatch):
     for name in [
         "model.py",
+        "checkpoint.py",
         "tokenizer.py",
         "convert.py",
         "train.py",
         "sample.py",
-        "eval.py",
-        "miniature.py",
+        "lab",
         "config",
         "requirements.txt",
     ]:
@@ -148,6 +150,7 @@ def sandbox(tmp_path, monkeypatch):
     server.shutdown()
 
 
+@pytest.mark.slow
 def test_every_readme_command_runs(sandbox):
     tmp_path, env = sandbox
     ran = 0
@@ -160,7 +163,7 @@ def test_every_readme_command_runs(sandbox):
             cmd = cmd.split("&&", 1)[1].strip()
         if cmd == "python -m pytest -q":
             continue  # that is this suite
-        if cmd == "python bench.py --suite tiny":
+        if cmd == "python lab/bench.py --suite tiny":
             continue  # tests/test_bench.py runs exactly this
         tiny = tiny_command(cmd)
         proc = subprocess.run(tiny, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -1,13 +1,24 @@
 """sample.py: shift handling pinned by a stub, strategies, the exact speed-ups, AR with a KV cache, bad input."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from conftest import ASSETS, STORY_START, run
 from model import ModelConfig, Transformer
-from sample import STRATEGIES, Sampling, generate, generate_ar, generate_ar_batch, generate_batch, until_eos
+from sample import (
+    STRATEGIES,
+    Decoding,
+    Sampling,
+    generate,
+    generate_ar,
+    generate_batch,
+    sample_tokens,
+    until_eos,
+    valid_logits,
+)
 from tokenizer import load_tokenizer
 
 V, MASK, BOS = 50, 49, 0
@@ -58,20 +69,9 @@ def test_oracle_is_reproduced_exactly(case, strategy, threshold, block, cache):
     target[0] = BOS
     oracle = Oracle(target)
     steps = 6
-    x, forwards = generate(
-        oracle,
-        target[:P].tolist(),
-        N,
-        mask_id=MASK,
-        suffix=target[P + N :].tolist(),
-        steps=steps,
-        strategy=strategy,
-        threshold=threshold,
-        block_length=block,
-        num_samples=3,
-        seed=1,
-        cache=cache,
-    )
+    decoding = Decoding(steps, strategy, threshold=threshold, block_length=block, cache=cache)
+    prefix, suffix = target[:P].tolist(), target[P + N :].tolist()
+    x, forwards = generate(oracle, prefix, N, decoding, mask_id=MASK, suffix=suffix, num_samples=3, seed=1)
     assert torch.equal(x, target.expand(3, -1))  # prompt and suffix unchanged, every mask replaced correctly
     assert forwards == oracle.calls <= steps
 
@@ -79,7 +79,7 @@ def test_oracle_is_reproduced_exactly(case, strategy, threshold, block, cache):
 def test_no_shift_checkpoints_decode_unshifted():
     target = torch.randint(1, MASK, (10,))
     target[0] = BOS
-    x, _ = generate(Oracle(target, shift=False), [BOS], 9, mask_id=MASK, steps=9, shift=False, strategy="confidence")
+    x, _ = generate(Oracle(target, shift=False), [BOS], 9, Decoding(9, "confidence"), mask_id=MASK, shift=False)
     assert torch.equal(x[0], target)
 
 
@@ -88,7 +88,7 @@ def test_no_forward_pass_when_nothing_was_revealed():
     target = torch.randint(1, MASK, (9,))
     target[0] = BOS
     oracle = Oracle(target)
-    x, forwards = generate(oracle, [BOS], 8, mask_id=MASK, steps=200, strategy="random", seed=0)
+    x, forwards = generate(oracle, [BOS], 8, Decoding(200, "random"), mask_id=MASK)
     assert torch.equal(x[0], target) and forwards == oracle.calls <= 8
     assert oracle.rows == 8  # the random order predicts only the tokens it reveals: each position once
 
@@ -97,7 +97,7 @@ def test_threshold_decodes_in_fewer_passes():
     target = torch.randint(1, MASK, (33,))
     target[0] = BOS
     oracle = Oracle(target)
-    generate(oracle, [BOS], 32, mask_id=MASK, steps=32, strategy="confidence", threshold=0.9)
+    generate(oracle, [BOS], 32, Decoding(32, "confidence", threshold=0.9), mask_id=MASK)
     assert oracle.calls == 1  # the oracle is sure of everything at once
 
 
@@ -109,10 +109,11 @@ def tiny_model():
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_real_model_same_seed_same_text(tiny_model, strategy):
-    kw = dict(mask_id=MASK, steps=5, strategy=strategy, num_samples=2, sampling=Sampling(top_p=0.9, temperature=0.8))
-    a, _ = generate(tiny_model, [BOS, 3, 4], 10, seed=7, suffix=[5, 6], **kw)
-    b, _ = generate(tiny_model, [BOS, 3, 4], 10, seed=7, suffix=[5, 6], **kw)
-    c, _ = generate(tiny_model, [BOS, 3, 4], 10, seed=8, suffix=[5, 6], **kw)
+    decoding = Decoding(5, strategy, Sampling(top_p=0.9, temperature=0.8))
+    kw = dict(mask_id=MASK, num_samples=2, suffix=[5, 6])
+    a, _ = generate(tiny_model, [BOS, 3, 4], 10, decoding, seed=7, **kw)
+    b, _ = generate(tiny_model, [BOS, 3, 4], 10, decoding, seed=7, **kw)
+    c, _ = generate(tiny_model, [BOS, 3, 4], 10, decoding, seed=8, **kw)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert (
         not (a == MASK).any()
@@ -121,23 +122,23 @@ def test_real_model_same_seed_same_text(tiny_model, strategy):
     )
 
 
+def ar_without_cache(model, prefix, length, seed, sampling):
+    """AR sampling the plain way, generate_ar's reference: the whole sequence through the model for every token."""
+    g, x = torch.Generator().manual_seed(seed), list(prefix)
+    for _ in range(length):
+        logits = model(torch.tensor([x]), attn="causal")[:, -1]
+        x.append(sample_tokens(valid_logits(logits, MASK, None), sampling, g)[0].item())
+    return x
+
+
 def test_ar_cache_equals_no_cache(tiny_model):
     for greedy, seed in [(True, 0), (False, 3)]:
-        a, _ = generate_ar(
-            tiny_model, [BOS, 7], 20, mask_id=MASK, sampling=Sampling(greedy=greedy), seed=seed, num_samples=2
+        sampling = Sampling(greedy=greedy)
+        cached, _ = generate_ar(
+            tiny_model, [[BOS, 7], [BOS, 7]], 20, seeds=[seed, seed + 1], mask_id=MASK, sampling=sampling
         )
-        b, _ = generate_ar(
-            tiny_model,
-            [BOS, 7],
-            20,
-            mask_id=MASK,
-            sampling=Sampling(greedy=greedy),
-            seed=seed,
-            num_samples=2,
-            use_cache=False,
-        )
-        assert torch.equal(a, b)
-        assert not (a == MASK).any()
+        assert cached == [ar_without_cache(tiny_model, [BOS, 7], 20, s, sampling) for s in (seed, seed + 1)]
+        assert MASK not in cached[0] + cached[1]
 
 
 def test_ar_greedy_reproduces_the_stories260k_story(stories_ckpt):
@@ -159,11 +160,9 @@ def test_cli_samples_infill_and_show(stories_ckpt):
 
 def test_cache_with_one_step_per_block_is_exact(tiny_model):
     """Every block decoded in its first step starts from a fresh cache: the same tokens as without it."""
-    kw = dict(
-        mask_id=MASK, steps=4, block_length=3, strategy="confidence", sampling=Sampling(greedy=True), suffix=[5, 6]
-    )
-    exact, _ = generate(tiny_model, [BOS, 3], 12, **kw)
-    cached, _ = generate(tiny_model, [BOS, 3], 12, cache=True, **kw)
+    decoding = Decoding(4, "confidence", Sampling(greedy=True), block_length=3)
+    exact, _ = generate(tiny_model, [BOS, 3], 12, decoding, mask_id=MASK, suffix=[5, 6])
+    cached, _ = generate(tiny_model, [BOS, 3], 12, replace(decoding, cache=True), mask_id=MASK, suffix=[5, 6])
     assert torch.equal(exact, cached)
 
 
@@ -187,8 +186,6 @@ def test_nucleus_is_exact():
 
 
 def test_sampling_follows_the_distribution():
-    from sample import sample_tokens
-
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = probs.log().expand(20000, -1)
     tokens, _ = sample_tokens(logits, generator=torch.Generator().manual_seed(0))
@@ -215,9 +212,9 @@ def test_prompt_generated_text_and_suffix_are_decoded_as_written(stories_ckpt):
     ]
     text = "Today is a wonderful day, the cat sat on the mat and then it fell asleep."
     for tok in tokenizers:
-        ids = torch.tensor(tok.encode(text, bos=True))
+        ids = tok.encode(text, bos=True)
         for start, end in [(3, 9), (5, 12), (2, len(ids))]:
-            assert render(tok, ids, start, end, tok.eos_id) == text, (tok.kind, start, end)
+            assert render(tok, ids[:start], ids[start:end], ids[end:], tok.eos_id) == text, (tok.kind, start, end)
     proc = run(
         "sample.py", "--ckpt", stories_ckpt, "--ar", "--greedy", "--prompt", "Once upon a time,", "--length", "12"
     )
@@ -264,12 +261,10 @@ def test_a_batch_decodes_each_prompt_as_it_decodes_alone(arch):
     seeds = list(range(100, 108))
     for strategy in STRATEGIES:
         for block_length in (0, 4):
-            kw = dict(
-                mask_id=MASK, steps=8, strategy=strategy, block_length=block_length, sampling=Sampling(greedy=True)
-            )
-            batch, _ = generate_batch(model, rows, 16, seeds=seeds, **kw)
+            decoding = Decoding(8, strategy, Sampling(greedy=True), block_length=block_length)
+            batch, _ = generate_batch(model, rows, 16, decoding, seeds=seeds, mask_id=MASK)
             for b, (row, seed) in enumerate(zip(rows, seeds)):
-                alone, _ = generate_batch(model, [row], 16, seeds=[seed], **kw)
+                alone, _ = generate_batch(model, [row], 16, decoding, seeds=[seed], mask_id=MASK)
                 n = alone.shape[1]
                 assert torch.equal(batch[b, :n], alone[0]), (strategy, block_length, b)
 
@@ -314,7 +309,7 @@ def test_prompts_file_decodes_in_batches_as_one_at_a_time(stories_ckpt, tmp_path
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_an_ar_batch_decodes_each_prompt_as_it_decodes_alone(arch):
     """AR: prompts of 1 to 200 tokens in one batch, each row at its own positions; greedy gives each the
-    tokens generate_ar gives it alone (one prompt, the plain KV-cache path)."""
+    tokens it gets alone, and those of the plain loop without a cache."""
     torch.manual_seed(0)
     cfg = ModelConfig(arch=arch, vocab_size=V, block_size=256, n_layer=2, n_head=2, n_embd=32)
     model = Transformer(cfg).double().eval()  # float64: batch shapes round differently, at 1e-16 instead of 1e-7
@@ -323,7 +318,9 @@ def test_an_ar_batch_decodes_each_prompt_as_it_decodes_alone(arch):
         [BOS, *torch.randint(3, V - 2, (n - 1,), generator=g).tolist()] for n in [1, 2, 7, 30, 64, 111, 170, 200]
     ]
     kw = dict(mask_id=MASK, sampling=Sampling(greedy=True), eos_id=V - 2)
-    batch, _ = generate_ar_batch(model, prefixes, 24, seeds=list(range(8)), **kw)
-    for prefix, row in zip(prefixes, batch):
-        alone, _ = generate_ar(model, prefix, 24, **kw)
-        assert until_eos(row, V - 2) == until_eos(alone[0].tolist(), V - 2)
+    batch, _ = generate_ar(model, prefixes, 24, seeds=list(range(8)), **kw)
+    for k, (prefix, row) in enumerate(zip(prefixes, batch)):
+        (alone,), _ = generate_ar(model, [prefix], 24, seeds=[k], **kw)
+        assert until_eos(row, V - 2) == until_eos(alone, V - 2)
+        if k in (0, 3, 7):  # and the plain loop's, for the shortest, a middle and the longest prompt
+            assert until_eos(alone, V - 2) == until_eos(ar_without_cache(model, prefix, 24, k, kw["sampling"]), V - 2)

@@ -15,8 +15,9 @@ from safetensors.torch import load_file
 
 from checkpoint import load_checkpoint
 from conftest import ASSETS, ROOT, assert_user_error, run
+from data.shards import Data
 from model import EPS, anneal_ratio, attention_at, diffusion_loss
-from train import Data, lr_at, parse_args
+from train import lr_at, parse_args
 
 STORIES_TXT = ASSETS / "text" / "tinystories_val.txt"
 TINY = ["--max-iters", "6", "--eval-interval", "3", "--batch-size", "4", "--block-size", "64", "--eval-iters", "2"]
@@ -448,7 +449,7 @@ def test_parquet_documents_come_from_the_recipe_field(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     import pyarrow
 
-    from corpus import texts
+    from data.corpus import texts
 
     pq.write_table(pyarrow.table({"content": ["def f():\n    return 1\n", "x = 2\n"]}), tmp_path / "code.parquet")
     assert list(texts([tmp_path / "code.parquet"], "content")) == ["def f():\n    return 1\n", "x = 2\n"]

@@ -1,11 +1,11 @@
 """Evaluate AR and diffusion checkpoints in the same units, by the paper's protocols by default.
 
-    python eval.py --ckpt DIR --task nll --data text.txt [--mc 16 | --t-grid]
-    python eval.py --ckpt DIR --task lambada --data lambada_test.txt [--greedy]
-    python eval.py --ckpt DIR --task choice --data items.jsonl [--score elbo]  # {"context", "choices", "label"}
-    python eval.py --ckpt DIR --task infill --data stories.txt
-    python eval.py --ckpt DIR --task genppl --judge AR_DIR --steps 64 --length 128
-    python eval.py --ckpt DIR --lm-eval hellaswag,piqa [--include-path DIR]  # lm-evaluation-harness 0.4
+    python lab/eval.py --ckpt DIR --task nll --data text.txt [--mc 16 | --t-grid]
+    python lab/eval.py --ckpt DIR --task lambada --data lambada_test.txt [--greedy]
+    python lab/eval.py --ckpt DIR --task choice --data items.jsonl [--score elbo]  # {"context", "choices", "label"}
+    python lab/eval.py --ckpt DIR --task infill --data stories.txt
+    python lab/eval.py --ckpt DIR --task genppl --judge AR_DIR --steps 64 --length 128
+    python lab/eval.py --ckpt DIR --lm-eval hellaswag,piqa [--include-path DIR]  # lm-evaluation-harness 0.4
 
 Each task shows a progress bar and ends with one JSON line on standard output, with the task's
 standard error ("stderr"); --output FILE also writes one JSON line per item (window, sample).
@@ -24,19 +24,31 @@ t ~ U(1e-3, 1) with --mc samples (stratified, fixed seed) or on a fixed --t-grid
 import argparse
 import json
 import math
-import os
-import re
 import sys
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint, pick_device, pick_dtype
-from corpus import texts
-from model import HelpFormatter, UserError, ar_loss, diffusion_loss, mix, noise_levels, predicting
-from sample import STRATEGIES, Sampling, generate_ar_batch, generate_batch, until_eos, valid_logits
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from checkpoint import (
+    COUNT,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    HelpFormatter,
+    add_device_options,
+    atomic_write,
+    load_checkpoint,
+    pick_device,
+    pick_dtype,
+)
+from data.corpus import texts
+from lab.common import sentences
+from model import UserError, ar_loss, diffusion_loss, mix, noise_levels, predicting
+from sample import STRATEGIES, Decoding, Sampling, decode, key_mask, pad_right, until_eos, valid_logits
 from tokenizer import load_tokenizer
 
 # ---------------------------------------------------------------------------------------------
@@ -69,100 +81,93 @@ def official_choice_score(model, x, maskable, mask_id, levels, seed, shift=True)
 
 def official_levels(T):
     """The official score's noise levels: t = j/T, j = 1..T."""
-    return [j / T for j in range(1, T + 1)]
+    return noise_levels(T, offset=1.0, eps=0.0)
+
+
+@dataclass
+class Unit:
+    """A sequence to score: ids[start:] given ids[:start] (ids[0] is BOS), at noise levels whose level j
+    draws its uniforms from mix(seed, j)."""
+
+    ids: list
+    start: int
+    levels: list
+    seed: int
 
 
 @torch.no_grad()
 def scores(model, meta, units, how, batch_size, desc):
-    """-(log-likelihood) in nats of each unit's scored tokens, many units per forward pass.
+    """-(log-likelihood) in nats of each Unit's scored tokens, many units per forward pass.
 
-    units: [(ids, start, levels, seed)]: ids[start:] are scored given ids[:start] (ids[0] is BOS).
-    AR checkpoints: exact. Diffusion: only the scored tokens are masked, at each noise level t in
-    levels, with level j's uniforms drawn from mix(seed, j); how "elbo": Σ CE/t averaged over the
-    levels (elbo(), a bound), "official": official_choice_score() times the number of scored tokens.
-    One row per unit and level, --batch-size rows per pass, right-padded: no query attends to
-    padding and nothing predicts it, so a unit scores what it scores alone (up to float rounding).
+    AR checkpoints: exact. Diffusion: only the scored tokens are masked, at each of the unit's noise
+    levels; how "elbo": Σ CE/t averaged over the levels (elbo(), a bound), "official":
+    official_choice_score() times the number of scored tokens. One row per unit and level, --batch-size
+    rows per pass, right-padded: no query attends to padding and nothing predicts it, so a unit scores
+    what it scores alone (up to float rounding).
     """
     ar, device = meta["objective"] == "ar", model.tok_emb.weight.device
-    rows = [(u, j) for u, unit in enumerate(units) for j in range(1 if ar else len(unit[2]))]
-    per_level = [[] for _ in units]  # (Σ CE/t, Σ CE, number masked) of each of the unit's levels
+    rows = [(unit, j) for unit in units for j in range(1 if ar else len(unit.levels))]
+    per_level = {id(unit): [] for unit in units}  # (Σ CE/t, Σ CE, number masked) at each of the unit's levels
     for first in tqdm(range(0, len(rows), batch_size), desc=desc, file=sys.stderr, disable=None):
         batch = rows[first : first + batch_size]
-        x, real = padded([units[u][0] for u, _ in batch], device)
+        x, real = pad_right([unit.ids for unit, _ in batch], device)
         maskable = real.clone()
-        for b, (u, _) in enumerate(batch):
-            maskable[b, : units[u][1]] = False
+        for b, (unit, _) in enumerate(batch):
+            maskable[b, : unit.start] = False
         if ar:
             ce = ar_loss(model, x, targets=maskable)
-            for (u, _), values in zip(batch, ce.split(maskable[:, 1:].sum(1).tolist())):
-                per_level[u].append((None, values.sum().item(), None))
+            for (unit, _), values in zip(batch, ce.split(maskable[:, 1:].sum(1).tolist())):
+                per_level[id(unit)].append((None, values.sum().item(), None))
             continue
         noise = torch.ones(x.shape)  # padding is never maskable, whatever its noise
-        for b, (u, j) in enumerate(batch):
-            n = len(units[u][0])
-            noise[b, :n] = torch.rand(n, generator=torch.Generator().manual_seed(mix(units[u][3], j)))
-        t = torch.tensor([units[u][2][j] for u, j in batch], device=device)
+        for b, (unit, j) in enumerate(batch):
+            noise[b, : len(unit.ids)] = torch.rand(
+                len(unit.ids), generator=torch.Generator().manual_seed(mix(unit.seed, j))
+            )
+        t = torch.tensor([unit.levels[j] for unit, j in batch], device=device)
         shift, mask_id = meta.get("shift", True), meta["mask_token_id"]
         sums = diffusion_loss(model, x, maskable, t, noise.to(device), mask_id, key_mask(real), shift, per_row=True)
-        for b, (u, _) in enumerate(batch):
-            per_level[u].append(tuple(v[b].item() for v in sums))
+        for b, (unit, _) in enumerate(batch):
+            per_level[id(unit)].append(tuple(v[b].item() for v in sums))
+    levels = [per_level[id(unit)] for unit in units]
     if ar:
-        return [levels[0][1] for levels in per_level]
+        return [losses[0][1] for losses in levels]
     if how == "official":
         return [
-            sum(ce / n if n else 0.0 for _, ce, n in levels) / len(levels) * (len(ids) - start)
-            for levels, (ids, start, _, _) in zip(per_level, units)
+            sum(ce / n if n else 0.0 for _, ce, n in losses) / len(losses) * (len(unit.ids) - unit.start)
+            for losses, unit in zip(levels, units)
         ]
-    return [sum(w for w, _, _ in levels) / len(levels) for levels in per_level]
+    return [sum(w for w, _, _ in losses) / len(losses) for losses in levels]
 
 
-def padded(rows, device):
-    """Token lists -> (x (B, longest) padded on the right, real (B, longest): where x holds a token)."""
-    lengths = torch.tensor([len(ids) for ids in rows], device=device)
-    x = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long, device=device)
-    for b, ids in enumerate(rows):
-        x[b, : len(ids)] = torch.tensor(ids)
-    return x, torch.arange(x.shape[1], device=device) < lengths[:, None]
+@dataclass
+class Job:
+    """A sequence to decode: `length` tokens between prefix and suffix ids, drawing from its own seed."""
+
+    prefix: list
+    length: int
+    suffix: list
+    seed: int
+    decoding: Decoding
 
 
-def key_mask(real):
-    """Full attention to every real token and none to padding: a (B, 1, 1, L) mask, or "full" when nothing is padded."""
-    return "full" if real.all() else real[:, None, None]
+def decode_many(model, meta, tok, jobs, batch_size, desc):
+    """Generated ids of each Job -> (ids of each, forward passes).
 
-
-def decode_many(model, meta, tok, jobs, batch_size, options, desc):
-    """Generated ids of each job (prefix, length, suffix, seed, steps, sampling) -> (ids of each, forward passes).
-
-    Jobs that share a length, steps and sampling are decoded --batch-size at a time (a batch decodes
+    Jobs that share a length and decoding options are decoded --batch-size at a time (a batch decodes
     one length), each row from its own seed: a job decodes to the same tokens in any batch
-    (sample.generate_batch). options: the diffusion decoding options. AR checkpoints continue the
-    prefix (they cannot see a suffix)."""
+    (sample.generate_batch). AR checkpoints continue the prefix (they cannot see a suffix)."""
     groups = {}
-    for k, (_, length, _, _, steps, sampling) in enumerate(jobs):
-        groups.setdefault((length, steps, sampling), []).append(k)
-    out, forwards, common = [None] * len(jobs), 0, dict(mask_id=meta["mask_token_id"], vocab=tok.n_vocab)
+    for k, job in enumerate(jobs):
+        groups.setdefault((job.length, job.decoding), []).append(k)
+    out, forwards = [None] * len(jobs), 0
     with tqdm(total=len(jobs), desc=desc, file=sys.stderr, disable=None) as bar:
-        for (length, steps, sampling), ks in groups.items():
+        for (length, decoding), ks in groups.items():
             for first in range(0, len(ks), batch_size):
-                batch = ks[first : first + batch_size]
-                prefixes, seeds = [jobs[k][0] for k in batch], [jobs[k][3] for k in batch]
-                if meta["objective"] == "ar":
-                    rows, passes = generate_ar_batch(model, prefixes, length, seeds=seeds, sampling=sampling, **common)
-                    generated = [row[len(p) :] for row, p in zip(rows, prefixes)]
-                else:
-                    x, passes = generate_batch(
-                        model,
-                        [(jobs[k][0], jobs[k][2]) for k in batch],
-                        length,
-                        seeds=seeds,
-                        steps=steps,
-                        sampling=sampling,
-                        shift=meta.get("shift", True),
-                        **options,
-                        **common,
-                    )
-                    generated = [row[len(p) : len(p) + length].tolist() for row, p in zip(x, prefixes)]
-                for k, ids in zip(batch, generated):
+                batch = [jobs[k] for k in ks[first : first + batch_size]]
+                rows, seeds = [(job.prefix, job.suffix) for job in batch], [job.seed for job in batch]
+                generated, passes = decode(model, meta, rows, length, decoding, seeds=seeds, vocab=tok.n_vocab)
+                for k, ids in zip(ks[first : first + batch_size], generated):
                     out[k] = ids
                 forwards += passes
                 bar.update(len(batch))
@@ -222,9 +227,9 @@ def fit_prompt(tok, ids, room):
     return head + ids[max(0, len(ids) - (room - len(head))) :] if room > len(head) else head
 
 
-def decoding_options(args):
-    """sample.py's diffusion decoding options, as given to infill and genppl."""
-    return dict(strategy=args.strategy, threshold=args.threshold, block_length=args.block_length, cache=args.cache)
+def decoding(args, steps, sampling):
+    """sample.py's decoding options, as given to infill, genppl and generate_until."""
+    return Decoding(steps, args.strategy, sampling, args.threshold, args.block_length, args.cache)
 
 
 def read_lines(path):
@@ -249,7 +254,7 @@ def task_nll(model, meta, tok, args):
         raise UserError(f"--block-size {L} is beyond the model's {model.cfg.block_size} positions")
     windows = [ids[i : i + L] for i in range(0, len(ids) - 1, L)][: args.limit or None]
     levels = noise_levels(args.mc, seed=None if args.t_grid else args.seed)
-    units = [(w, 1, levels, mix(args.seed, k)) for k, w in enumerate(windows)]
+    units = [Unit(w, 1, levels, mix(args.seed, k)) for k, w in enumerate(windows)]
     totals, counts = scores(model, meta, units, "elbo", args.batch_size, "nll"), [len(w) - 1 for w in windows]
     nll = sum(totals) / sum(counts)
     result = {"nll": nll, "ppl": math.exp(nll), "bound": meta["objective"] != "ar", "tokens": sum(counts)}
@@ -272,12 +277,13 @@ def task_lambada(model, meta, tok, args):
         context, word = line.rsplit(" ", 1)
         context_ids, answer_ids = tok.encode_continuation(context, " " + word)
         n = len(answer_ids)
-        jobs.append((fit_prompt(tok, context_ids, model.cfg.block_size - n), n, (), mix(args.seed, k), n, sampling))
+        prefix = fit_prompt(tok, context_ids, model.cfg.block_size - n)
+        jobs.append(Job(prefix, n, [], mix(args.seed, k), Decoding(n, args.strategy, sampling)))
         answers.append((word, answer_ids))
-    predictions, _ = decode_many(model, meta, tok, jobs, args.batch_size, dict(strategy=args.strategy), "lambada")
+    predictions, _ = decode_many(model, meta, tok, jobs, args.batch_size, "lambada")
     correct = [tok.decode(ids).strip() == word for ids, (word, _) in zip(predictions, answers)]
     records = [
-        {"context_ids": job[0], "answer_ids": answer_ids, "prediction_ids": ids, "correct": right}
+        {"context_ids": job.prefix, "answer_ids": answer_ids, "prediction_ids": ids, "correct": right}
         for job, (_, answer_ids), ids, right in zip(jobs, answers, predictions, correct)
     ]
     acc, se = accuracy(correct)
@@ -323,7 +329,7 @@ def continuation_unit(model, tok, context, continuation, args):
     prefix = fit_prompt(tok, context_ids, model.cfg.block_size - len(ids))
     seed = mix(args.seed, zlib.crc32(f"{context}\0{continuation}".encode()))
     levels = official_levels(args.mc) if args.score == "official" else noise_levels(args.mc, seed=seed)
-    return prefix + ids, len(prefix), levels, seed
+    return Unit(prefix + ids, len(prefix), levels, seed)
 
 
 def task_choice(model, meta, tok, args):
@@ -340,7 +346,7 @@ def task_choice(model, meta, tok, args):
         for choice in item["choices"]
     ]
     nlls = scores(model, meta, units, args.score, args.batch_size, "choice")
-    per_token = iter([nll / (len(ids) - start) for nll, (ids, start, _, _) in zip(nlls, units)])
+    per_token = iter([nll / (len(unit.ids) - unit.start) for nll, unit in zip(nlls, units)])
     correct, records = [], []
     for item in items:
         item_scores = [next(per_token) for _ in item["choices"]]
@@ -356,7 +362,7 @@ def task_choice(model, meta, tok, args):
 def task_infill(model, meta, tok, args):
     """Stories with the middle sentence removed: generate it between the sentences before and after
     (eval-diffugpt.py: eval_infilling on ROCStories, the third of five sentences); ROUGE against it."""
-    stories = [re.split(r"(?<=[.!?])\s+", d.replace("\n", " ")) for d in texts([args.data])]
+    stories = [sentences(d) for d in texts([args.data])]
     stories = [s for s in stories if len(s) >= 3][: args.limit or None]
     if not stories:
         raise UserError(f"--data {args.data} holds no story of three or more sentences")
@@ -369,9 +375,10 @@ def task_infill(model, meta, tok, args):
         n = min(len(middle_ids), model.cfg.block_size // 2)
         suffix = suffix_ids[: (model.cfg.block_size - n) // 2]
         prefix = fit_prompt(tok, context_ids, model.cfg.block_size - n - len(suffix))
-        jobs.append((prefix, n, suffix, mix(args.seed, k), args.steps or n, Sampling(greedy=args.greedy)))
+        sampling = Sampling(greedy=args.greedy)
+        jobs.append(Job(prefix, n, suffix, mix(args.seed, k), decoding(args, args.steps or n, sampling)))
         references.append(s[mid])
-    generated, _ = decode_many(model, meta, tok, jobs, args.batch_size, decoding_options(args), "infill")
+    generated, _ = decode_many(model, meta, tok, jobs, args.batch_size, "infill")
     predictions = [tok.decode(ids).strip() for ids in generated]
     mean, per_item = rouge(predictions, references, per_item=True)
     stderr = {k: stderr_of_mean([s[k] for s in per_item]) for k in mean}
@@ -392,8 +399,10 @@ def task_genppl(model, meta, tok, args):
         raise UserError(f"--judge {args.judge} is not an AR checkpoint")
     steps, sampling = args.steps or args.length, Sampling(temperature=args.temperature, top_p=args.top_p)
     bos = tok.encode("", bos=True)
-    jobs = [(bos, args.length, (), mix(args.seed, s), steps, sampling) for s in range(args.limit or 16)]
-    samples, forwards = decode_many(model, meta, tok, jobs, args.batch_size, decoding_options(args), "genppl")
+    jobs = [
+        Job(bos, args.length, [], mix(args.seed, s), decoding(args, steps, sampling)) for s in range(args.limit or 16)
+    ]
+    samples, forwards = decode_many(model, meta, tok, jobs, args.batch_size, "genppl")
     totals, counts, records = [], [], []
     for ids in samples:
         text = tok.decode(until_eos(ids, tok.eos_id))
@@ -430,10 +439,10 @@ def greedy_flags(model, meta, tok, units, batch_size):
     ar, mask_id, flags = meta["objective"] == "ar", meta["mask_token_id"], []
     for first in range(0, len(units), batch_size):
         batch = units[first : first + batch_size]
-        x, real = padded([ids for ids, *_ in batch], model.tok_emb.weight.device)
+        x, real = pad_right([unit.ids for unit in batch], model.tok_emb.weight.device)
         maskable = real.clone()
-        for b, (_, start, _, _) in enumerate(batch):
-            maskable[b, :start] = False
+        for b, unit in enumerate(batch):
+            maskable[b, : unit.start] = False
         inputs = x if ar else x.masked_fill(maskable, mask_id)
         where = predicting(maskable, ar or meta.get("shift", True))
         logits = model(inputs, attn="causal" if ar else key_mask(real), where=where)
@@ -463,7 +472,7 @@ def harness_model(model, meta, tok, args):
                 # windows overlap by one token, the context of the next: every token is scored once
                 for k, i in enumerate(range(0, len(ids) - 1, L - 1)):
                     seed = mix(args.seed, text_seed, k)
-                    units.append((ids[i : i + L], 1, noise_levels(args.mc, seed=seed), seed))
+                    units.append(Unit(ids[i : i + L], 1, noise_levels(args.mc, seed=seed), seed))
                     owners.append(n)
             totals = [0.0] * len(requests)
             for n, nll in zip(owners, scores(model, meta, units, "elbo", args.batch_size, "loglikelihood_rolling")):
@@ -481,10 +490,8 @@ def harness_model(model, meta, tok, args):
                 sampling = Sampling(
                     temperature=temperature or 1.0, greedy=not options.get("do_sample") or not temperature
                 )
-                jobs.append((prefix, n, (), mix(args.seed, k), args.steps or n, sampling))
-            generated, _ = decode_many(
-                model, meta, tok, jobs, args.batch_size, decoding_options(args), "generate_until"
-            )
+                jobs.append(Job(prefix, n, [], mix(args.seed, k), decoding(args, args.steps or n, sampling)))
+            generated, _ = decode_many(model, meta, tok, jobs, args.batch_size, "generate_until")
             out = []
             for r, ids in zip(requests, generated):
                 text, until = tok.decode(until_eos(ids, tok.eos_id)), r.args[1].get("until") or []
@@ -528,13 +535,6 @@ def harness_tasks(args):
 TASKS = {"nll": task_nll, "lambada": task_lambada, "choice": task_choice, "infill": task_infill, "genppl": task_genppl}
 
 
-def write_records(path, records):
-    """One JSON line per item, written atomically."""
-    tmp = Path(f"{path}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
-    tmp.replace(path)
-
-
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument
@@ -544,28 +544,42 @@ def parse_args(argv):
     a("--lm-eval", metavar="TASKS", help="lm-evaluation-harness tasks, comma-separated, instead of --task")
     a("--include-path", type=Path, help="--lm-eval: a folder of your own task YAMLs")
     a("--data", type=Path, help="the task's data file")
-    a("--limit", type=int, default=0, help="evaluate only the first N items (windows for nll, samples for genppl)")
+    a(
+        "--limit",
+        type=NON_NEGATIVE,
+        default=0,
+        help="evaluate only the first N items (windows for nll, samples for genppl)",
+    )
     a("--output", type=Path, help="also write one JSON line per item (window, sample) here")
     a("--seed", type=int, default=0, help="noise and sampling seed")
     # scoring
-    a("--mc", type=int, default=32, help="noise levels: nll Monte Carlo samples; choice T (the paper: 32)")
+    a("--mc", type=COUNT, default=32, help="noise levels: nll Monte Carlo samples; choice T (the paper: 32)")
     a("--t-grid", action="store_true", help="nll: a fixed grid of levels instead of Monte Carlo")
     a("--score", choices=["official", "elbo"], default="official", help="choice, diffusion: how a choice is scored")
-    a("--block-size", type=int, default=0, help="nll window (default: the model's, at most 512)")
+    a("--block-size", type=NON_NEGATIVE, default=0, help="nll window (default: the model's, at most 512)")
     # decoding
-    a("--steps", type=int, default=0, help="decoding steps (infill: default the middle's length; genppl: --length)")
+    a(
+        "--steps",
+        type=NON_NEGATIVE,
+        default=0,
+        help="decoding steps (infill: default the middle's length; genppl: --length)",
+    )
     a("--strategy", choices=STRATEGIES, default="confidence", help="diffusion decoding order (sample.py)")
     a("--greedy", action="store_true", help="lambada, infill: greedy decoding")
     a("--judge", type=Path, help="genppl: AR checkpoint that scores the samples")
-    a("--length", type=int, default=128, help="genppl: tokens per sample")
-    a("--temperature", type=float, default=1.0, help="genppl: sampling temperature")
-    a("--top-p", type=float, default=1.0, help="genppl: nucleus sampling")
-    a("--threshold", type=float, help="genppl, infill: parallel decoding threshold (sample.py)")
-    a("--block-length", type=int, default=0, help="genppl, infill: semi-autoregressive blocks (sample.py)")
-    a("--batch-size", type=int, default=32, help="sequences per forward pass (a scored one: each of its noise levels)")
+    a("--length", type=COUNT, default=128, help="genppl: tokens per sample")
+    a("--temperature", type=POSITIVE, default=1.0, help="genppl: sampling temperature")
+    a("--top-p", type=PROBABILITY, default=1.0, help="genppl: nucleus sampling")
+    a("--threshold", type=PROBABILITY, help="genppl, infill: parallel decoding threshold (sample.py)")
+    a("--block-length", type=NON_NEGATIVE, default=0, help="genppl, infill: semi-autoregressive blocks (sample.py)")
+    a(
+        "--batch-size",
+        type=COUNT,
+        default=32,
+        help="sequences per forward pass (a scored one: each of its noise levels)",
+    )
     a("--cache", action="store_true", help="genppl, infill: approximate key/value cache (sample.py)")
-    a("--device", default="auto", help="auto: CUDA when present, else the CPU; or cpu, cuda, cuda:N")
-    a("--dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="auto: bf16 on a GPU, fp32 on CPU")
+    add_device_options(p)
     args = p.parse_args(argv)
     if bool(args.task) == bool(args.lm_eval):
         raise UserError("give --task or --lm-eval (one of them)")
@@ -575,8 +589,6 @@ def parse_args(argv):
         raise UserError(f"--task {args.task} needs --data")
     if args.data and not args.data.is_file():
         raise UserError(f"--data {args.data} does not exist")
-    if args.mc < 1 or args.limit < 0 or args.steps < 0 or args.length < 1 or args.batch_size < 1:
-        raise UserError("--mc, --length and --batch-size must be at least 1; --limit and --steps not negative")
     args.device = pick_device(args.device)
     args.dtype = pick_dtype(args.dtype, args.device)
     return args
@@ -593,7 +605,7 @@ def main(argv=None):
         result, records = TASKS[args.task](model, meta, tok, args)
         result = {"task": args.task, **result}
     if args.output:
-        write_records(args.output, records)
+        atomic_write(args.output, "".join(json.dumps(r, default=str) + "\n" for r in records))
     print(json.dumps(result, default=str))
     return result
 

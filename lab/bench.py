@@ -1,9 +1,9 @@
 """Speed, measured side by side in one run: ratios, not absolute numbers, are what carry across machines.
 
-    python bench.py                                  # CPU suite (GPT-2-small shape; a few minutes)
-    python bench.py --suite tiny                     # seconds: the tests run this
-    python bench.py --device cuda --suite gpu        # H100/H200: bf16, torch.compile, FlexAttention
-    python bench.py --skip train,decode --quality-ckpt runs/miniature/adapt --judge runs/miniature/stories260K \
+    python lab/bench.py                                  # CPU suite (GPT-2-small shape; a few minutes)
+    python lab/bench.py --suite tiny                     # seconds: the tests run this
+    python lab/bench.py --device cuda --suite gpu        # H100/H200: bf16, torch.compile, FlexAttention
+    python lab/bench.py --skip train,decode --quality-ckpt runs/miniature/adapt --judge runs/miniature/stories260K \
         --quality-data runs/miniature/test.txt
 
 Training: tokens/s and MFU (against a matmul peak measured in this run) of one optimizer step,
@@ -19,28 +19,22 @@ options cost in generation perplexity and infill ROUGE against the exact sampler
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 import warnings
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from checkpoint import hf_twin, pick_device, pick_dtype
-from model import (
-    AnnealFlex,
-    HelpFormatter,
-    ModelConfig,
-    Transformer,
-    ar_loss,
-    attention_at,
-    diffusion_loss,
-    matmul_peak,
-)
-from sample import Sampling, generate, generate_ar, generate_batch
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from checkpoint import HelpFormatter, add_device_options, matmul_peak, pick_device, pick_dtype
+from convert import hf_twin
+from lab.common import run_script
+from model import AnnealFlex, ModelConfig, Transformer, ar_loss, attention_at, diffusion_loss
+from sample import STRATEGIES, Decoding, Sampling, generate, generate_ar, generate_batch
 
 SHAPES = {
     "tiny": dict(n_layer=2, n_head=4, n_embd=128),
@@ -225,17 +219,13 @@ def bench_decoding(shape, lengths, device, dtype, compile_model):
         hf = None
     for L in lengths:
         for (setting, sampling), steps in [(s, L // 4) for s in SAMPLING.items()] + [(s, L) for s in SAMPLING.items()]:
-            ours = partial(
-                generate, model, prefix, L, mask_id=MASK, steps=steps, vocab=VOCAB - 1, seed=0, sampling=sampling
-            )
-            candidates = {
-                f"ours {s} (exact)": partial(ours, strategy=s) for s in ("random", "confidence", "margin", "entropy")
-            }
-            approx = partial(ours, strategy="confidence", cache=True, threshold=0.9)
-            candidates["ours confidence + cache + threshold 0.9 (approx.)"] = approx
-            candidates["ours confidence + cache + threshold 0.9 + blocks of 32 (approx.)"] = partial(
-                approx, block_length=min(32, L)
-            )
+            ours = partial(generate, model, prefix, L, mask_id=MASK, vocab=VOCAB - 1)
+            exact = Decoding(steps, sampling=sampling)
+            candidates = {f"ours {s} (exact)": partial(ours, replace(exact, strategy=s)) for s in STRATEGIES}
+            approx = replace(exact, strategy="confidence", cache=True, threshold=0.9)
+            candidates["ours confidence + cache + threshold 0.9 (approx.)"] = partial(ours, approx)
+            blocks = replace(approx, block_length=min(32, L))
+            candidates["ours confidence + cache + threshold 0.9 + blocks of 32 (approx.)"] = partial(ours, blocks)
             if hf is not None:
                 g = torch.Generator(device=device).manual_seed(0)
                 candidates["official-style loop"] = partial(
@@ -254,7 +244,9 @@ def bench_decoding(shape, lengths, device, dtype, compile_model):
                         "tokens_per_s": L / sec,
                     }
                 )
-        sec = timed(partial(generate_ar, model, prefix, L, mask_id=MASK, vocab=VOCAB - 1, seed=0), 1, device, warmup=0)
+        sec = timed(
+            partial(generate_ar, model, [prefix], L, seeds=[0], mask_id=MASK, vocab=VOCAB - 1), 1, device, warmup=0
+        )
         rows.append(
             {
                 "bench": "decode",
@@ -280,17 +272,18 @@ def bench_batched_decoding(shape, length, batch_sizes, device, dtype):
         [0, *torch.randint(1, VOCAB - 1, (int(n) - 1,), generator=g).tolist()]
         for n in torch.randint(4, 65, (32,), generator=g)
     ]
-    kw = dict(
-        mask_id=MASK, steps=length // 4, strategy="confidence", vocab=VOCAB - 1, sampling=SAMPLING["official defaults"]
-    )
+    decoding = Decoding(length // 4, "confidence", SAMPLING["official defaults"])
+    kw = dict(mask_id=MASK, vocab=VOCAB - 1)
     engines = {
         "batch 1 (a loop)": lambda: [
-            generate_batch(model, [(p, [])], length, seeds=[k], **kw) for k, p in enumerate(prompts)
+            generate_batch(model, [(p, [])], length, decoding, seeds=[k], **kw) for k, p in enumerate(prompts)
         ]
     }
     for b in batch_sizes:
         engines[f"batches of {b}"] = lambda b=b: [
-            generate_batch(model, [(p, []) for p in prompts[i : i + b]], length, seeds=list(range(i, i + b)), **kw)
+            generate_batch(
+                model, [(p, []) for p in prompts[i : i + b]], length, decoding, seeds=[*range(i, i + b)], **kw
+            )
             for i in range(0, len(prompts), b)
         ]
     seconds = {name: timed(fn, 1, device, warmup=0) for name, fn in engines.items()}
@@ -309,19 +302,19 @@ def bench_batched_decoding(shape, length, batch_sizes, device, dtype):
     ]
 
 
-QUALITY_VARIANTS = {  # name: (sample.py options, the exact variant with the same decoding order)
-    "exact": ([], "exact"),
-    "threshold 0.9": (["--threshold", "0.9"], "exact"),
-    "cache": (["--cache"], "exact"),
-    "cache + threshold 0.9": (["--cache", "--threshold", "0.9"], "exact"),
-    "blocks of 32 (exact)": (["--block-length", "32"], "blocks of 32 (exact)"),
-    "cache + blocks of 32": (["--cache", "--block-length", "32"], "blocks of 32 (exact)"),
+QUALITY_VARIANTS = {  # name: (eval.py's decoding options, the exact variant with the same decoding order)
+    "exact": ({}, "exact"),
+    "threshold 0.9": ({"threshold": 0.9}, "exact"),
+    "cache": ({"cache": True}, "exact"),
+    "cache + threshold 0.9": ({"cache": True, "threshold": 0.9}, "exact"),
+    "blocks of 32 (exact)": ({"block_length": 32}, "blocks of 32 (exact)"),
+    "cache + blocks of 32": ({"cache": True, "block_length": 32}, "blocks of 32 (exact)"),
     "cache + threshold 0.9 + blocks of 32": (
-        ["--cache", "--threshold", "0.9", "--block-length", "32"],
+        {"cache": True, "threshold": 0.9, "block_length": 32},
         "blocks of 32 (exact)",
     ),
-    "blocks of 16 (exact)": (["--block-length", "16"], "blocks of 16 (exact)"),
-    "cache + blocks of 16": (["--cache", "--block-length", "16"], "blocks of 16 (exact)"),
+    "blocks of 16 (exact)": ({"block_length": 16}, "blocks of 16 (exact)"),
+    "cache + blocks of 16": ({"cache": True, "block_length": 16}, "blocks of 16 (exact)"),
 }
 
 
@@ -329,26 +322,11 @@ def bench_quality(args):
     """What the approximate decoding options cost on a trained checkpoint: Gen PPL, distinct-2 and
     infill ROUGE, against the exact sampler and against the exact sampler with the same block order."""
     rows, batch = [], 16
-    for name, (extra, reference) in QUALITY_VARIANTS.items():
-        gen = run_eval(
-            "--ckpt",
-            args.quality_ckpt,
-            "--task",
-            "genppl",
-            "--judge",
-            args.judge,
-            "--length",
-            64,
-            "--steps",
-            64,
-            "--limit",
-            args.quality_samples,
-            "--batch-size",
-            batch,
-            "--strategy",
-            "confidence",
-            *extra,
+    for name, (options, reference) in QUALITY_VARIANTS.items():
+        genppl = dict(
+            task="genppl", judge=args.judge, length=64, steps=64, limit=args.quality_samples, batch_size=batch
         )
+        gen = run_script("lab/eval.py", ckpt=args.quality_ckpt, **genppl, strategy="confidence", **options)
         row = {
             "bench": "quality",
             "variant": name,
@@ -358,32 +336,18 @@ def bench_quality(args):
             "passes_per_batch": gen["forwards"] / -(-gen["n"] // batch),
         }
         if args.quality_data:
-            infill = run_eval(
-                "--ckpt",
-                args.quality_ckpt,
-                "--task",
-                "infill",
-                "--data",
-                args.quality_data,
-                "--limit",
-                40,
-                "--greedy",
-                *extra,
+            infill = run_script(
+                "lab/eval.py",
+                ckpt=args.quality_ckpt,
+                task="infill",
+                data=args.quality_data,
+                limit=40,
+                greedy=True,
+                **options,
             )
             row.update({k: v for k, v in infill.items() if k.startswith("rouge")})
         rows.append(row)
     return rows
-
-
-def run_eval(*args):
-    """python eval.py ARGS -> its JSON result (its progress bars pass through to standard error)."""
-    out = subprocess.run(
-        [sys.executable, str(Path(__file__).parent / "eval.py"), *map(str, args)],
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def report(rows):
@@ -447,7 +411,7 @@ def report(rows):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    p.add_argument("--device", default="auto", help="auto: CUDA when present, else the CPU; or cpu, cuda, cuda:N")
+    add_device_options(p)
     p.add_argument("--suite", choices=sorted(SUITES), default=None, help="default: gpu on CUDA, else cpu")
     p.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile (default: on GPU)"
@@ -461,7 +425,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     device = pick_device(args.device)
     suite = SUITES[args.suite or ("gpu" if device.type == "cuda" else "cpu")]
-    dtype = pick_dtype("auto", device)
+    dtype = pick_dtype(args.dtype, device)
     compile_model = device.type == "cuda" if args.compile is None else args.compile
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True

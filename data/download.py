@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from checkpoint import atomic_write
 from model import UserError
 
 
@@ -124,9 +125,7 @@ def hub_dataset_files(repo_id, folder):
         if e.get("type") == "file"
     ]
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(cached.name + ".part")
-    tmp.write_text(json.dumps(files))
-    tmp.rename(cached)
+    atomic_write(cached, json.dumps(files))
     return files
 
 

@@ -1,7 +1,7 @@
 """The paper in miniature: adapt the real stories260K LLaMA into a diffusion LM on a laptop CPU.
 
-    python miniature.py                    # downloads stories260K and TinyStories (about 10 minutes on 2 cores)
-    python miniature.py --assets DIR       # or DIFFU_ASSETS=DIR: local copies (DIR/stories260K/, DIR/text/)
+    python lab/miniature.py                    # downloads stories260K and TinyStories (about 10 minutes on 2 cores)
+    python lab/miniature.py --assets DIR       # or DIFFU_ASSETS=DIR: local copies (DIR/stories260K/, DIR/text/)
 
 One command, the paper's Table 3 ablation honestly measured at equal training tokens:
   AR NLL of stories260K (exact); the ELBO of the same weights read as a diffusion model before
@@ -9,7 +9,7 @@ One command, the paper's Table 3 ablation honestly measured at equal training to
 Then generation perplexity against decoding steps, judged by the AR model, and a few samples.
 Everything lands in --out: checkpoints, results.json, results.md, loss.png.
 
-    python miniature.py --scaling [--quick]    # about 30 minutes on 2 cores (--quick: 5)
+    python lab/miniature.py --scaling [--quick]    # about 30 minutes on 2 cores (--quick: 5)
 
 --scaling, the paper's headline in miniature: how the gap to the AR parent closes with adaptation
 tokens. One adapted run and one from scratch, each evaluated at 1x, 2x, 4x and 8x --iters: the
@@ -20,7 +20,7 @@ from one point to the next (train.py resumes exactly); the learning rate is cons
 warm-up so that no point sits in a schedule's cool-down that a longer run would not have. Writes
 scaling.png and results.md (a table) to --out.
 
-    python miniature.py --levers [ROWS]        # about 25 minutes: one run per lever of the recipe
+    python lab/miniature.py --levers [ROWS]        # about 25 minutes: one run per lever of the recipe
 
 --levers: the levers the paper and its peers use (lr, warm-up, annealing length, batch at equal
 tokens, the shift, the mask token's embedding, the noise-level distribution), one run each at the
@@ -31,18 +31,18 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from checkpoint import load_checkpoint
-from download import cache_dir, download_file
-from model import HelpFormatter, UserError
-from plot import plot, plot_available
-from sample import Sampling, generate
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from checkpoint import HelpFormatter, given_options, load_checkpoint
+from data.download import cache_dir, download_file
+from lab.common import run_script, sentences
+from model import UserError
+from sample import Decoding, Sampling, generate
 from tokenizer import load_tokenizer
+from train import HAVE_MATPLOTLIB, plot_curves
 
 STORIES_URL = "https://huggingface.co/karpathy/tinyllamas/resolve/main/stories260K/"
 TINYSTORIES_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-valid.txt"
@@ -90,19 +90,8 @@ def split_stories(text_file, separator, out, n_test):
     return stories[-n_test:]
 
 
-def script(name, *positional, **options):
-    """Run one of the project's scripts as a user would: `python NAME POSITIONAL --OPTION VALUE ...`
-    (True: a bare flag) -> the last line of its standard output. Its progress goes to standard error."""
-    flags = [str(x) for k, v in options.items() for x in [f"--{k.replace('_', '-')}"] + ([] if v is True else [v])]
-    command = [sys.executable, str(Path(__file__).parent / name), *map(str, positional), *flags]
-    out = subprocess.run(command, stdout=subprocess.PIPE, text=True)
-    if out.returncode:
-        sys.exit(out.returncode)  # the script has said why on standard error
-    return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
-
-
 def evaluate(**options):
-    return json.loads(script("eval.py", **options))
+    return run_script("lab/eval.py", **options)
 
 
 def main(argv=None):
@@ -117,9 +106,9 @@ def main(argv=None):
     # the AR model as a checkpoint, and TinyStories split into training text and held-out stories
     progress("converting stories260K and tokenizing TinyStories")
     base, test = args.out / "stories260K", args.out / "test.txt"
-    script("convert.py", stories_bin, base, tokenizer=tokenizer_model)
+    run_script("convert.py", stories_bin, base, tokenizer=tokenizer_model)
     test_stories = split_stories(text, separator, args.out, args.test_stories)
-    script("data/prepare.py", args.out / "train.txt", tokenizer=base, out=args.out / "data", workers=1)
+    run_script("data/prepare.py", args.out / "train.txt", tokenizer=base, out=args.out / "data", workers=1)
 
     # the NLL column: the AR model, the same weights read as diffusion, then one training run per setting
     nll = lambda ckpt: evaluate(
@@ -140,7 +129,7 @@ def main(argv=None):
     curves = {}
     for name, (description, extra) in RUNS.items():
         progress(f"training: {description} ({args.iters} steps), then its NLL")
-        script("train.py", **{**common, **extra}, out_dir=args.out / name)
+        run_script("train.py", **{**common, **extra}, out_dir=args.out / name)
         rows.append((description, nll(args.out / name)))
         curves[description] = [
             json.loads(line) for line in (args.out / name / "metrics.jsonl").read_text().splitlines()
@@ -174,9 +163,11 @@ def main(argv=None):
         "args": {k: str(v) for k, v in vars(args).items()},
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    if plot_available():
+    if HAVE_MATPLOTLIB:
         bounds = {d: ([m["tokens"] for m in ms], [m["val_nll_bound"] for m in ms]) for d, ms in curves.items()}
-        plot(bounds, args.out / "loss.png", "val NLL bound (nats/token)", "Adapting stories260K into a diffusion LM")
+        plot_curves(
+            bounds, args.out / "loss.png", "val NLL bound (nats/token)", "Adapting stories260K into a diffusion LM"
+        )
     print("\n" + table)
     return rows
 
@@ -221,14 +212,14 @@ def scaling(args, base, nll, test_stories):
         for k in sorted(set(map(int, args.points.split(",")))):
             progress(f"{arm}: training to {k}x ({k * args.iters} steps), then measuring")
             start = dict(init_from=base, **extra) if not run.exists() else dict(init_from="resume")
-            script("train.py", **common, **start, out_dir=run, max_iters=k * args.iters)
+            run_script("train.py", **common, **start, out_dir=run, max_iters=k * args.iters)
             shutil.copytree(run, args.out / f"{arm}-{k}x")
             tokens = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["tokens"]
             points.append({"arm": arm, "times": k, "tokens": tokens, **measure(args.out / f"{arm}-{k}x")})
     table = scaling_table(ar, points, len(items), args)
     (args.out / "results.md").write_text(table + "\n")
     (args.out / "results.json").write_text(json.dumps({"ar": ar, "points": points}, indent=2))
-    if plot_available():
+    if HAVE_MATPLOTLIB:
         plot_scaling(ar, points, args.out / "scaling.png")
     print("\n" + table)
     return points
@@ -261,11 +252,11 @@ def levers(args, base, nll, test_stories, sources):
         options = {**recipe(args), "init_from": base, "max_iters": args.iters, **change(args)}
         if "mask_init" in options:  # a base of its own
             init = args.out / f"stories260K-{options['mask_init']}"
-            script("convert.py", sources[0], init, tokenizer=sources[1], mask_init=options.pop("mask_init"))
+            run_script("convert.py", sources[0], init, tokenizer=sources[1], mask_init=options.pop("mask_init"))
             options["init_from"] = init
         progress(f"lever: {name}")
         run = args.out / f"lever-{len(rows)}"
-        script("train.py", **options, out_dir=run)
+        run_script("train.py", **options, out_dir=run)
         rows.append({"lever": name, "options": change(args), **measure(run)})
     table = levers_table(ar, rows, len(items), args)
     (args.out / "results.md").write_text(table + "\n")
@@ -302,16 +293,16 @@ def levers_table(ar, rows, n_items, args):
 def cloze_items(stories, path, seed=0):
     """A story cloze from held-out stories: the story without its last sentence as context, then its
     true last sentence or the next story's, in a seeded order. Written as --task choice JSON lines."""
-    split = [re.split(r"(?<=[.!?])\s+", story.strip()) for story in stories]
+    split = [sentences(story) for story in stories]
     split = [s for s in split if len(s) >= 2]
     rng, items = random.Random(seed), []
-    for k, sentences in enumerate(split):
-        true, other = sentences[-1], split[(k + 1) % len(split)][-1]
+    for k, parts in enumerate(split):
+        true, other = parts[-1], split[(k + 1) % len(split)][-1]
         if true == other:
             continue
         label = rng.randrange(2)
         choices = [true, other] if label == 0 else [other, true]
-        items.append({"context": " ".join(sentences[:-1]), "choices": choices, "label": label})
+        items.append({"context": " ".join(parts[:-1]), "choices": choices, "label": label})
     if not items:
         raise UserError("the held-out stories give no cloze item (raise --test-stories)")
     path.write_text("".join(json.dumps(item) + "\n" for item in items))
@@ -391,21 +382,12 @@ def show_samples(ckpt, story):
     model, meta = load_checkpoint(ckpt)
     tok = load_tokenizer(ckpt, meta)
     samples = []
-    sentences = story.split(". ")
-    for prompt, suffix in [("Once upon a time", ""), (sentences[0] + ".", " " + ". ".join(sentences[2:]))]:
+    parts = sentences(story)
+    for prompt, suffix in [("Once upon a time", ""), (parts[0], " " + " ".join(parts[2:]))]:
         n = 24 if suffix else 48
-        x, _ = generate(
-            model,
-            tok.encode(prompt, bos=True),
-            n,
-            suffix=tok.encode(suffix),
-            steps=n,
-            seed=0,
-            mask_id=meta["mask_token_id"],
-            vocab=tok.n_vocab,
-            strategy="confidence",
-            sampling=Sampling(top_p=0.9),
-        )
+        decoding = Decoding(n, "confidence", Sampling(top_p=0.9))
+        prefix, suffix_ids = tok.encode(prompt, bos=True), tok.encode(suffix)
+        x, _ = generate(model, prefix, n, decoding, suffix=suffix_ids, mask_id=meta["mask_token_id"], vocab=tok.n_vocab)
         text = tok.decode([i for i in x[0].tolist() if i != tok.bos_id])
         samples.append({"prompt": prompt, "suffix": suffix, "text": text})
     return samples
@@ -467,7 +449,7 @@ def parse_args(argv):
         nargs="?",
         const="all",
         help="one run per lever of the recipe (lr, warm-up, annealing, batch, "
-        "...); or only these rows of miniature.LEVERS, comma-separated",
+        "...); or only these rows of LEVERS (lab/miniature.py), comma-separated",
     )
     args = p.parse_args(argv)
     if args.quick and not args.scaling:
@@ -484,9 +466,9 @@ def parse_args(argv):
             raise UserError(f"--levers: row numbers 0 to {len(LEVERS) - 1}, comma-separated")
     if args.quick:  # defaults only: a value given on the command line stays
         quick = {"iters": 50, "test_stories": 100, "eval_windows": 20, "gen_samples": 16}
-        given = p.parse_args(argv, argparse.Namespace(**{k: None for k in quick}))
+        given = given_options(p, argv)
         for k, v in quick.items():
-            if getattr(given, k) is None:
+            if k not in given:
                 setattr(args, k, v)
     try:
         points = [int(k) for k in args.points.split(",")]

@@ -22,12 +22,14 @@ PIECE_CHARS = 10_000  # a text that is one long line is cut into documents of th
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-def read_text(path):
-    """A whole file as UTF-8 text (sample.py's --prompt-file)."""
+def read_text(path, what="file"):
+    """A whole file as UTF-8 text (sample.py's --prompt-file); what: the option that named it, for the error."""
     try:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text (undecodable byte at offset {e.start})") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
 def natural_key(path):

@@ -1,0 +1,46 @@
+"""The layout: imports point only down (no circle, nothing imports lab/), as the README's floors draw them."""
+
+import ast
+
+from conftest import ROOT
+
+FLOORS = {  # module -> floor; a module may import only modules on lower floors
+    "model": 0,
+    "checkpoint": 1,
+    "tokenizer": 2,
+    "data.corpus": 3,
+    "data.download": 3,
+    "data.shards": 3,
+    "train": 4,
+    "sample": 4,
+    "convert": 4,
+    "data.prepare": 5,
+    "lab.common": 5,
+    "lab.eval": 6,
+    "lab.bench": 6,
+    "lab.miniature": 6,
+}
+
+
+def our_imports(module):
+    """The project's modules that `module` imports, anywhere in its file."""
+    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return {name for name in names if name in FLOORS}
+
+
+def test_every_python_file_has_a_floor():
+    files = {str(p.relative_to(ROOT).with_suffix("")).replace("/", ".") for p in ROOT.glob("*.py")}
+    files |= {f"{d}.{p.stem}" for d in ("data", "lab") for p in (ROOT / d).glob("*.py")}
+    assert files == set(FLOORS)
+
+
+def test_imports_point_only_down():
+    upward = [(m, i) for m in FLOORS for i in our_imports(m) if FLOORS[i] >= FLOORS[m]]
+    assert not upward, upward
+    assert not [(m, i) for m in FLOORS for i in our_imports(m) if i.startswith("lab.") and not m.startswith("lab.")]
