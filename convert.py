@@ -293,15 +293,15 @@ def find_tokenizer(path):
     return None
 
 
-def tokenizer_size_and_ids(spec, files):
-    """(vocabulary size, bos, eos) read from the tokenizer files themselves."""
+def read_vocabulary(spec, files):
+    """(vocabulary size, bos, eos, id_of(token text) -> id or None), read from the tokenizer files themselves."""
     if spec["type"] == "gpt2-bpe":
         try:
             encoder = json.loads(Path(files["encoder.json"]).read_text())
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read {files['encoder.json']}: {e}") from None
         eot = encoder.get("<|endoftext|>")
-        return len(encoder), eot, eot
+        return len(encoder), eot, eot, encoder.get
     import sentencepiece
 
     try:
@@ -310,7 +310,8 @@ def tokenizer_size_and_ids(spec, files):
         raise UserError(
             f"cannot load SentencePiece model {files['tokenizer.model']}: {str(e).splitlines()[0]}"
         ) from None
-    return sp.get_piece_size(), sp.bos_id(), sp.eos_id()
+    id_of = lambda piece: sp.piece_to_id(piece) if sp.id_to_piece(sp.piece_to_id(piece)) == piece else None
+    return sp.get_piece_size(), sp.bos_id(), sp.eos_id(), id_of
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,7 +377,7 @@ def load_source(src):
     return Source(cfg, state, f"hf-{kind}", "ar", None)
 
 
-def released_mask_id(src, spec, files):
+def released_mask_id(src, id_of):
     """The mask token a released diffusion checkpoint's tokenizer files declare, as an id; None if none.
 
     The official code decodes with tokenizer.mask_token_id, so DiffuGPT and DiffuLLaMA (811, "ти")
@@ -395,15 +396,7 @@ def released_mask_id(src, spec, files):
     added = dict(configs["added_tokens.json"])
     for i, token in configs["tokenizer_config.json"].get("added_tokens_decoder", {}).items():
         added[token.get("content")] = int(i)
-    if mask in added:
-        return added[mask]
-    if spec["type"] == "gpt2-bpe":
-        mask_id = json.loads(Path(files["encoder.json"]).read_text()).get(mask)
-    else:
-        import sentencepiece
-
-        sp = sentencepiece.SentencePieceProcessor(model_file=str(files["tokenizer.model"]))
-        mask_id = sp.piece_to_id(mask) if sp.id_to_piece(sp.piece_to_id(mask)) == mask else None
+    mask_id = added[mask] if mask in added else id_of(mask)
     if mask_id is None:
         raise UserError(f"{src}: its tokenizer's mask token {mask!r} is not in the vocabulary")
     return mask_id
@@ -504,12 +497,12 @@ def main(argv=None):
             "vocab.json+merges.txt or tokenizer.model); pass --tokenizer"
         )
     spec, files = tok
-    declared = None if src.is_file() else released_mask_id(src, spec, files)
+    n_tok, bos, eos, id_of = read_vocabulary(spec, files)
+    declared = None if src.is_file() else released_mask_id(src, id_of)
     label = source.kind
     if declared is not None:  # a released diffusion checkpoint, whatever its directory is called
         source.objective, source.mask_id = "diffusion", declared
         label = {"hf-gpt2": "diffugpt", "hf-llama": "diffullama"}.get(source.kind, source.kind)
-    n_tok, bos, eos = tokenizer_size_and_ids(spec, files)
     if n_tok > cfg.vocab_size:
         raise UserError(
             f"the tokenizer has {n_tok} tokens but the model's vocabulary only {cfg.vocab_size}: wrong tokenizer?"

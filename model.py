@@ -239,12 +239,10 @@ class Transformer(nn.Module):
             x = x[where]  # (N, C)
         return self.lm_head(self.norm(x)).float()  # (B, L, V) or (N, V)
 
-    def make_cache(self, batch_size, max_len, device=None, dtype=None):
+    def make_cache(self, batch_size, max_len):
         """Preallocated key/value buffers, one pair per layer (AR decoding; sample.py's --cache)."""
-        p = self.tok_emb.weight
-        shape = (batch_size, self.cfg.n_kv_head, max_len, self.cfg.head_dim)
-        new = lambda: torch.zeros(shape, device=device or p.device, dtype=dtype or p.dtype)  # noqa: E731
-        return [{"k": new(), "v": new()} for _ in self.layers]
+        shape, p = (batch_size, self.cfg.n_kv_head, max_len, self.cfg.head_dim), self.tok_emb.weight
+        return [{"k": p.new_zeros(shape), "v": p.new_zeros(shape)} for _ in self.layers]
 
     def num_params(self, embeddings=True):
         n = sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once

@@ -196,13 +196,10 @@ def setup_distributed(device_arg):
         return 0, 1, pick_device(device_arg)
     backend = "nccl" if torch.cuda.is_available() and device_arg in ("auto", "cuda") else "gloo"
     dist.init_process_group(backend)
-    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if backend == "nccl" else torch.device("cpu")
     if backend == "nccl":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    return rank, world, device
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 def wrap(model, args, device, world):

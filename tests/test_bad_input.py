@@ -185,7 +185,7 @@ ROWS = [
     (lambda w: ["convert.py", w.hf, OUT, "--bogus"], 2, ["unrecognized arguments"]),
     ("disk full", lambda w: ["convert.py", STORIES_BIN, OUT, "--tokenizer", STORIES_TOK], 1, ["cannot write", "large"]),
     # data/prepare.py
-    (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, w.text, "--workers", "-3"], 1, ["--workers"]),
+    (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, w.text, "--workers", "-3"], 2, ["--workers"]),
     (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, w.d / "nope.txt"], 1, ["nope.txt"]),
     (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, w.d / "blank.txt"], 1, ["no train data"]),
     (
@@ -217,9 +217,9 @@ ROWS = [
         ["twice"],
     ),
     # train.py
-    (lambda w: train(w, "--batch-size", "0"), 1, ["--batch-size"]),
+    (lambda w: train(w, "--batch-size", "0"), 2, ["--batch-size", "at least 1"]),
     (lambda w: train(w, "--block-size", "1024"), 1, ["beyond the model"]),
-    (lambda w: train(w, "--lr", "0"), 1, ["--lr"]),
+    (lambda w: train(w, "--lr", "0"), 2, ["--lr", "positive"]),
     (lambda w: train(w, *CUDA), 1, ["cuda"]),
     (lambda w: train(w, "--bogus"), 2, ["unrecognized"]),
     (lambda w: train(w, data=w.d / "nope"), 1, ["meta.json"]),
@@ -240,10 +240,10 @@ ROWS = [
     (lambda w: resume(w.run, "--seed", "7"), 1, ["--seed 7 contradicts"]),
     # sample.py
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--length", "600"], 1, ["exceeds the model's context"]),
-    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--steps", "-1"], 1, ["--steps"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--steps", "-1"], 2, ["--steps"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--strategy", "bogus"], 2, ["invalid choice"]),
-    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--threshold", "1.5"], 1, ["--threshold"]),
-    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--top-p", "0"], 1, ["--top-p"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--threshold", "1.5"], 2, ["--threshold"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--top-p", "0"], 2, ["--top-p"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--prompt-file", w.d / "binary.bin"], 1, ["binary.bin", "UTF-8"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--prompt-file", w.d / "nope.txt"], 1, ["nope.txt"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt, *CUDA], 1, ["cuda"]),
@@ -256,7 +256,7 @@ ROWS = [
         ["no_prompt.jsonl:2", "prompt"],
     ),
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--prompts", w.d / "long.txt"], 1, ["long.txt:3", "context"]),
-    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--batch-size", "0"], 1, ["--batch-size"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--batch-size", "0"], 2, ["--batch-size"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--prompts", w.d / "long.txt", "--prompt", "x"], 1, ["--prompts"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt_no_tokenizer], 1, ["tokenizer"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt_model_null], 1, ["model"]),
@@ -301,7 +301,7 @@ ROWS = [
     (lambda w: ["lab/eval.py", "--ckpt", w.ckpt_no_vocab, "--task", "nll", "--data", w.text], 1, ["vocab_size"]),
     (
         lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--batch-size", "0"],
-        1,
+        2,
         ["--batch-size"],
     ),
     # miniature.py: its studies' options, refused before any download or work

@@ -12,6 +12,7 @@ from lab.bench import QUALITY_VARIANTS
 from model import ModelConfig, Transformer
 
 
+@pytest.mark.slow
 def test_bench_tiny_suite(tmp_path):
     proc = run("lab/bench.py", "--suite", "tiny", "--json", tmp_path / "rows.json")  # the README's command, plus --json
     assert "ours/official" in proc.stdout and "/official" in proc.stdout and "matmul peak" in proc.stdout
@@ -57,6 +58,7 @@ def test_official_engine_computes_our_function(arch):
         assert not torch.allclose(full, hf(input_ids=x).logits, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_bench_quality_of_the_approximate_options(stories_ckpt, tmp_path):
     """--quality-ckpt: every variant scored, each against the exact sampler and its exact block order."""
     diffusion = tmp_path / "as-diffusion"

@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from conftest import ASSETS, run
 
 
+@pytest.mark.slow
 def test_scaling_study_on_tiny_settings(tmp_path):
     out = tmp_path / "scaling"
     tiny = "--iters 3 --batch-size 2 --block-size 32 --eval-windows 2 --mc 2 --gen-samples 2 --gen-length 8"
@@ -40,6 +43,7 @@ def test_scaling_study_on_tiny_settings(tmp_path):
     assert (out / "scaling.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_levers_study_on_tiny_settings(tmp_path):
     """--levers ROWS: the recipe's row and the chosen ones; a batch lever keeps the tokens, a mask-init
     lever converts its own base."""

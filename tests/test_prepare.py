@@ -247,6 +247,7 @@ def test_diffullama_mixes_7_to_3_by_tokens(stories_ckpt, hub, tmp_path):
     assert slim["shards_read"][0] == "train/chunk1/example_train_0.jsonl.zst"
 
 
+@pytest.mark.slow
 def test_kill_twice_then_rerun_is_byte_identical(stories_ckpt, tmp_path):
     """SIGKILL at random moments while tokenizing (after a random number of finished shards), twice; the rerun
     completes the same bytes as an uninterrupted run, which was made with another number of workers."""

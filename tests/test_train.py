@@ -187,6 +187,7 @@ def test_sft_source_tokens_are_never_noised(stories_ckpt, tmp_path):
         assert (xt[~keep] == 512).all()  # everything else noised
 
 
+@pytest.mark.slow
 def test_ddp_and_fsdp_match_one_process(stories_ckpt, stories_data, tmp_path):
     common = ["--init-from", stories_ckpt, "--data-dir", stories_data, *TINY, "--anneal-steps", "4"]
     run("train.py", *common, "--grad-accum", "2", "--out-dir", tmp_path / "one")
@@ -261,6 +262,7 @@ def test_resume_continues_the_same_run(stories_ckpt, stories_data, tmp_path):
     assert all(m["val_loss"] == m["val_loss_unweighted"] for m in metrics if "val_loss" in m)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(stories_ckpt, stories_data, tmp_path):
     common = [
         "--init-from",
@@ -307,6 +309,7 @@ def test_sigkill_then_resume_equals_uninterrupted(stories_ckpt, stories_data, tm
         assert (tmp_path / "cut" / "loss.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_sigterm_saves_before_exit(stories_ckpt, stories_data, tmp_path):
     cmd = [
         sys.executable,
