@@ -200,25 +200,19 @@ def load_torch_file(file):
         raise UserError(f"{file} is corrupted or truncated: {str(e).splitlines()[0]}") from None
 
 
-def expected_shapes(cfg):
-    """Name -> shape of every stored tensor for cfg, without allocating the model."""
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    return {k: v.shape for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
-
-
 def check_shapes(state, cfg, where):
     """Every tensor the config implies is present, with its shape, and nothing else."""
-    expected = expected_shapes(cfg)
+    with torch.device("meta"):  # the shapes, without allocating the model
+        stored = Transformer(cfg).state_dict()
+    expected = {k: v.shape for k, v in stored.items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
     for key in sorted(expected.keys() | state.keys()):
         if key not in state:
             raise UserError(f"{where}: tensor {key} is missing")
         if key not in expected:
             raise UserError(f"{where}: unexpected tensor {key}")
         if state[key].shape != expected[key]:
-            raise UserError(
-                f"{where}: tensor {key} has shape {tuple(state[key].shape)}, the config implies {tuple(expected[key])}"
-            )
+            shapes = f"{tuple(state[key].shape)}, the config implies {tuple(expected[key])}"
+            raise UserError(f"{where}: tensor {key} has shape {shapes}")
 
 
 def load_checkpoint(path, device="cpu", dtype=torch.float32):

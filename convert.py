@@ -21,12 +21,11 @@ from pathlib import Path
 import torch
 
 from checkpoint import HelpFormatter, check_shapes, load_checkpoint, load_torch_file, save_checkpoint
-from data.download import download_model
+from data.download import WEIGHT_FILES, download_model
 from model import ModelConfig, UserError
 from tokenizer import GPT2_FILES, SENTENCEPIECE_FILES
 
-# Mask tokens of the released diffusion checkpoints.
-DIFFUGPT_S_MASK, DIFFUGPT_M_MASK = 10541, 50257
+DIFFUGPT_S_MASK, DIFFUGPT_M_MASK = 10541, 50257  # the mask tokens of the released DiffuGPT-S and -M
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,10 +36,7 @@ def iter_hf_tensors(src):
     """Yield (name, tensor) from a HF directory: safetensors (single or sharded) or pytorch_model*.bin."""
     from safetensors import SafetensorError, safe_open
 
-    for index_name, single in (
-        ("model.safetensors.index.json", "model.safetensors"),
-        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
-    ):
+    for index_name, single in WEIGHT_FILES:
         if (src / index_name).is_file():
             try:
                 files = sorted(set(json.loads((src / index_name).read_text())["weight_map"].values()))
@@ -318,11 +314,6 @@ def read_vocabulary(spec, files):
 # The conversion
 
 
-def is_hub_id(src):
-    parts = src.split("/")
-    return len(parts) <= 2 and all(parts) and not src.startswith((".", "~")) and not src.endswith(".bin")
-
-
 @dataclass
 class Source:
     """A model read from disk, in our names."""
@@ -432,11 +423,8 @@ def check_against_transformers(src, kind, out):
         from safetensors.torch import load_file
 
         hf_cfg = transformers.GPT2Config.from_pretrained(src)
-        state = {
-            k.removeprefix("denoise_model."): v
-            for f in sorted(src.glob("*.safetensors"))
-            for k, v in load_file(f).items()
-        }
+        files = sorted(src.glob("*.safetensors"))
+        state = {k.removeprefix("denoise_model."): v for f in files for k, v in load_file(f).items()}
         state["wte.weight"] = state.pop("embed_tokens.weight")
         hf_cfg.vocab_size = state["wte.weight"].shape[0]
         ref = transformers.GPT2LMHeadModel(hf_cfg)
@@ -482,7 +470,8 @@ def main(argv=None):
     src = Path(args.src).expanduser()
     hub_id = None
     if not src.exists():
-        if not is_hub_id(args.src):
+        parts = args.src.split("/")  # a hub id: "gpt2" or "org/name"
+        if len(parts) > 2 or not all(parts) or args.src.startswith((".", "~")) or args.src.endswith(".bin"):
             raise UserError(f"source {args.src} does not exist")
         hub_id, src = args.src, download_model(args.src)
     source = load_source(src)
@@ -492,10 +481,8 @@ def main(argv=None):
         raise UserError(f"tokenizer {args.tokenizer} does not exist")
     tok = find_tokenizer(args.tokenizer) if args.tokenizer else (None if src.is_file() else find_tokenizer(src))
     if tok is None:
-        raise UserError(
-            f"no tokenizer found in {args.tokenizer or src} (need encoder.json+vocab.bpe, "
-            "vocab.json+merges.txt or tokenizer.model); pass --tokenizer"
-        )
+        need = "encoder.json + vocab.bpe, vocab.json + merges.txt or tokenizer.model"
+        raise UserError(f"no tokenizer found in {args.tokenizer or src} (need {need}); pass --tokenizer")
     spec, files = tok
     n_tok, bos, eos, id_of = read_vocabulary(spec, files)
     declared = None if src.is_file() else released_mask_id(src, id_of)

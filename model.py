@@ -47,9 +47,8 @@ class ModelConfig:
     def __post_init__(self):
         for f in fields(self):  # config files are JSON: a "5" or a null must not reach the layers
             value, want = getattr(self, f.name), type(f.default)
-            if isinstance(value, bool) != (want is bool) or not isinstance(
-                value, (int, float) if want is float else want
-            ):
+            allowed = (int, float) if want is float else want
+            if isinstance(value, bool) != (want is bool) or not isinstance(value, allowed):
                 raise UserError(f"model config: {f.name} is {value!r}, not {want.__name__}")
         if self.arch not in ("gpt2", "llama"):
             raise UserError(f"unknown arch {self.arch!r} (expected 'gpt2' or 'llama')")

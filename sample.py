@@ -84,8 +84,8 @@ class Decoding:
 def generate(model, prefix, length, decoding=Decoding(), *, suffix=(), num_samples=1, seed=0, **options):
     """Diffusion decoding of one prompt -> (tokens (num_samples, len(prefix) + length + len(suffix)), forward passes).
 
-    prefix: token ids starting with BOS; suffix: ids kept after the generated part (infilling).
-    options: generate_batch's. Sample s draws from its own stream, mix(seed, s)."""
+    prefix: token ids starting with BOS; suffix: ids kept after the generated part (infilling); options:
+    generate_batch's. Sample s draws from its own stream, mix(seed, s)."""
     rows = [(list(prefix), list(suffix))] * num_samples
     return generate_batch(model, rows, length, decoding, seeds=[mix(seed, s) for s in range(num_samples)], **options)
 

@@ -25,9 +25,7 @@ def gpt2_byte_decoder():
     """GPT-2 stores byte-level tokens as printable unicode strings: map each char back to its byte."""
     printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
     others = [b for b in range(256) if b not in printable]
-    table = {chr(b): b for b in printable}
-    table.update({chr(256 + i): b for i, b in enumerate(others)})
-    return table
+    return {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
 
 
 class Tokenizer:

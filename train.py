@@ -322,9 +322,8 @@ def plot_curves(curves, path, ylabel, title=None):
 
 
 def read_train_state(run_dir):
-    """-> {"step", "tokens", "optimizer", "metrics"} of the run in run_dir, checked before any work.
-
-    The optimizer state is memory-mapped: reading it here costs nothing until it is used."""
+    """-> {"step", "tokens", "optimizer", "metrics"} of the run in run_dir, checked before any work (the
+    optimizer state is memory-mapped: reading it here costs nothing until it is used)."""
     file = run_dir / "train_state.pt"
     if not file.is_file():
         raise UserError(f"{run_dir} has no train_state.pt: not a train.py output to resume")

@@ -16,6 +16,12 @@ from pathlib import Path
 from checkpoint import atomic_write
 from model import UserError
 
+# A Hugging Face model's weights: (an index of shards, or a single file), safetensors first
+WEIGHT_FILES = [
+    ("model.safetensors.index.json", "model.safetensors"),
+    ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+]
+
 
 def cache_dir():
     return Path(os.environ.get("DIFFU_CACHE", Path.home() / ".cache" / "diffu"))
@@ -157,10 +163,7 @@ def download_model(repo_id):
         return False
 
     fetch("config.json")
-    for index, single in (
-        ("model.safetensors.index.json", "model.safetensors"),
-        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
-    ):
+    for index, single in WEIGHT_FILES:
         if fetch(index, required=False):
             for shard in sorted(set(json.loads((cache / index).read_text())["weight_map"].values())):
                 fetch(shard)

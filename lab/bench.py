@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from checkpoint import HelpFormatter, add_device_options, matmul_peak, pick_device, pick_dtype
+from checkpoint import COUNT, HelpFormatter, add_device_options, matmul_peak, pick_device, pick_dtype
 from convert import hf_twin
 from lab.common import run_script
 from model import AnnealFlex, ModelConfig, Transformer, ar_loss, attention_at, diffusion_loss
@@ -420,7 +420,7 @@ def main(argv=None):
     p.add_argument("--quality-ckpt", type=Path, help="a trained diffusion checkpoint for the quality measurement")
     p.add_argument("--judge", type=Path, help="its AR judge")
     p.add_argument("--quality-data", type=Path, help="stories for the infill ROUGE")
-    p.add_argument("--quality-samples", type=int, default=512, help="unconditional samples per variant for Gen PPL")
+    p.add_argument("--quality-samples", type=COUNT, default=512, help="unconditional samples per variant for Gen PPL")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
     device = pick_device(args.device)

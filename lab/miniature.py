@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from checkpoint import HelpFormatter, given_options, load_checkpoint
+from checkpoint import COUNT, NON_NEGATIVE, POSITIVE, HelpFormatter, given_options, load_checkpoint
 from data.download import cache_dir, download_file
 from lab.common import run_script, sentences
 from model import UserError
@@ -139,7 +139,7 @@ def main(argv=None):
     progress("Gen PPL of unconditional samples, judged by stories260K")
     gen = []
     for strategy in ("random", "confidence"):
-        for steps in map(int, args.gen_steps.split(",")):
+        for steps in args.gen_steps:
             result = evaluate(
                 ckpt=args.out / "adapt",
                 task="genppl",
@@ -209,7 +209,7 @@ def scaling(args, base, nll, test_stories):
     points = []
     for arm, extra in (("adapted", {}), ("scratch", {"reinit": True})):
         run = args.out / arm
-        for k in sorted(set(map(int, args.points.split(",")))):
+        for k in sorted(set(args.points)):
             progress(f"{arm}: training to {k}x ({k * args.iters} steps), then measuring")
             start = dict(init_from=base, **extra) if not run.exists() else dict(init_from="resume")
             run_script("train.py", **common, **start, out_dir=run, max_iters=k * args.iters)
@@ -429,20 +429,20 @@ def parse_args(argv):
     a = p.add_argument
     a("--out", type=Path, default=Path("runs/miniature"), help="folder for the runs and results.md")
     a("--assets", type=Path, help="local copies of stories260K/ and text/tinystories_val.txt (env DIFFU_ASSETS)")
-    a("--iters", type=int, default=600, help="training steps per run")
-    a("--batch-size", type=int, default=8, help="sequences per step")
-    a("--block-size", type=int, default=256, help="tokens per sequence")
-    a("--lr", type=float, default=2e-3, help="peak learning rate (cosine; the levers study: 2e-3 beats 1e-3)")
-    a("--anneal-steps", type=int, default=150, help="attention-mask annealing steps of the annealed runs")
-    a("--test-stories", type=int, default=200, help="held-out stories for the NLL")
-    a("--eval-windows", type=int, default=40, help="512-token windows of test text for the NLL column")
-    a("--mc", type=int, default=8, help="Monte Carlo noise levels per window for the ELBO")
-    a("--gen-steps", default="8,16,32,64", help="decoding steps for the Gen PPL column")
-    a("--gen-samples", type=int, default=16, help="unconditional samples per Gen PPL cell")
-    a("--gen-length", type=int, default=64, help="tokens per sample")
+    a("--iters", type=COUNT, default=600, help="training steps per run")
+    a("--batch-size", type=COUNT, default=8, help="sequences per step")
+    a("--block-size", type=COUNT, default=256, help="tokens per sequence")
+    a("--lr", type=POSITIVE, default=2e-3, help="peak learning rate (cosine; the levers study: 2e-3 beats 1e-3)")
+    a("--anneal-steps", type=NON_NEGATIVE, default=150, help="attention-mask annealing steps of the annealed runs")
+    a("--test-stories", type=COUNT, default=200, help="held-out stories for the NLL")
+    a("--eval-windows", type=COUNT, default=40, help="512-token windows of test text for the NLL column")
+    a("--mc", type=COUNT, default=8, help="Monte Carlo noise levels per window for the ELBO")
+    a("--gen-steps", type=counts, default="8,16,32,64", help="decoding steps for the Gen PPL column")
+    a("--gen-samples", type=COUNT, default=16, help="unconditional samples per Gen PPL cell")
+    a("--gen-length", type=COUNT, default=64, help="tokens per sample")
     a("--force", action="store_true", help="start over if --out exists")
     a("--scaling", action="store_true", help="the gap to AR against training tokens, adapted vs from scratch")
-    a("--points", default="1,2,4,8", help="--scaling: evaluate at these multiples of --iters")
+    a("--points", type=counts, default="1,2,4,8", help="--scaling: evaluate at these multiples of --iters")
     a("--quick", action="store_true", help="--scaling in about 5 minutes: --iters 50, fewer test items")
     a(
         "--levers",
@@ -470,13 +470,15 @@ def parse_args(argv):
         for k, v in quick.items():
             if k not in given:
                 setattr(args, k, v)
-    try:
-        points = [int(k) for k in args.points.split(",")]
-    except ValueError:
-        points = []
-    if not points or min(points) < 1:
-        raise UserError(f"--points must be positive integers, comma-separated, got {args.points!r}")
     return args
+
+
+def counts(text):
+    """'1,2,4' -> [1, 2, 4] (an argparse type: integers of at least 1, comma-separated)."""
+    values = [int(k) for k in text.split(",") if k.strip().isdigit()]
+    if len(values) != len(text.split(",")) or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"must be integers of at least 1, comma-separated, got {text!r}")
+    return values
 
 
 if __name__ == "__main__":

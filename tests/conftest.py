@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import pytest
@@ -38,13 +39,13 @@ def run(*args, check=True, env=None, cwd=ROOT):
 def run_as_main(argv, cwd, env):
     """-> (exit code, standard output, standard error) of `python argv...`, run in this process."""
     out, err = io.StringIO(), io.StringIO()
-    saved = sys.argv, os.getcwd(), list(sys.path), dict(os.environ), signal.getsignal(signal.SIGINT)
-    saved_term = signal.getsignal(signal.SIGTERM)
+    saved_argv, saved_cwd, saved_path, saved_env = sys.argv, os.getcwd(), list(sys.path), dict(os.environ)
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # train.py sets its own
     sys.argv, sys.path[0:0] = argv, [str(Path(argv[0]).resolve().parent)]
     os.environ.update(env)
     os.chdir(cwd)
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
             try:
                 runpy.run_path(argv[0], run_name="__main__")
                 code = 0
@@ -56,12 +57,12 @@ def run_as_main(argv, cwd, env):
                 traceback.print_exc()
                 code = 1
     finally:
-        sys.argv, sys.path[:] = saved[0], saved[2]
-        os.chdir(saved[1])
+        sys.argv, sys.path[:] = saved_argv, saved_path
+        os.chdir(saved_cwd)
         os.environ.clear()
-        os.environ.update(saved[3])
-        signal.signal(signal.SIGINT, saved[4])  # train.py's StopRequest sets its own
-        signal.signal(signal.SIGTERM, saved_term)
+        os.environ.update(saved_env)
+        for s, handler in saved_signals.items():
+            signal.signal(s, handler)
     return code, out.getvalue(), err.getvalue()
 
 

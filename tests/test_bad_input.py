@@ -307,7 +307,9 @@ ROWS = [
     # miniature.py: its studies' options, refused before any download or work
     (lambda w: ["lab/miniature.py", "--out", OUT, "--levers", "3,x"], 1, ["--levers", "row numbers"]),
     (lambda w: ["lab/miniature.py", "--out", OUT, "--levers", "99"], 1, ["--levers", "0 to 11"]),
-    (lambda w: ["lab/miniature.py", "--out", OUT, "--scaling", "--points", "1,0"], 1, ["--points"]),
+    (lambda w: ["lab/miniature.py", "--out", OUT, "--scaling", "--points", "1,0"], 2, ["--points"]),
+    (lambda w: ["lab/miniature.py", "--out", OUT, "--gen-steps", "a,b"], 2, ["--gen-steps"]),
+    (lambda w: ["lab/miniature.py", "--out", OUT, "--iters", "0"], 2, ["--iters"]),
     (lambda w: ["lab/miniature.py", "--out", OUT, "--quick"], 1, ["--quick", "--scaling"]),
     (lambda w: ["lab/miniature.py", "--out", OUT, "--scaling", "--levers"], 1, ["one at a time"]),
 ]

@@ -45,6 +45,13 @@ def test_ci_runs_the_readme_test_command():
     assert f"pip install -r requirements-dev.txt && {test_line}" in readme_commands()
 
 
+def test_the_readme_python_api_imports_as_written():
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    imports = [line for b in blocks for line in b.splitlines() if line.startswith(("from ", "import "))]
+    assert len(imports) >= 4
+    exec("\n".join(imports), {})
+
+
 def tiny_command(cmd):
     """The README command with tiny settings: local processes, small sizes, local corpus copies."""
     cmd = re.sub(
