@@ -13,6 +13,7 @@ for argparse (checked, COUNT, ...) and the peak FLOP/s that MFU is measured agai
 
 import argparse
 import errno
+import importlib.util
 import json
 import os
 import pickle
@@ -63,6 +64,34 @@ def atomic_dir(path, overwrite=False):
     replace_dir(tmp, path)
 
 
+@contextmanager
+def sole_writer(path, holder=True):
+    """This process is the one writer of output `path` while the block runs: a lock (.NAME.lock beside it) that
+    a second writer finds taken at once, naming the holder's PID. The OS releases it when the process dies,
+    so a lock left by a killed run never blocks the next. holder=False: take none (torchrun's other ranks)."""
+    import fcntl
+
+    if not holder:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise UserError(f"{path} is being written by another process (PID {f.read().strip() or '?'})") from None
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # before the lock is released: a newcomer makes a file of its own
+
+
 def replace_dir(new, path):
     """Rename directory `new` to `path`. A previous `path` is renamed aside first and deleted last: it is
     never deleted in place, so a crash leaves it whole (as .NAME.old-PID, which restore_previous puts back)."""
@@ -85,6 +114,42 @@ def atomic_write(path, data):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+def plot_curves(curves, path, ylabel, title=None):
+    """Curves {label: (training tokens, values)} as a PNG, as train.py's loss.png (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, (tokens, values) in curves.items():
+        ax.plot(tokens, values, label=label)
+    ax.set(xlabel="training tokens", ylabel=ylabel, title=title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def read_train_state(run_dir):
+    """-> {"step", "tokens", "optimizer", "metrics"} of the run in run_dir, checked before any work (the
+    optimizer state is memory-mapped: reading it here costs nothing until it is used)."""
+    file = run_dir / "train_state.pt"
+    if not file.is_file():
+        raise UserError(f"{run_dir} has no train_state.pt: not a train.py output to resume")
+    state = load_torch_file(file)
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        state["metrics"] = [json.loads(line) for line in lines if line]
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {run_dir / 'metrics.jsonl'}: {e}") from None
+    return state
 
 
 def is_disk_full(e):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import HelpFormatter, check_shapes, load_checkpoint, load_torch_file, save_checkpoint
+from checkpoint import HelpFormatter, check_shapes, load_checkpoint, load_torch_file, save_checkpoint, sole_writer
 from data.download import WEIGHT_FILES, download_model
 from model import ModelConfig, UserError
 from tokenizer import GPT2_FILES, SENTENCEPIECE_FILES
@@ -467,66 +467,67 @@ def parse_args(argv):
 
 def main(argv=None):
     args, out = parse_args(argv)
-    src = Path(args.src).expanduser()
-    hub_id = None
-    if not src.exists():
-        parts = args.src.split("/")  # a hub id: "gpt2" or "org/name"
-        if len(parts) > 2 or not all(parts) or args.src.startswith((".", "~")) or args.src.endswith(".bin"):
-            raise UserError(f"source {args.src} does not exist")
-        hub_id, src = args.src, download_model(args.src)
-    source = load_source(src)
-    cfg, state = source.cfg, source.state
+    with sole_writer(out):  # this process is OUT's one writer
+        src = Path(args.src).expanduser()
+        hub_id = None
+        if not src.exists():
+            parts = args.src.split("/")  # a hub id: "gpt2" or "org/name"
+            if len(parts) > 2 or not all(parts) or args.src.startswith((".", "~")) or args.src.endswith(".bin"):
+                raise UserError(f"source {args.src} does not exist")
+            hub_id, src = args.src, download_model(args.src)
+        source = load_source(src)
+        cfg, state = source.cfg, source.state
 
-    if args.tokenizer and not Path(args.tokenizer).exists():
-        raise UserError(f"tokenizer {args.tokenizer} does not exist")
-    tok = find_tokenizer(args.tokenizer) if args.tokenizer else (None if src.is_file() else find_tokenizer(src))
-    if tok is None:
-        need = "encoder.json + vocab.bpe, vocab.json + merges.txt or tokenizer.model"
-        raise UserError(f"no tokenizer found in {args.tokenizer or src} (need {need}); pass --tokenizer")
-    spec, files = tok
-    n_tok, bos, eos, id_of = read_vocabulary(spec, files)
-    declared = None if src.is_file() else released_mask_id(src, id_of)
-    label = source.kind
-    if declared is not None:  # a released diffusion checkpoint, whatever its directory is called
-        source.objective, source.mask_id = "diffusion", declared
-        label = {"hf-gpt2": "diffugpt", "hf-llama": "diffullama"}.get(source.kind, source.kind)
-    if n_tok > cfg.vocab_size:
-        raise UserError(
-            f"the tokenizer has {n_tok} tokens but the model's vocabulary only {cfg.vocab_size}: wrong tokenizer?"
+        if args.tokenizer and not Path(args.tokenizer).exists():
+            raise UserError(f"tokenizer {args.tokenizer} does not exist")
+        tok = find_tokenizer(args.tokenizer) if args.tokenizer else (None if src.is_file() else find_tokenizer(src))
+        if tok is None:
+            need = "encoder.json + vocab.bpe, vocab.json + merges.txt or tokenizer.model"
+            raise UserError(f"no tokenizer found in {args.tokenizer or src} (need {need}); pass --tokenizer")
+        spec, files = tok
+        n_tok, bos, eos, id_of = read_vocabulary(spec, files)
+        declared = None if src.is_file() else released_mask_id(src, id_of)
+        label = source.kind
+        if declared is not None:  # a released diffusion checkpoint, whatever its directory is called
+            source.objective, source.mask_id = "diffusion", declared
+            label = {"hf-gpt2": "diffugpt", "hf-llama": "diffullama"}.get(source.kind, source.kind)
+        if n_tok > cfg.vocab_size:
+            raise UserError(
+                f"the tokenizer has {n_tok} tokens but the model's vocabulary only {cfg.vocab_size}: wrong tokenizer?"
+            )
+        check_shapes(state, cfg, args.src)
+
+        choice = args.mask_token or ("new" if source.mask_id is None else str(source.mask_id))
+        if choice == "new":
+            mask_id = add_mask_token(cfg, state, args.mask_init)
+        else:
+            mask_id = int(choice)
+            if not 0 <= mask_id < cfg.vocab_size:
+                raise UserError(f"--mask-token {mask_id} is outside the vocabulary (0..{cfg.vocab_size - 1})")
+
+        meta = {
+            "model": asdict(cfg),
+            "objective": args.objective or source.objective,
+            "mask_token_id": mask_id,
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+            "tokenizer": spec,
+            "source": {
+                "from": hub_id or str(src.resolve()),
+                "format": label,
+                "mask_token": choice,
+                "converted": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            },
+        }
+        save_checkpoint(out, state, meta, tokenizer_from=files, overwrite=args.force)
+        params = sum(t.numel() for t in state.values()) / 1e6
+        print(
+            f"wrote {out}: {label}, {cfg.arch}, {params:.2f}M params, vocab {cfg.vocab_size}, mask token {mask_id}, "
+            f"objective {meta['objective']}",
+            file=sys.stderr,
         )
-    check_shapes(state, cfg, args.src)
-
-    choice = args.mask_token or ("new" if source.mask_id is None else str(source.mask_id))
-    if choice == "new":
-        mask_id = add_mask_token(cfg, state, args.mask_init)
-    else:
-        mask_id = int(choice)
-        if not 0 <= mask_id < cfg.vocab_size:
-            raise UserError(f"--mask-token {mask_id} is outside the vocabulary (0..{cfg.vocab_size - 1})")
-
-    meta = {
-        "model": asdict(cfg),
-        "objective": args.objective or source.objective,
-        "mask_token_id": mask_id,
-        "bos_token_id": bos,
-        "eos_token_id": eos,
-        "tokenizer": spec,
-        "source": {
-            "from": hub_id or str(src.resolve()),
-            "format": label,
-            "mask_token": choice,
-            "converted": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        },
-    }
-    save_checkpoint(out, state, meta, tokenizer_from=files, overwrite=args.force)
-    params = sum(t.numel() for t in state.values()) / 1e6
-    print(
-        f"wrote {out}: {label}, {cfg.arch}, {params:.2f}M params, vocab {cfg.vocab_size}, mask token {mask_id}, "
-        f"objective {meta['objective']}",
-        file=sys.stderr,
-    )
-    if args.check:
-        check_against_transformers(src, source.kind, out)
+        if args.check:
+            check_against_transformers(src, source.kind, out)
 
 
 if __name__ == "__main__":

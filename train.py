@@ -14,7 +14,6 @@ exactly, and gives the same result on one process or many with the same global b
 import argparse
 import contextlib
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from tqdm import tqdm
 
 from checkpoint import (
     COUNT,
+    HAVE_MATPLOTLIB,
     NON_NEGATIVE,
     POSITIVE,
     HelpFormatter,
@@ -41,8 +41,10 @@ from checkpoint import (
     peak_flops,
     pick_device,
     pick_dtype,
+    plot_curves,
     read_meta,
     save_checkpoint,
+    sole_writer,
 )
 from data.shards import Data, check_data
 from model import AnnealFlex, UserError, ar_loss, attention_at, diffusion_loss
@@ -275,6 +277,13 @@ def save(model, optimizer, meta, args, objective, step, tokens, metrics, init_di
     """Write --out-dir atomically: the weights, config.json, train_state.pt, metrics.jsonl, loss.png."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
+    # a NaN never replaces a good checkpoint: every rank checks its weights (FSDP: its shards), all agree
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    ok = torch.tensor(float(all(bool(p.isfinite().all()) for p in local)), device=local[0].device)
+    if dist.is_initialized():
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    if not ok.item():
+        raise Diverged(f"non-finite weights at step {step}", args.out_dir)
     # full (unsharded) state on the CPU, keyed by parameter name: a collective under DDP / FSDP
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_state, optim_state = get_state_dict(model, optimizer, options=options)
@@ -295,30 +304,16 @@ def save(model, optimizer, meta, args, objective, step, tokens, metrics, init_di
     save_checkpoint(args.out_dir, model_state, out_meta, tokenizer_from=init_dir, overwrite=True, extra=writers)
 
 
-HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+class Diverged(UserError):
+    def __init__(self, what, out_dir):
+        super().__init__(f"{what}: the run diverged and stopped; the last checkpoint in {out_dir} is kept")
+
+
 CURVES = {  # loss.png: metric -> label
     "val_loss": "val loss (CE/t, the paper's)",
     "val_loss_unweighted": "val masked CE",
     "val_nll_bound": "val NLL bound (nats/token)",
 }
-
-
-def plot_curves(curves, path, ylabel, title=None):
-    """Curves {label: (training tokens, values)} as a PNG (needs matplotlib; lab/miniature.py's too)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for label, (tokens, values) in curves.items():
-        ax.plot(tokens, values, label=label)
-    ax.set(xlabel="training tokens", ylabel=ylabel, title=title)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def read_train_state(run_dir):
@@ -412,6 +407,8 @@ def describe(model, args, world, device, tokens_per_step, train_data):
 def evaluated(model, objective, val_data, args, autocast, rank, world, device, master, step, tokens, logged=None):
     """Evaluate, and say so -> the metrics lines to append (none off rank 0)."""
     result, logged = evaluate(model, objective, val_data, args, autocast, rank, world, device), logged or {}
+    if not all(math.isfinite(v) for v in result.values()):  # the same numbers on every rank: all stop
+        raise Diverged(f"validation loss {result['val_loss']} at step {step}", args.out_dir)
     if master:
         train = f"train loss {logged['train_loss']:.4f}, " if logged else ""
         val = f"val loss {result['val_loss']:.4f} (unweighted {result['val_loss_unweighted']:.4f}, "
@@ -420,10 +417,14 @@ def evaluated(model, objective, val_data, args, autocast, rank, world, device, m
 
 
 def main(argv=None):
-    # options, and every check that needs no model
+    """Options and every check that needs no model; then the run, as --out-dir's one writer (torchrun: rank 0)."""
     args = parse_args(argv)
     init_dir, resumed = check_run(args)
+    with sole_writer(args.out_dir, holder=os.environ.get("RANK", "0") == "0"):
+        return train(args, init_dir, resumed)
 
+
+def train(args, init_dir, resumed):
     # setup: processes, precision, model, optimizer, data
     rank, world, device = setup_distributed(args.device)
     master = rank == 0
@@ -459,7 +460,7 @@ def main(argv=None):
         attn = attention_at(step, args.anneal_steps, args.block_size, args.seed, device, flex) if diffusion else None
 
         # forward and backward, accumulating gradients over micro-batches (synchronised on the last one)
-        running = torch.zeros(3, dtype=torch.float64, device=device)  # loss, unweighted CE, stop flag
+        running = torch.zeros(4, dtype=torch.float64, device=device)  # loss, unweighted CE, gradient norm, stop
         for micro in range(accum):
             last = micro == accum - 1
             if args.fsdp:
@@ -474,18 +475,16 @@ def main(argv=None):
             running[0] += loss.detach().double() / accum
             running[1] += (ce / n.clamp(min=1)).detach().double() / accum
 
-        # clip, then one all-reduce for the logged losses and a stop request (one sync per step, not three)
-        if args.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        running[2] = float(stop.signal is not None)
+        # clip (--grad-clip 0: measure only), then one all-reduce for the logs, the norm and a stop request
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or math.inf)
+        running[2] = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
+        running[3] = float(stop.signal is not None)
         if world > 1:
             dist.all_reduce(running)
-            running[:2] /= world
-        train_loss, train_ce, interrupted = running[0].item(), running[1].item(), running[2].item() > 0
-        if not math.isfinite(train_loss):  # stop before the step: the last checkpoint stays good
-            raise UserError(
-                f"loss is {train_loss} at step {step}: stopped; the last checkpoint in {args.out_dir} is kept"
-            )
+            running[:3] /= world
+        train_loss, train_ce, grad_norm, interrupted = *running[:3].tolist(), running[3].item() > 0
+        if not math.isfinite(train_loss + grad_norm):  # stop before the step: the last checkpoint stays good
+            raise Diverged(f"loss {train_loss}, gradient norm {grad_norm} at step {step}", args.out_dir)
 
         # the optimizer step
         optimizer.step()

@@ -45,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from checkpoint import COUNT, HelpFormatter, atomic_write, checked, clear_leftovers, read_meta, replace_dir
+from checkpoint import COUNT, HelpFormatter, atomic_write, checked, clear_leftovers, read_meta, replace_dir, sole_writer
 from data.corpus import SUFFIXES, check_file, files_of, natural_key, pair_of, records, text_of
 from data.download import download_dataset_file, download_url, hub_dataset_files
 from model import UserError
@@ -458,86 +458,90 @@ def main(argv=None):
         "sources": [[s.name, [x["name"] for x in s.shards], s.field, s.budget, s.val_tokens] for s in sources],
         **{k: getattr(args, k) for k in ("val_fraction", "shard_tokens", "sft", "block_size")},
     }
-    folder = args.out.with_name(args.out.name + ".partial")
-    progress = start_or_resume(folder, options)
-    if progress is None:
+    with sole_writer(args.out):  # this process is --out's one writer (and its .partial's)
+        folder = args.out.with_name(args.out.name + ".partial")
+        progress = start_or_resume(folder, options)
+        if progress is None:
+            clear_leftovers(args.out)
+            replace_dir(folder, args.out)
+            return
+
+        # tokenize each source into shards
+        try:
+            with encoder(args.tokenizer, args.workers, dtype.name, args.block_size if args.sft else 0) as encode:
+                for source in sources:
+                    prepare_source(source, folder, progress, encode, args)
+        except UserError as e:
+            states = progress["sources"].values()
+            if not any(s["train"] or s["val"] for s in states):
+                shutil.rmtree(folder)
+                raise
+            raise UserError(
+                f"{e} (the finished shards stay in {folder}: fix this and rerun the same command)"
+            ) from None
+
+        # the index, then the directory becomes --out
+        states = {s.name: progress["sources"][s.name] for s in sources}
+        totals = {split: sum(e["tokens"] for st in states.values() for e in st[split]) for split in ("train", "val")}
+        for split in ("train", "val"):
+            if totals[split] == 0:
+                shutil.rmtree(folder)
+                n_docs = sum(st["documents"] for st in states.values())
+                raise UserError(f"no {split} data: the input is empty or too small (got {n_docs} documents)")
+        info = {
+            "tokenizer_fingerprint": options["tokenizer"],
+            "tokenizer": meta["tokenizer"]["type"],
+            "vocab_size": vocab,
+            "dtype": dtype.name,
+            "train_tokens": totals["train"],
+            "val_tokens": totals["val"],
+            "documents": {split: sum(e["documents"] for st in states.values() for e in st[split]) for split in totals},
+            "bos_token_id": meta.get("bos_token_id"),
+            "eos_token_id": meta["eos_token_id"],
+            "sft": args.sft,
+            "recipe": args.recipe,
+            "options": options,  # what made these bytes (a finished .partial is renamed only for the same command)
+            "budget": sum(s.budget for s in sources) if all(s.budget for s in sources) else None,
+            "sources": {
+                s.name: {
+                    "train_tokens": sum(e["tokens"] for e in states[s.name]["train"]),
+                    "val_tokens": sum(e["tokens"] for e in states[s.name]["val"]),
+                    "budget": s.budget,
+                    "shards_read": [x["name"] for x in s.shards[: states[s.name]["next"][0] + 1]],
+                }
+                for s in sources
+            },
+            "shards": {
+                split: [{**e, "source": name} for name, st in states.items() for e in st[split]] for split in totals
+            },
+        }
+        if args.sft:
+            info["block_size"] = args.block_size
+        for leftover in [*folder.glob("*.tmp"), *folder.glob(".*.tmp-*")]:
+            leftover.unlink()
+        atomic_write(folder / "meta.json", json.dumps(info, indent=2) + "\n")
+        (folder / "progress.json").unlink()  # after meta.json: a folder with both is continued, with meta alone renamed
         clear_leftovers(args.out)
         replace_dir(folder, args.out)
-        return
 
-    # tokenize each source into shards
-    try:
-        with encoder(args.tokenizer, args.workers, dtype.name, args.block_size if args.sft else 0) as encode:
-            for source in sources:
-                prepare_source(source, folder, progress, encode, args)
-    except UserError as e:
-        states = progress["sources"].values()
-        if not any(s["train"] or s["val"] for s in states):
-            shutil.rmtree(folder)
-            raise
-        raise UserError(f"{e} (the finished shards stay in {folder}: fix this and rerun the same command)") from None
-
-    # the index, then the directory becomes --out
-    states = {s.name: progress["sources"][s.name] for s in sources}
-    totals = {split: sum(e["tokens"] for st in states.values() for e in st[split]) for split in ("train", "val")}
-    for split in ("train", "val"):
-        if totals[split] == 0:
-            shutil.rmtree(folder)
-            n_docs = sum(st["documents"] for st in states.values())
-            raise UserError(f"no {split} data: the input is empty or too small (got {n_docs} documents)")
-    info = {
-        "tokenizer_fingerprint": options["tokenizer"],
-        "tokenizer": meta["tokenizer"]["type"],
-        "vocab_size": vocab,
-        "dtype": dtype.name,
-        "train_tokens": totals["train"],
-        "val_tokens": totals["val"],
-        "documents": {split: sum(e["documents"] for st in states.values() for e in st[split]) for split in totals},
-        "bos_token_id": meta.get("bos_token_id"),
-        "eos_token_id": meta["eos_token_id"],
-        "sft": args.sft,
-        "recipe": args.recipe,
-        "options": options,  # what made these bytes (a finished .partial is renamed only for the same command)
-        "budget": sum(s.budget for s in sources) if all(s.budget for s in sources) else None,
-        "sources": {
-            s.name: {
-                "train_tokens": sum(e["tokens"] for e in states[s.name]["train"]),
-                "val_tokens": sum(e["tokens"] for e in states[s.name]["val"]),
-                "budget": s.budget,
-                "shards_read": [x["name"] for x in s.shards[: states[s.name]["next"][0] + 1]],
-            }
-            for s in sources
-        },
-        "shards": {
-            split: [{**e, "source": name} for name, st in states.items() for e in st[split]] for split in totals
-        },
-    }
-    if args.sft:
-        info["block_size"] = args.block_size
-    for leftover in [*folder.glob("*.tmp"), *folder.glob(".*.tmp-*")]:
-        leftover.unlink()
-    atomic_write(folder / "meta.json", json.dumps(info, indent=2) + "\n")
-    (folder / "progress.json").unlink()  # after meta.json: a folder with both is continued, with meta alone renamed
-    clear_leftovers(args.out)
-    replace_dir(folder, args.out)
-
-    skipped = sum(st["skipped"] for st in states.values())
-    if skipped:
-        print(f"skipped {skipped} pairs longer than --block-size {args.block_size}", file=sys.stderr)
-    n_shards = len(info["shards"]["train"]) + len(info["shards"]["val"])
-    print(
-        f"wrote {args.out}: {totals['train']:,} train and {totals['val']:,} val tokens, {n_shards} shards of {dtype}",
-        file=sys.stderr,
-    )
-    for name, s in info["sources"].items():
-        share = s["train_tokens"] / totals["train"]
-        budget = f" of a budget of {s['budget']:,}" if s["budget"] else ""
-        short = " (the corpus ran out)" if s["budget"] and s["train_tokens"] < s["budget"] else ""
+        skipped = sum(st["skipped"] for st in states.values())
+        if skipped:
+            print(f"skipped {skipped} pairs longer than --block-size {args.block_size}", file=sys.stderr)
+        n_shards = len(info["shards"]["train"]) + len(info["shards"]["val"])
         print(
-            f"  {name}: {s['train_tokens']:,} train tokens{budget}{short}, {share:.1%} of the total, "
-            f"from {len(s['shards_read'])} of {len(next(x for x in sources if x.name == name).shards)} shards",
+            f"wrote {args.out}: {totals['train']:,} train and {totals['val']:,} val tokens, "
+            f"{n_shards} shards of {dtype}",
             file=sys.stderr,
         )
+        for name, s in info["sources"].items():
+            share = s["train_tokens"] / totals["train"]
+            budget = f" of a budget of {s['budget']:,}" if s["budget"] else ""
+            short = " (the corpus ran out)" if s["budget"] and s["train_tokens"] < s["budget"] else ""
+            print(
+                f"  {name}: {s['train_tokens']:,} train tokens{budget}{short}, {share:.1%} of the total, "
+                f"from {len(s['shards_read'])} of {len(next(x for x in sources if x.name == name).shards)} shards",
+                file=sys.stderr,
+            )
 
 
 if __name__ == "__main__":

@@ -36,13 +36,22 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from checkpoint import COUNT, NON_NEGATIVE, POSITIVE, HelpFormatter, given_options, load_checkpoint
+from checkpoint import (
+    COUNT,
+    HAVE_MATPLOTLIB,
+    NON_NEGATIVE,
+    POSITIVE,
+    HelpFormatter,
+    given_options,
+    load_checkpoint,
+    plot_curves,
+    sole_writer,
+)
 from data.download import cache_dir, download_file
 from lab.common import run_script, sentences
 from model import UserError
 from sample import Decoding, Sampling, generate
 from tokenizer import load_tokenizer
-from train import HAVE_MATPLOTLIB, plot_curves
 
 STORIES_URL = "https://huggingface.co/karpathy/tinyllamas/resolve/main/stories260K/"
 TINYSTORIES_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-valid.txt"
@@ -97,79 +106,80 @@ def evaluate(**options):
 def main(argv=None):
     args = parse_args(argv)
     (stories_bin, tokenizer_model, text), separator = fetch_assets(args, cache_dir() / "miniature")
-    if args.out.exists():
-        if not args.force:
-            raise UserError(f"{args.out} exists (pass --force to start over)")
-        shutil.rmtree(args.out)
-    args.out.mkdir(parents=True)
+    with sole_writer(args.out):  # this process is --out's one writer
+        if args.out.exists():
+            if not args.force:
+                raise UserError(f"{args.out} exists (pass --force to start over)")
+            shutil.rmtree(args.out)
+        args.out.mkdir(parents=True)
 
-    # the AR model as a checkpoint, and TinyStories split into training text and held-out stories
-    progress("converting stories260K and tokenizing TinyStories")
-    base, test = args.out / "stories260K", args.out / "test.txt"
-    run_script("convert.py", stories_bin, base, tokenizer=tokenizer_model)
-    test_stories = split_stories(text, separator, args.out, args.test_stories)
-    run_script("data/prepare.py", args.out / "train.txt", tokenizer=base, out=args.out / "data", workers=1)
+        # the AR model as a checkpoint, and TinyStories split into training text and held-out stories
+        progress("converting stories260K and tokenizing TinyStories")
+        base, test = args.out / "stories260K", args.out / "test.txt"
+        run_script("convert.py", stories_bin, base, tokenizer=tokenizer_model)
+        test_stories = split_stories(text, separator, args.out, args.test_stories)
+        run_script("data/prepare.py", args.out / "train.txt", tokenizer=base, out=args.out / "data", workers=1)
 
-    # the NLL column: the AR model, the same weights read as diffusion, then one training run per setting
-    nll = lambda ckpt: evaluate(
-        ckpt=ckpt, task="nll", data=test, mc=args.mc, block_size=args.block_size, limit=args.eval_windows
-    )
-    if args.scaling:
-        return scaling(args, base, nll, test_stories)
-    if args.levers:
-        return levers(args, base, nll, test_stories, (stories_bin, tokenizer_model))
-    progress("NLL of the AR model, and of its weights read as a diffusion model")
-    rows = [("stories260K, AR (exact NLL)", nll(base))]
-    as_diffusion = args.out / "stories260K-as-diffusion"  # the same weights, read with full attention and masks
-    shutil.copytree(base, as_diffusion)
-    meta = json.loads((as_diffusion / "config.json").read_text())
-    (as_diffusion / "config.json").write_text(json.dumps({**meta, "objective": "diffusion"}, indent=2))
-    rows.append(("AR weights as diffusion, before training", nll(as_diffusion)))
-    common = dict(**recipe(args), init_from=base, max_iters=args.iters)
-    curves = {}
-    for name, (description, extra) in RUNS.items():
-        progress(f"training: {description} ({args.iters} steps), then its NLL")
-        run_script("train.py", **{**common, **extra}, out_dir=args.out / name)
-        rows.append((description, nll(args.out / name)))
-        curves[description] = [
-            json.loads(line) for line in (args.out / name / "metrics.jsonl").read_text().splitlines()
-        ]
-
-    # the Gen PPL column: unconditional samples judged by the AR model, against decoding steps
-    progress("Gen PPL of unconditional samples, judged by stories260K")
-    gen = []
-    for strategy in ("random", "confidence"):
-        for steps in args.gen_steps:
-            result = evaluate(
-                ckpt=args.out / "adapt",
-                task="genppl",
-                judge=base,
-                steps=steps,
-                length=args.gen_length,
-                limit=args.gen_samples,
-                strategy=strategy,
-            )
-            gen.append({**result, "strategy": strategy})
-    ar_gen = evaluate(ckpt=base, task="genppl", judge=base, length=args.gen_length, limit=args.gen_samples)
-
-    samples = show_samples(args.out / "adapt", test_stories[0])
-    table = results_table(rows, gen, ar_gen, samples, curves[RUNS["adapt"][0]][-1]["tokens"], args)
-    (args.out / "results.md").write_text(table + "\n")
-    results = {
-        "nll": dict(rows),
-        "genppl": gen,
-        "ar_genppl": ar_gen,
-        "samples": samples,
-        "args": {k: str(v) for k, v in vars(args).items()},
-    }
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    if HAVE_MATPLOTLIB:
-        bounds = {d: ([m["tokens"] for m in ms], [m["val_nll_bound"] for m in ms]) for d, ms in curves.items()}
-        plot_curves(
-            bounds, args.out / "loss.png", "val NLL bound (nats/token)", "Adapting stories260K into a diffusion LM"
+        # the NLL column: the AR model, the same weights read as diffusion, then one training run per setting
+        nll = lambda ckpt: evaluate(
+            ckpt=ckpt, task="nll", data=test, mc=args.mc, block_size=args.block_size, limit=args.eval_windows
         )
-    print("\n" + table)
-    return rows
+        if args.scaling:
+            return scaling(args, base, nll, test_stories)
+        if args.levers:
+            return levers(args, base, nll, test_stories, (stories_bin, tokenizer_model))
+        progress("NLL of the AR model, and of its weights read as a diffusion model")
+        rows = [("stories260K, AR (exact NLL)", nll(base))]
+        as_diffusion = args.out / "stories260K-as-diffusion"  # the same weights, read with full attention and masks
+        shutil.copytree(base, as_diffusion)
+        meta = json.loads((as_diffusion / "config.json").read_text())
+        (as_diffusion / "config.json").write_text(json.dumps({**meta, "objective": "diffusion"}, indent=2))
+        rows.append(("AR weights as diffusion, before training", nll(as_diffusion)))
+        common = dict(**recipe(args), init_from=base, max_iters=args.iters)
+        curves = {}
+        for name, (description, extra) in RUNS.items():
+            progress(f"training: {description} ({args.iters} steps), then its NLL")
+            run_script("train.py", **{**common, **extra}, out_dir=args.out / name)
+            rows.append((description, nll(args.out / name)))
+            curves[description] = [
+                json.loads(line) for line in (args.out / name / "metrics.jsonl").read_text().splitlines()
+            ]
+
+        # the Gen PPL column: unconditional samples judged by the AR model, against decoding steps
+        progress("Gen PPL of unconditional samples, judged by stories260K")
+        gen = []
+        for strategy in ("random", "confidence"):
+            for steps in args.gen_steps:
+                result = evaluate(
+                    ckpt=args.out / "adapt",
+                    task="genppl",
+                    judge=base,
+                    steps=steps,
+                    length=args.gen_length,
+                    limit=args.gen_samples,
+                    strategy=strategy,
+                )
+                gen.append({**result, "strategy": strategy})
+        ar_gen = evaluate(ckpt=base, task="genppl", judge=base, length=args.gen_length, limit=args.gen_samples)
+
+        samples = show_samples(args.out / "adapt", test_stories[0])
+        table = results_table(rows, gen, ar_gen, samples, curves[RUNS["adapt"][0]][-1]["tokens"], args)
+        (args.out / "results.md").write_text(table + "\n")
+        results = {
+            "nll": dict(rows),
+            "genppl": gen,
+            "ar_genppl": ar_gen,
+            "samples": samples,
+            "args": {k: str(v) for k, v in vars(args).items()},
+        }
+        (args.out / "results.json").write_text(json.dumps(results, indent=2))
+        if HAVE_MATPLOTLIB:
+            bounds = {d: ([m["tokens"] for m in ms], [m["val_nll_bound"] for m in ms]) for d, ms in curves.items()}
+            plot_curves(
+                bounds, args.out / "loss.png", "val NLL bound (nats/token)", "Adapting stories260K into a diffusion LM"
+            )
+        print("\n" + table)
+        return rows
 
 
 def recipe(args):

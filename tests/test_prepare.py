@@ -300,7 +300,7 @@ def shards_done(partial):
 def test_train_on_shards_equals_train_on_one_file(stories_ckpt, tmp_path):
     """The same tokens in 10 shards or in one, and in the single-file layout of earlier versions: same examples,
     same loss curve with the same seed."""
-    from train import Data
+    from data.shards import Data
 
     text = ASSETS / "text" / "tinystories_val.txt"
     run(PREPARE, "--tokenizer", stories_ckpt, "--out", tmp_path / "many", text, "--shard-tokens", "30000")

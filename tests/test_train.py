@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from checkpoint import load_checkpoint
-from conftest import ASSETS, ROOT, assert_user_error, run
+from conftest import ASSETS, ROOT, STORIES_BIN, STORIES_TOK, assert_user_error, run
 from data.shards import Data
 from model import EPS, anneal_ratio, attention_at, diffusion_loss
 from train import lr_at, parse_args
@@ -345,35 +346,131 @@ def test_sigterm_saves_before_exit(stories_ckpt, stories_data, tmp_path):
     assert 0 < step < 100000 and "stopped by signal" in err
 
 
-def test_nan_stops_and_keeps_last_good_checkpoint(stories_ckpt, stories_data, tmp_path):
-    proc = run(
+def test_an_lr_that_diverges_in_two_steps_stops_before_the_next_save(stories_ckpt, stories_data, tmp_path):
+    """lr 1e30: the first update makes the weights huge (finite: RMSNorm keeps the loss finite), the second
+    step's gradient is not finite: the run stops there, and the step-1 checkpoint stays as it was."""
+    tiny = ["--batch-size", "4", "--block-size", "64", "--eval-iters", "1", "--eval-interval", "1"]
+    args = ["--init-from", stories_ckpt, "--data-dir", stories_data, *tiny, "--max-iters", "20", "--lr", "1e30"]
+    proc = run("train.py", *args, "--grad-clip", "0", "--out-dir", tmp_path / "run", check=False)
+    assert_user_error(proc, "gradient norm nan at step 1", "diverged", "is kept")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["training"]["step"] == 1
+    load_checkpoint(tmp_path / "run")
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(v) for m in metrics for v in m.values())
+
+
+def test_one_writer_per_output(stories_ckpt, tmp_path):
+    """convert.py, data/prepare.py, train.py and lab/miniature.py refuse an output that another writer holds,
+    naming its PID, before any work; a lock file left by a dead process blocks nothing."""
+    from checkpoint import sole_writer
+
+    (tmp_path / "t.txt").write_text(STORIES_TXT.read_text()[:100_000])
+    data = tmp_path / "data"
+    commands = {
+        "convert.py": lambda out: [STORIES_BIN, out, "--tokenizer", STORIES_TOK],
+        "data/prepare.py": lambda out: [
+            "--tokenizer",
+            stories_ckpt,
+            "--out",
+            out,
+            tmp_path / "t.txt",
+            "--workers",
+            "1",
+        ],
+        "train.py": lambda out: ["--init-from", stories_ckpt, "--data-dir", data, "--out-dir", out, *TINY],
+        "lab/miniature.py": lambda out: ["--assets", ASSETS, "--out", out],
+    }
+    for script, args in commands.items():
+        out = tmp_path / script.replace("/", "-")
+        (tmp_path / f".{out.name}.lock").write_text("999999999\n")  # left by a killed writer: no lock held
+        if script == "data/prepare.py":
+            run(script, *args(data))  # the data train.py reads, through a stale lock file
+        with sole_writer(out):  # another writer (this process, through another open file)
+            t0 = time.perf_counter()
+            proc = run(script, *args(out), check=False)
+        assert_user_error(proc, "being written by another process", f"PID {os.getpid()}")
+        assert time.perf_counter() - t0 < 5 and not out.exists(), script
+    assert not list(tmp_path.glob(".*.lock"))  # each writer removes its lock file when it is done
+
+
+@pytest.mark.slow
+def test_a_second_train_run_on_one_out_dir_is_refused_and_a_killed_ones_lock_blocks_nothing(
+    stories_ckpt, stories_data, tmp_path
+):
+    out, common = (
+        tmp_path / "run",
+        ["--init-from", stories_ckpt, "--data-dir", stories_data, "--out-dir", tmp_path / "run"],
+    )
+    long = [*common, "--batch-size", "4", "--block-size", "64", "--eval-iters", "1", "--eval-interval", "100000"]
+    long += ["--max-iters", "100000"]  # no save before it is killed
+    first = subprocess.Popen([sys.executable, "train.py", *map(str, long)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not first.stderr.readline().startswith("step 0"):
+        pass
+    t0 = time.perf_counter()
+    second = run(
+        "train.py", "--init-from", stories_ckpt, "--data-dir", stories_data, "--out-dir", out, *TINY, check=False
+    )
+    assert_user_error(second, "being written by another process", f"PID {first.pid}")
+    assert time.perf_counter() - t0 < 1.0
+    first.kill()
+    first.wait()
+    run(
+        "train.py", "--init-from", stories_ckpt, "--data-dir", stories_data, "--out-dir", out, *TINY
+    )  # its lock is gone
+
+
+def test_save_refuses_non_finite_weights(stories_ckpt, tmp_path):
+    """The last guard (a save after a signal evaluates nothing): weights with a NaN are never written."""
+    import argparse
+
+    from train import Diverged, Objective, save
+
+    model, meta = load_checkpoint(stories_ckpt)
+    with torch.no_grad():
+        model.norm.weight[0] = math.nan
+    optimizer, args = torch.optim.AdamW(model.parameters()), argparse.Namespace(out_dir=tmp_path / "run")
+    with pytest.raises(Diverged, match="non-finite weights at step 7"):
+        save(model, optimizer, meta, args, Objective("diffusion", 0, True), 7, 0, [], stories_ckpt, True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_diverging_resume_keeps_the_last_good_checkpoint(stories_ckpt, stories_data, tmp_path):
+    """An optimizer state whose next update blows the weights up: the run stops naming the step, and the
+    checkpoint it resumed from is untouched, byte for byte."""
+    tiny = ["--batch-size", "4", "--block-size", "64", "--eval-iters", "1", "--eval-interval", "1"]
+    run(
         "train.py",
         "--init-from",
         stories_ckpt,
         "--data-dir",
         stories_data,
-        "--batch-size",
-        "4",
-        "--block-size",
-        "64",
-        "--eval-iters",
-        "1",
-        "--eval-interval",
-        "1",
+        *tiny,
         "--max-iters",
-        "20",
-        "--lr",
-        "1e30",
-        "--grad-clip",
-        "0",
+        "2",
         "--out-dir",
         tmp_path / "run",
+    )
+    before = {f.name: f.read_bytes() for f in (tmp_path / "run").iterdir()}
+    state = torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)
+    for moments in state["optimizer"]["state"].values():
+        moments["exp_avg"].fill_(math.inf)  # Adam's next update makes every weight infinite
+    torch.save(state, tmp_path / "run" / "train_state.pt")
+    before["train_state.pt"] = (tmp_path / "run" / "train_state.pt").read_bytes()
+    proc = run(
+        "train.py",
+        "--init-from",
+        "resume",
+        "--out-dir",
+        tmp_path / "run",
+        "--max-iters",
+        "4",
+        "--extend-schedule",
         check=False,
     )
-    assert proc.returncode != 0 and "loss is" in proc.stderr
-    load_checkpoint(tmp_path / "run")  # still a valid checkpoint
-    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert all(math.isfinite(m.get("train_loss", 0)) for m in metrics)
+    assert_user_error(proc, "at step 3", "diverged", "is kept")
+    assert {f.name: f.read_bytes() for f in (tmp_path / "run").iterdir()} == before
+    load_checkpoint(tmp_path / "run")
 
 
 def test_prepare_bad_inputs(stories_ckpt, tmp_path):
