@@ -43,6 +43,8 @@ def atomic_dir(path, overwrite=False):
     path = Path(path)
     if path.exists() and not overwrite:
         raise UserError(f"{path} already exists (pass --force to overwrite it)")
+    if path.exists() and not (path / CONFIG_FILE).is_file():  # --force replaces only what this project wrote
+        raise UserError(f"{path} is not a checkpoint directory: refusing to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     clear_leftovers(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
@@ -336,6 +338,16 @@ def checked(kind, ok, what):
 COUNT = checked(int, lambda v: v >= 1, "at least 1")
 NON_NEGATIVE = checked(int, lambda v: v >= 0, "at least 0")
 POSITIVE = checked(float, lambda v: v > 0, "positive")
+
+
+def output_file(text):
+    """An argparse type for --output / --json: refused before any work unless it can be written."""
+    path = Path(text)
+    if path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: not a file in a writable folder")
+    return path
+
+
 PROBABILITY = checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
 
 

@@ -458,6 +458,8 @@ def parse_args(argv):
     a("--check", action="store_true", help="compare logits with transformers after converting")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if out.exists() and args.force and not (out / "config.json").is_file():
+        raise UserError(f"{out} is not a checkpoint directory: refusing to replace it")
     if out.exists() and not args.force:
         raise UserError(f"{out} already exists (pass --force to overwrite it)")
     if args.mask_token not in (None, "new") and not args.mask_token.isdigit():
@@ -504,6 +506,8 @@ def main(argv=None):
             mask_id = int(choice)
             if not 0 <= mask_id < cfg.vocab_size:
                 raise UserError(f"--mask-token {mask_id} is outside the vocabulary (0..{cfg.vocab_size - 1})")
+            if mask_id in (bos, eos) and not args.force:  # text ends and begins with them: never masks
+                raise UserError(f"--mask-token {mask_id} is the tokenizer's BOS or EOS (pass --force if you mean it)")
 
         meta = {
             "model": asdict(cfg),

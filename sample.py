@@ -41,6 +41,7 @@ from checkpoint import (
     add_device_options,
     atomic_write,
     load_checkpoint,
+    output_file,
     pick_device,
     pick_dtype,
 )
@@ -430,9 +431,9 @@ def parse_args(argv):
     a("--ckpt", required=True, type=Path, help="checkpoint directory")
     a("--prompt", default="", help="text before the generated part")
     a("--prompt-file", type=Path, help="read the prompt from a file")
-    a("--prompts", type=Path, help='many prompts: one a line, or a .jsonl of {"prompt", "suffix"?}; decoded in batches')
+    a("--prompts", type=Path, help='many prompts, one a line (a JSON object: {"prompt", "suffix"?}); in batches')
     a("--batch-size", type=COUNT, default=16, help="rows (samples of prompts) decoded together")
-    a("--output", type=Path, help="one JSON line per sample: prompt, suffix, text, tokens, forward_passes")
+    a("--output", type=output_file, help="one JSON line per sample: prompt, suffix, text, tokens, forward_passes")
     a("--suffix", default="", help="text after the generated part (infilling)")
     a("--length", type=COUNT, default=128, help="tokens to generate")
     a("--num-samples", type=COUNT, default=1, help="samples of the same prompt, decoded together")
@@ -468,21 +469,24 @@ def parse_args(argv):
 
 
 def read_prompts(path):
-    """--prompts -> [(prompt, suffix, line number)]: one prompt a line, or JSONL {"prompt", "suffix"?}."""
+    """--prompts -> [(prompt, suffix, line number)]. Told by each line's content, whatever the file's name: a JSON
+    object is {"prompt", "suffix"?}, any other line is a prompt as written (in a .jsonl, every line must be JSON)."""
     items = []
     for n, line in enumerate(read_text(path, "--prompts").splitlines(), 1):
         if not line.strip():
             continue
-        if path.suffix != ".jsonl":
-            items.append((line, "", n))
-            continue
         try:
             record = json.loads(line)
         except ValueError:
-            raise UserError(f"{path}:{n} is not valid JSON") from None
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-            raise UserError(f'{path}:{n} has no "prompt" string')
-        items.append((record["prompt"], record.get("suffix") or "", n))
+            record = None
+        if not isinstance(record, dict):
+            if path.suffix == ".jsonl":
+                raise UserError(f"{path}:{n} is not a JSON object")
+            items.append((line, "", n))
+        elif not isinstance(record.get("prompt"), str) or not isinstance(record.get("suffix", ""), str):
+            raise UserError(f'{path}:{n} needs a "prompt" string (and a "suffix", if any, that is a string)')
+        else:
+            items.append((record["prompt"], record.get("suffix", ""), n))
     if not items:
         raise UserError(f"--prompts {path} holds no prompt")
     return items

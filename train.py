@@ -56,6 +56,8 @@ from model import AnnealFlex, UserError, ar_loss, attention_at, diffusion_loss
 AT_LEAST_0 = checked(float, lambda v: v >= 0, "at least 0")
 FRACTION = checked(float, lambda v: 0 <= v <= 1, "in [0, 1]")
 DECAY = checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
+# the anchor, and at least two maskable tokens: with one, a masked window is all mask and teaches nothing
+CONTEXT = checked(int, lambda v: v == 0 or v >= 3, "0 (the model's) or at least 3")
 
 
 def build_parser():
@@ -77,7 +79,7 @@ def build_parser():
     a("--extend-schedule", action="store_true", help="on resume: accept the cosine schedule of a new --max-iters")
     a("--batch-size", type=COUNT, default=8, help="sequences per micro-batch per process")
     a("--grad-accum", type=COUNT, help="micro-batches per step over all processes (default: the number of processes)")
-    a("--block-size", type=NON_NEGATIVE, default=0, help="sequence length (0: the model's maximum, at most 1024)")
+    a("--block-size", type=CONTEXT, default=0, help="sequence length (0: the model's maximum, at most 1024)")
     a("--lr", type=POSITIVE, default=3e-4, help="peak learning rate")
     a("--lr-schedule", choices=["cosine", "constant"], default="cosine", help="after warm-up")
     a("--min-lr-ratio", type=FRACTION, default=0.1, help="cosine decays to lr × this")

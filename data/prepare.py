@@ -144,6 +144,8 @@ def parse_args(argv):
         raise UserError(f"--out {args.out} must name a folder to create, not the current one")
     if args.out.exists() and not args.force:
         raise UserError(f"{args.out} already exists (pass --force to overwrite it)")
+    if args.out.exists() and not (args.out / "meta.json").is_file():  # --force replaces only prepared data
+        raise UserError(f"{args.out} is not a data/prepare.py output: refusing to replace it")
     meta = read_meta(args.tokenizer)
     if bool(args.inputs) == bool(args.recipe):
         raise UserError("give input files or folders, or --recipe, not both or neither")

@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from checkpoint import COUNT, HelpFormatter, add_device_options, matmul_peak, pick_device, pick_dtype
+from checkpoint import COUNT, HelpFormatter, add_device_options, matmul_peak, output_file, pick_device, pick_dtype
 from convert import hf_twin
 from lab.common import run_script
-from model import AnnealFlex, ModelConfig, Transformer, ar_loss, attention_at, diffusion_loss
+from model import AnnealFlex, ModelConfig, Transformer, UserError, ar_loss, attention_at, diffusion_loss
 from sample import STRATEGIES, Decoding, Sampling, generate, generate_ar, generate_batch
 
 SHAPES = {
@@ -409,6 +409,14 @@ def report(rows):
     return "\n".join(lines)
 
 
+def parts_to_skip(text):
+    """--skip: comma-separated names of the parts of the suite (an argparse type)."""
+    names = {name for name in text.split(",") if name}
+    if names - {"train", "decode", "batched"}:
+        raise argparse.ArgumentTypeError(f"unknown parts {sorted(names - {'train', 'decode', 'batched'})}")
+    return names
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_device_options(p)
@@ -416,13 +424,15 @@ def main(argv=None):
     p.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile (default: on GPU)"
     )
-    p.add_argument("--skip", default="", help="comma-separated: train, decode, batched")
+    p.add_argument("--skip", type=parts_to_skip, default="", help="comma-separated: train, decode, batched")
     p.add_argument("--quality-ckpt", type=Path, help="a trained diffusion checkpoint for the quality measurement")
     p.add_argument("--judge", type=Path, help="its AR judge")
     p.add_argument("--quality-data", type=Path, help="stories for the infill ROUGE")
     p.add_argument("--quality-samples", type=COUNT, default=512, help="unconditional samples per variant for Gen PPL")
-    p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--json", type=output_file, help="also write the rows here")
     args = p.parse_args(argv)
+    if args.quality_ckpt and not args.judge:
+        raise UserError("--quality-ckpt needs --judge (an AR checkpoint that scores the samples)")
     device = pick_device(args.device)
     suite = SUITES[args.suite or ("gpu" if device.type == "cuda" else "cpu")]
     dtype = pick_dtype(args.dtype, device)
@@ -457,4 +467,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")

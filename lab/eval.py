@@ -41,7 +41,9 @@ from checkpoint import (
     HelpFormatter,
     add_device_options,
     atomic_write,
+    checked,
     load_checkpoint,
+    output_file,
     pick_device,
     pick_dtype,
 )
@@ -303,8 +305,8 @@ def read_choice_items(path):
         choices = item.get("choices") if isinstance(item, dict) else None
         if not isinstance(item, dict) or not isinstance(item.get("context"), str):
             raise UserError(f'{path}:{k} has no "context" string')
-        if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
-            raise UserError(f'{path}:{k} has no "choices" (a non-empty list of strings)')
+        if not isinstance(choices, list) or not choices or not all(isinstance(c, str) and c.strip() for c in choices):
+            raise UserError(f'{path}:{k} has no "choices" (a non-empty list of non-empty strings)')
         label = item.get("label")
         if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(choices):
             raise UserError(f'{path}:{k}: "label" must be an index into its {len(choices)} choices, got {label!r}')
@@ -333,7 +335,7 @@ def continuation_unit(model, tok, context, continuation, args):
 
 
 def task_choice(model, meta, tok, args):
-    """Multiple choice (eval-diffugpt.py: eval_hellaswag, eval_wino, eval_piqa, eval_siqa): lowest score wins.
+    """Multiple choice (eval-diffugpt.py: eval_hellaswag, eval_wino, eval_piqa, eval_siqa): lowest wins (a tie: wrong).
 
     Each choice is scored on context + " " + choice + after, with the choice and the text after it
     masked ("after": Winogrande's partial scoring, appended as it is), per token: by default the official
@@ -351,7 +353,8 @@ def task_choice(model, meta, tok, args):
     for item in items:
         item_scores = [next(per_token) for _ in item["choices"]]
         prediction = min(range(len(item_scores)), key=item_scores.__getitem__)
-        correct.append(prediction == item["label"])
+        tied = item_scores.count(item_scores[prediction]) > 1  # a tie is no answer: counted wrong
+        correct.append(prediction == item["label"] and not tied)
         records.append(
             {"scores": item_scores, "label": item["label"], "prediction": prediction, "correct": correct[-1]}
         )
@@ -535,6 +538,7 @@ def harness_tasks(args):
     return manager
 
 
+WINDOW = checked(int, lambda v: v == 0 or v >= 2, "0 (the model's) or at least 2: a context and a token")
 TASKS = {"nll": task_nll, "lambada": task_lambada, "choice": task_choice, "infill": task_infill, "genppl": task_genppl}
 
 
@@ -553,13 +557,13 @@ def parse_args(argv):
         default=0,
         help="evaluate only the first N items (windows for nll, samples for genppl)",
     )
-    a("--output", type=Path, help="also write one JSON line per item (window, sample) here")
+    a("--output", type=output_file, help="also write one JSON line per item (window, sample) here")
     a("--seed", type=int, default=0, help="noise and sampling seed")
     # scoring
     a("--mc", type=COUNT, default=32, help="noise levels: nll Monte Carlo samples; choice T (the paper: 32)")
     a("--t-grid", action="store_true", help="nll: a fixed grid of levels instead of Monte Carlo")
     a("--score", choices=["official", "elbo"], default="official", help="choice, diffusion: how a choice is scored")
-    a("--block-size", type=NON_NEGATIVE, default=0, help="nll window (default: the model's, at most 512)")
+    a("--block-size", type=WINDOW, default=0, help="nll window (default: the model's, at most 512)")
     # decoding
     a(
         "--steps",

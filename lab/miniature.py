@@ -105,12 +105,14 @@ def evaluate(**options):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.out.exists() and not args.force:
+        raise UserError(f"{args.out} exists (pass --force to start over)")
+    ours = not args.out.exists() or (args.out / "stories260K" / "config.json").is_file() or not any(args.out.iterdir())
+    if not ours:  # --force replaces only a miniature's own folder
+        raise UserError(f"{args.out} is not a lab/miniature.py output: refusing to replace it")
     (stories_bin, tokenizer_model, text), separator = fetch_assets(args, cache_dir() / "miniature")
     with sole_writer(args.out):  # this process is --out's one writer
-        if args.out.exists():
-            if not args.force:
-                raise UserError(f"{args.out} exists (pass --force to start over)")
-            shutil.rmtree(args.out)
+        shutil.rmtree(args.out, ignore_errors=True)
         args.out.mkdir(parents=True)
 
         # the AR model as a checkpoint, and TinyStories split into training text and held-out stories

@@ -114,10 +114,13 @@ def w(stories_ckpt, tmp_path_factory):
         "not_json.jsonl": "not json\n",
         "no_choices.jsonl": '{"context": "a", "label": 0}\n',
         "empty_choices.jsonl": '{"context": "a", "choices": [], "label": 0}\n',
+        "empty_choice.jsonl": '{"context": "a", "choices": ["", "b"], "label": 0}\n',
         "label_out.jsonl": '{"context": "a", "choices": ["x", "y"], "label": 2}\n',
         "no_label.jsonl": '{"context": "a", "choices": ["x", "y"]}\n',
         "list.json": "[1, 2]\n",
         "no_prompt.jsonl": '{"prompt": "a"}\n{"suffix": "b"}\n',
+        "bad_suffix.txt": 'Once upon a time\n{"prompt": "a", "suffix": 3}\n',
+        "a_file.txt": "the user's own file, not a checkpoint\n",
         "long.txt": "Once upon a time\nLily\n" + "the cat sat on the mat " * 200 + "\n",
         "unknown_option.json": '{"learning_rate": 1}\n',
     }.items():
@@ -182,6 +185,8 @@ ROWS = [
     (lambda w: ["convert.py", STORIES_BIN, OUT], 1, ["tokenizer"]),
     (lambda w: ["convert.py", STORIES_BIN, OUT, "--tokenizer", w.d / "binary.bin"], 1, ["binary.bin"]),
     (lambda w: ["convert.py", w.hf, w.d / "empty_dir"], 1, ["already exists"]),
+    (lambda w: ["convert.py", w.hf, w.d / "a_file.txt", "--force"], 1, ["not a checkpoint"]),
+    (lambda w: ["convert.py", STORIES_BIN, OUT, "--tokenizer", STORIES_TOK, "--mask-token", "2"], 1, ["BOS or EOS"]),
     (lambda w: ["convert.py", w.hf, OUT, "--bogus"], 2, ["unrecognized arguments"]),
     ("disk full", lambda w: ["convert.py", STORIES_BIN, OUT, "--tokenizer", STORIES_TOK], 1, ["cannot write", "large"]),
     # data/prepare.py
@@ -195,6 +200,7 @@ ROWS = [
     ),
     (lambda w: ["data/prepare.py", "--tokenizer", w.d / "nope", "--out", OUT, w.text], 1, ["does not exist"]),
     (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", w.d / "empty_dir", w.text], 1, ["exists"]),
+    (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", w.hf, w.text, "--force"], 1, ["not a data/prepare"]),
     (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, "--recipe", "bogus"], 2, ["invalid choice"]),
     (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, w.text, "--tokens", "1e400"], 2, ["--tokens"]),
     (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", ".", w.text, "--force"], 1, ["--out"]),
@@ -219,6 +225,7 @@ ROWS = [
     # train.py
     (lambda w: train(w, "--batch-size", "0"), 2, ["--batch-size", "at least 1"]),
     (lambda w: train(w, "--block-size", "1024"), 1, ["beyond the model"]),
+    (lambda w: train(w, "--block-size", "2"), 2, ["--block-size", "at least 3"]),
     (lambda w: train(w, "--lr", "0"), 2, ["--lr", "positive"]),
     (lambda w: train(w, *CUDA), 1, ["cuda"]),
     (lambda w: train(w, "--bogus"), 2, ["unrecognized"]),
@@ -257,6 +264,9 @@ ROWS = [
     ),
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--prompts", w.d / "long.txt"], 1, ["long.txt:3", "context"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--batch-size", "0"], 2, ["--batch-size"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--output", w.d / "nope" / "s.jsonl"], 2, ["--output", "cannot write"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--output", w.d], 2, ["--output", "cannot write"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--prompts", w.d / "bad_suffix.txt"], 1, ["bad_suffix.txt:2", "suffix"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--prompts", w.d / "long.txt", "--prompt", "x"], 1, ["--prompts"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt_no_tokenizer], 1, ["tokenizer"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt_model_null], 1, ["model"]),
@@ -270,6 +280,7 @@ ROWS = [
         for task, f, words in [
             ("choice", "no_choices.jsonl", ["choices"]),
             ("choice", "empty_choices.jsonl", ["choices"]),
+            ("choice", "empty_choice.jsonl", ["choices"]),
             ("choice", "label_out.jsonl", ["label"]),
             ("choice", "no_label.jsonl", ["label"]),
             ("choice", "not_json.jsonl", ["not valid JSON"]),
@@ -311,6 +322,21 @@ ROWS = [
     (lambda w: ["lab/miniature.py", "--out", OUT, "--gen-steps", "a,b"], 2, ["--gen-steps"]),
     (lambda w: ["lab/miniature.py", "--out", OUT, "--iters", "0"], 2, ["--iters"]),
     (lambda w: ["lab/miniature.py", "--out", OUT, "--quick"], 1, ["--quick", "--scaling"]),
+    (lambda w: ["lab/miniature.py", "--out", w.hf, "--force"], 1, ["not a lab/miniature.py output"]),
+    (lambda w: ["lab/bench.py", "--skip", "bogus"], 2, ["--skip", "bogus"]),
+    (lambda w: ["lab/bench.py", "--quality-ckpt", w.ckpt], 1, ["--judge"]),
+    (lambda w: ["lab/bench.py", *CUDA], 1, ["cuda"]),
+    (
+        lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--block-size", "1"],
+        2,
+        ["--block-size"],
+    ),
+    (lambda w: ["lab/bench.py", "--json", w.d / "nope" / "rows.json"], 2, ["--json", "cannot write"]),
+    (
+        lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--output", w.d / "nope" / "r"],
+        2,
+        ["--output"],
+    ),
     (lambda w: ["lab/miniature.py", "--out", OUT, "--scaling", "--levers"], 1, ["one at a time"]),
 ]
 

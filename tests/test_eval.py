@@ -92,6 +92,16 @@ def test_choice_prefers_the_choice_the_model_predicts(stories_ckpt, tmp_path):
         assert all(len(r["scores"]) == 2 and r["correct"] for r in records)
 
 
+def test_a_tie_for_the_lowest_score_counts_as_wrong(stories_ckpt, tmp_path):
+    """The same choice twice scores the same (its noise is seeded by its text): no answer, whichever is the label."""
+    model, meta = load_checkpoint(stories_ckpt)
+    items = [{"context": "Lily went to the", "choices": ["park", "park"], "label": label} for label in (0, 1)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    args = argparse.Namespace(data=tmp_path / "c.jsonl", limit=0, mc=4, seed=0, score="official", batch_size=8)
+    result, records = task_choice(model, meta, load_tokenizer(stories_ckpt), args)
+    assert records[0]["scores"][0] == records[0]["scores"][1] and result["accuracy"] == 0.0
+
+
 def test_rouge_known_values():
     r = rouge(["the cat sat on the mat"], ["the cat lay on the mat"])
     assert r["rouge1"] == pytest.approx(100 * 5 / 6) and r["rouge2"] == pytest.approx(60.0)
