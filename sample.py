@@ -18,7 +18,7 @@ Exact speed-ups: logits only at still-masked positions, and for the random order
 positions it chose to reveal (the choice does not depend on the model, so it is made first); no
 forward pass in a step where nothing was revealed since the last one (the model has no time input:
 its output would repeat); top-p without sorting the vocabulary (nucleus()).
-Two approximate ones, measured in bench.py: --cache and --threshold.
+Two approximate ones, measured in lab/bench.py: --cache and --threshold.
 Standard output carries only the samples; progress, speed and --show go to standard error.
 """
 

@@ -1,4 +1,4 @@
-"""Documents from files: the one reader behind data/prepare.py and eval.py.
+"""Documents from files: the one reader behind data/prepare.py and lab/eval.py.
 
 .txt, .jsonl / .json with a "text" field (or prompt/response pairs), .parquet (pyarrow; FineWeb,
 StarCoder) and zstd-compressed .jsonl.zst (zstandard; SlimPajama), or folders of them. Streamed:

@@ -1,6 +1,6 @@
 """Downloads over plain HTTPS into a cache, resumable, with a progress bar; no huggingface_hub needed.
 
-convert.py fetches hub models (HF_ENDPOINT and HF_TOKEN honoured), data/prepare.py and miniature.py
+convert.py fetches hub models (HF_ENDPOINT and HF_TOKEN honoured), data/prepare.py and lab/miniature.py
 fetch corpora and stories260K. The cache is $DIFFU_CACHE, else ~/.cache/diffu. A file whose source
 publishes its size and sha256 (the hub's dataset shards) is checked before it enters the cache.
 """
