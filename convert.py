@@ -506,7 +506,7 @@ def main(argv=None):
             mask_id = int(choice)
             if not 0 <= mask_id < cfg.vocab_size:
                 raise UserError(f"--mask-token {mask_id} is outside the vocabulary (0..{cfg.vocab_size - 1})")
-            if mask_id in (bos, eos) and not args.force:  # text ends and begins with them: never masks
+            if args.mask_token and mask_id in (bos, eos) and not args.force:  # your choice, not a release's
                 raise UserError(f"--mask-token {mask_id} is the tokenizer's BOS or EOS (pass --force if you mean it)")
 
         meta = {

@@ -228,15 +228,19 @@ def test_hub_download_from_local_server(tmp_path):
         server.shutdown()
 
 
-def test_an_existing_output_is_kept_unless_forced(tmp_path):
+def test_an_existing_output_is_kept_unless_forced_and_ours(tmp_path):
+    """An existing OUT is refused; --force replaces a checkpoint, and never a folder or file of the user's."""
     tiny_gpt2(tmp_path / "hf")
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     assert_user_error(run("convert.py", tmp_path / "hf", out, check=False), "already exists")
+    assert_user_error(run("convert.py", tmp_path / "hf", out, "--force", check=False), "not a checkpoint")
     assert (out / "keep.txt").read_text() == "mine"
-    run("convert.py", tmp_path / "hf", out, "--force")
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    run("convert.py", tmp_path / "hf", tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "stale.txt").write_text("an earlier conversion's")
+    run("convert.py", tmp_path / "hf", tmp_path / "ckpt", "--force")
+    assert not (tmp_path / "ckpt" / "stale.txt").exists() and (tmp_path / "ckpt" / "model.safetensors").is_file()
 
 
 def test_new_mask_token_is_the_mean_row_or_the_noisy_mean(tmp_path):
