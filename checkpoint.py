@@ -70,7 +70,8 @@ def atomic_dir(path, overwrite=False):
 def sole_writer(path, holder=True):
     """This process is the one writer of output `path` while the block runs: a lock (.NAME.lock beside it) that
     a second writer finds taken at once, naming the holder's PID. The OS releases it when the process dies,
-    so a lock left by a killed run never blocks the next. holder=False: take none (torchrun's other ranks)."""
+    so a lock left by a killed run never blocks the next. holder=False: take none (torchrun's other ranks).
+    Yields the lock file (None without one)."""
     import fcntl
 
     if not holder:
@@ -89,7 +90,7 @@ def sole_writer(path, holder=True):
         f.write(f"{os.getpid()}\n")
         f.flush()
         try:
-            yield
+            yield f  # forked workers must close it (data/prepare.py): the lock lives as long as any copy
         finally:
             lock.unlink(missing_ok=True)  # before the lock is released: a newcomer makes a file of its own
 
@@ -137,21 +138,6 @@ def plot_curves(curves, path, ylabel, title=None):
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def read_train_state(run_dir):
-    """-> {"step", "tokens", "optimizer", "metrics"} of the run in run_dir, checked before any work (the
-    optimizer state is memory-mapped: reading it here costs nothing until it is used)."""
-    file = run_dir / "train_state.pt"
-    if not file.is_file():
-        raise UserError(f"{run_dir} has no train_state.pt: not a train.py output to resume")
-    state = load_torch_file(file)
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        state["metrics"] = [json.loads(line) for line in lines if line]
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {run_dir / 'metrics.jsonl'}: {e}") from None
-    return state
 
 
 def is_disk_full(e):

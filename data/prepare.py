@@ -261,9 +261,11 @@ def documents(source, sft, start, skip):
 _tok = _dtype = _sft_block = None
 
 
-def _init_worker(ckpt, dtype, sft_block):
+def _init_worker(ckpt, dtype, sft_block, lock_fd=None):
     global _tok, _dtype, _sft_block
     _tok, _dtype, _sft_block = load_tokenizer(ckpt), dtype, sft_block
+    if lock_fd is not None:  # a forked worker's copy of the output lock: the parent's alone must hold it
+        os.close(lock_fd)
 
 
 def _encode(items):
@@ -307,8 +309,11 @@ def chunked(items):
 
 
 @contextmanager
-def encoder(ckpt, workers, dtype, sft_block):
+def encoder(ckpt, workers, dtype, sft_block, lock=None):
     """-> encode(items): the tokens of each item, in order, tokenized by `workers` processes.
+
+    lock: the output's lock file (sole_writer), which forked workers close: a worker orphaned by a killed
+    parent must not keep the output locked.
 
     At most two chunks per worker are in flight, so memory stays bounded however large the corpus. At the
     end of a shard all of them are finished first: a budget reached there downloads no further shard.
@@ -318,8 +323,10 @@ def encoder(ckpt, workers, dtype, sft_block):
         yield lambda items: (r for chunk in chunked(items) if chunk is not SHARD_END for r in _encode(chunk))
         return
     # fork where there is one: the workers start at once, without importing everything again (spawn: ~1 s each)
-    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(str(ckpt), dtype, sft_block)) as pool:
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    lock_fd = lock.fileno() if lock and fork else None
+    context = multiprocessing.get_context("fork" if fork else "spawn")
+    with context.Pool(workers, initializer=_init_worker, initargs=(str(ckpt), dtype, sft_block, lock_fd)) as pool:
 
         def encode(items):
             pending = collections.deque()
@@ -460,7 +467,7 @@ def main(argv=None):
         "sources": [[s.name, [x["name"] for x in s.shards], s.field, s.budget, s.val_tokens] for s in sources],
         **{k: getattr(args, k) for k in ("val_fraction", "shard_tokens", "sft", "block_size")},
     }
-    with sole_writer(args.out):  # this process is --out's one writer (and its .partial's)
+    with sole_writer(args.out) as lock:  # this process is --out's one writer (and its .partial's)
         folder = args.out.with_name(args.out.name + ".partial")
         progress = start_or_resume(folder, options)
         if progress is None:
@@ -470,7 +477,7 @@ def main(argv=None):
 
         # tokenize each source into shards
         try:
-            with encoder(args.tokenizer, args.workers, dtype.name, args.block_size if args.sft else 0) as encode:
+            with encoder(args.tokenizer, args.workers, dtype.name, args.block_size if args.sft else 0, lock) as encode:
                 for source in sources:
                     prepare_source(source, folder, progress, encode, args)
         except UserError as e:
