@@ -281,7 +281,7 @@ def save(model, optimizer, meta, args, objective, step, tokens, metrics, init_di
 
     # a NaN never replaces a good checkpoint: every rank checks its weights (FSDP: its shards), all agree
     local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
-    ok = torch.tensor(float(all(bool(p.isfinite().all()) for p in local)), device=local[0].device)
+    ok = torch.stack([p.isfinite().all() for p in local]).all().float()  # one sync, not one per tensor
     if dist.is_initialized():
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     if not ok.item():

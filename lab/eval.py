@@ -108,30 +108,25 @@ def scores(model, meta, units, how, batch_size, desc):
     what it scores alone (up to float rounding).
     """
     ar, device = meta["objective"] == "ar", model.tok_emb.weight.device
-    rows = [(unit, j) for unit in units for j in range(1 if ar else len(unit.levels))]
-    per_level = {id(unit): [] for unit in units}  # (Σ CE/t, Σ CE, number masked) at each of the unit's levels
+    rows = [(u, j) for u, unit in enumerate(units) for j in range(1 if ar else len(unit.levels))]
+    levels = [[] for _ in units]  # (Σ CE/t, Σ CE, number masked) at each of a unit's noise levels
     for first in tqdm(range(0, len(rows), batch_size), desc=desc, file=sys.stderr, disable=None):
         batch = rows[first : first + batch_size]
-        x, real = pad_right([unit.ids for unit, _ in batch], device)
-        maskable = real.clone()
-        for b, (unit, _) in enumerate(batch):
-            maskable[b, : unit.start] = False
+        x, real, maskable = padded([units[u] for u, _ in batch], device)
         if ar:
             ce = ar_loss(model, x, targets=maskable)
-            for (unit, _), values in zip(batch, ce.split(maskable[:, 1:].sum(1).tolist())):
-                per_level[id(unit)].append((None, values.sum().item(), None))
+            for (u, _), values in zip(batch, ce.split(maskable[:, 1:].sum(1).tolist())):
+                levels[u].append((None, values.sum().item(), None))
             continue
         noise = torch.ones(x.shape)  # padding is never maskable, whatever its noise
-        for b, (unit, j) in enumerate(batch):
-            noise[b, : len(unit.ids)] = torch.rand(
-                len(unit.ids), generator=torch.Generator().manual_seed(mix(unit.seed, j))
-            )
-        t = torch.tensor([unit.levels[j] for unit, j in batch], device=device)
+        for b, (u, j) in enumerate(batch):
+            n = len(units[u].ids)
+            noise[b, :n] = torch.rand(n, generator=torch.Generator().manual_seed(mix(units[u].seed, j)))
+        t = torch.tensor([units[u].levels[j] for u, j in batch], device=device)
         shift, mask_id = meta.get("shift", True), meta["mask_token_id"]
         sums = diffusion_loss(model, x, maskable, t, noise.to(device), mask_id, key_mask(real), shift, per_row=True)
-        for b, (unit, _) in enumerate(batch):
-            per_level[id(unit)].append(tuple(v[b].item() for v in sums))
-    levels = [per_level[id(unit)] for unit in units]
+        for b, (u, _) in enumerate(batch):
+            levels[u].append(tuple(v[b].item() for v in sums))
     if ar:
         return [losses[0][1] for losses in levels]
     if how == "official":
@@ -140,6 +135,15 @@ def scores(model, meta, units, how, batch_size, desc):
             for losses, unit in zip(levels, units)
         ]
     return [sum(w for w, _, _ in losses) / len(losses) for losses in levels]
+
+
+def padded(units, device):
+    """Units -> (their ids right-padded (B, L), where a token is real, where it is scored) for one forward pass."""
+    x, real = pad_right([unit.ids for unit in units], device)
+    scored = real.clone()
+    for b, unit in enumerate(units):
+        scored[b, : unit.start] = False
+    return x, real, scored
 
 
 @dataclass
@@ -442,10 +446,7 @@ def greedy_flags(model, meta, tok, units, batch_size):
     ar, mask_id, flags = meta["objective"] == "ar", meta["mask_token_id"], []
     for first in range(0, len(units), batch_size):
         batch = units[first : first + batch_size]
-        x, real = pad_right([unit.ids for unit in batch], model.tok_emb.weight.device)
-        maskable = real.clone()
-        for b, unit in enumerate(batch):
-            maskable[b, : unit.start] = False
+        x, real, maskable = padded(batch, model.tok_emb.weight.device)
         inputs = x if ar else x.masked_fill(maskable, mask_id)
         where = predicting(maskable, ar or meta.get("shift", True))
         logits = model(inputs, attn="causal" if ar else key_mask(real), where=where)
