@@ -8,7 +8,8 @@ A checkpoint is a directory, the one hand-off between scripts:
 It is written atomically: a crash leaves the old directory (or none), never a half-written one.
 
 The scripts share --help's format, --device / --dtype (pick_device, pick_dtype), one-line value checks
-for argparse (checked, COUNT, ...) and the peak FLOP/s that MFU is measured against.
+for argparse (checked, COUNT, ...), progress on long work (progress_bar) and the peak FLOP/s that MFU is
+measured against.
 """
 
 import argparse
@@ -18,6 +19,8 @@ import json
 import os
 import pickle
 import shutil
+import signal
+import sys
 import time
 import warnings
 import zipfile
@@ -26,6 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from model import ModelConfig, Transformer, UserError
 
@@ -169,6 +173,17 @@ def is_alive(pid):
     return True
 
 
+def die_with_parent(parent):
+    """Have Linux send this process SIGTERM when `parent` dies (elsewhere: nothing): a child of a killed
+    lab/miniature.py, or a worker of a killed data/prepare.py, stops instead of running on unowned."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died before the request was made
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def restore_previous(path):
     """After a crash between replace_dir's two renames, path is gone and its previous version is an .old-*."""
     if path.exists():
@@ -286,6 +301,10 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32):
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{file} is corrupted or truncated: {e}") from None
     check_shapes(state, cfg, file)
+    finite = torch.stack([v.isfinite().all() for v in state.values()]).tolist()  # one device sync
+    if not all(finite):
+        bad = [k for k, ok in zip(state, finite) if not ok]
+        raise UserError(f"{file}: non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
     state = {k: v.to(dtype) for k, v in state.items()}
     with torch.device("meta"):
         model = Transformer(cfg)
@@ -335,6 +354,37 @@ def output_file(text):
 
 
 PROBABILITY = checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
+
+
+def progress_bar(*args, **kwargs):
+    """tqdm on standard error: a live bar on a terminal; off one (a log file, a pipe), a plain line at most
+    once a minute, so that a long run in the background still says how far it is."""
+    if sys.stderr.isatty():
+        return tqdm(*args, file=sys.stderr, dynamic_ncols=True, **kwargs)
+    return LogLines(*args, file=sys.stderr, **kwargs)
+
+
+class LogLines(tqdm):
+    """tqdm's status line, written whole when it changes, at most once a minute (tqdm itself would redraw one
+    line with carriage returns, or print nothing off a terminal)."""
+
+    def __init__(self, *args, **kwargs):
+        self.shown = None
+        super().__init__(*args, mininterval=60, miniters=1, **kwargs)
+
+    def clear(self, *args, **kwargs):  # tqdm.write() clears bars before it writes: a line needs no clearing
+        pass
+
+    def close(self):
+        if self.total is None or self.n < self.total:  # unfinished (an error may be the next line): no last word
+            self.shown = self.n
+        super().close()
+
+    def display(self, msg=None, pos=None):
+        if self.n != self.shown:
+            self.shown = self.n
+            self.fp.write(f"{self}\n")
+            self.fp.flush()
 
 
 def add_device_options(parser):

@@ -42,6 +42,7 @@ from checkpoint import (
     pick_device,
     pick_dtype,
     plot_curves,
+    progress_bar,
     read_meta,
     save_checkpoint,
     sole_writer,
@@ -450,7 +451,7 @@ def train(args, init_dir, resumed):
     measure = functools.partial(evaluated, model, objective, val_data, args, autocast, rank, world, device, master)
     metrics += measure(0, 0) if step == 0 else []
 
-    bar = tqdm(total=args.max_iters, initial=step, disable=not master or None, file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(total=args.max_iters, initial=step, disable=not master)
     t_last, steps_timed = time.perf_counter(), 0
     while step < args.max_iters:
         # determine the learning rate of this step

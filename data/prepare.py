@@ -42,10 +42,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from checkpoint import COUNT, HelpFormatter, atomic_write, checked, clear_leftovers, read_meta, replace_dir, sole_writer
+from checkpoint import (
+    COUNT,
+    HelpFormatter,
+    atomic_write,
+    checked,
+    clear_leftovers,
+    die_with_parent,
+    progress_bar,
+    read_meta,
+    replace_dir,
+    sole_writer,
+)
 from data.corpus import SUFFIXES, check_file, files_of, natural_key, pair_of, records, text_of
 from data.download import download_dataset_file, download_url, hub_dataset_files
 from model import UserError
@@ -261,11 +271,13 @@ def documents(source, sft, start, skip):
 _tok = _dtype = _sft_block = None
 
 
-def _init_worker(ckpt, dtype, sft_block, lock_fd=None):
+def _init_worker(ckpt, dtype, sft_block, lock_fd=None, parent=None):
     global _tok, _dtype, _sft_block
     _tok, _dtype, _sft_block = load_tokenizer(ckpt), dtype, sft_block
     if lock_fd is not None:  # a forked worker's copy of the output lock: the parent's alone must hold it
         os.close(lock_fd)
+    if parent is not None:  # a worker of a killed parent stops too
+        die_with_parent(parent)
 
 
 def _encode(items):
@@ -312,8 +324,8 @@ def chunked(items):
 def encoder(ckpt, workers, dtype, sft_block, lock=None):
     """-> encode(items): the tokens of each item, in order, tokenized by `workers` processes.
 
-    lock: the output's lock file (sole_writer), which forked workers close: a worker orphaned by a killed
-    parent must not keep the output locked.
+    lock: the output's lock file (sole_writer), which forked workers close; and they stop when their parent
+    dies, so that a killed run leaves no worker behind.
 
     At most two chunks per worker are in flight, so memory stays bounded however large the corpus. At the
     end of a shard all of them are finished first: a budget reached there downloads no further shard.
@@ -326,7 +338,8 @@ def encoder(ckpt, workers, dtype, sft_block, lock=None):
     fork = "fork" in multiprocessing.get_all_start_methods()
     lock_fd = lock.fileno() if lock and fork else None
     context = multiprocessing.get_context("fork" if fork else "spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(str(ckpt), dtype, sft_block, lock_fd)) as pool:
+    initargs = (str(ckpt), dtype, sft_block, lock_fd, os.getpid())
+    with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
 
         def encode(items):
             pending = collections.deque()
@@ -405,9 +418,7 @@ def prepare_source(source, folder, progress, encode, args):
     every = max(1, round(1 / args.val_fraction))
     tokens = {split: sum(e["tokens"] for e in state[split]) for split in ("train", "val")}
     writer = ShardWriter(folder, source.name, state)
-    bar = tqdm(
-        total=source.budget, initial=tokens["train"], desc=source.name, unit="tok", unit_scale=True, disable=None
-    )
+    bar = progress_bar(total=source.budget, initial=tokens["train"], desc=source.name, unit="tok", unit_scale=True)
     for i, j, item in encode(documents(source, args.sft, *state["next"])):
         state["next"] = [i, j + 1]
         if item is None:  # an SFT pair longer than a row

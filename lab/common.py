@@ -1,12 +1,18 @@
 """What the lab's scripts share: running the project's scripts, splitting stories into sentences."""
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from checkpoint import die_with_parent
+
 ROOT = Path(__file__).resolve().parent.parent
+running = None  # the script that run_script waits for now
+stopping = None  # the signal that asked this process to stop
 
 
 def sentences(text):
@@ -18,14 +24,37 @@ def run_script(name, *positional, **options):
     """Run one of the project's scripts as a user would: `python NAME POSITIONAL --OPTION VALUE ...` (True: a bare
     flag) -> its last line of standard output, parsed as JSON when it is. Its progress goes to standard error; a
     failure exits with its code (the script has said why)."""
+    global running
     flags = [str(x) for k, v in options.items() for x in [f"--{k.replace('_', '-')}"] + ([] if v is True else [v])]
-    out = subprocess.run(
-        [sys.executable, str(ROOT / name), *map(str, positional), *flags], stdout=subprocess.PIPE, text=True
-    )
-    if out.returncode:
-        sys.exit(out.returncode)
-    last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    command = [sys.executable, str(ROOT / name), *map(str, positional), *flags]
+    parent = os.getpid()
+    # its own process group (a Ctrl-C reaches it once, from stop()), and it stops if this process is killed
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=lambda: die_with_parent(parent)
+    ) as running:
+        out, _ = running.communicate()
+    code, running = running.returncode, None
+    if stopping:
+        sys.exit(128 + stopping)
+    if code:
+        sys.exit(128 - code if code < 0 else code)  # killed by a signal: the shell's 128 + the signal
+    last = out.strip().splitlines()[-1] if out.strip() else ""
     try:
         return json.loads(last)
     except ValueError:
         return last
+
+
+def stop_children_on_signals():
+    """SIGTERM / SIGINT: pass the signal on to the running script (train.py saves and stops), wait for it,
+    then exit with 128 + the signal; between scripts, exit at once."""
+
+    def stop(signum, frame):
+        global stopping
+        stopping = signum
+        if running is None:
+            sys.exit(128 + signum)
+        running.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)

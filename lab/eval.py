@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from checkpoint import (
@@ -46,6 +45,7 @@ from checkpoint import (
     output_file,
     pick_device,
     pick_dtype,
+    progress_bar,
 )
 from data.corpus import texts
 from lab.common import sentences
@@ -110,7 +110,7 @@ def scores(model, meta, units, how, batch_size, desc):
     ar, device = meta["objective"] == "ar", model.tok_emb.weight.device
     rows = [(u, j) for u, unit in enumerate(units) for j in range(1 if ar else len(unit.levels))]
     levels = [[] for _ in units]  # (Σ CE/t, Σ CE, number masked) at each of a unit's noise levels
-    for first in tqdm(range(0, len(rows), batch_size), desc=desc, file=sys.stderr, disable=None):
+    for first in progress_bar(range(0, len(rows), batch_size), desc=desc):
         batch = rows[first : first + batch_size]
         x, real, maskable = padded([units[u] for u, _ in batch], device)
         if ar:
@@ -167,7 +167,7 @@ def decode_many(model, meta, tok, jobs, batch_size, desc):
     for k, job in enumerate(jobs):
         groups.setdefault((job.length, job.decoding), []).append(k)
     out, forwards = [None] * len(jobs), 0
-    with tqdm(total=len(jobs), desc=desc, file=sys.stderr, disable=None) as bar:
+    with progress_bar(total=len(jobs), desc=desc) as bar:
         for (length, decoding), ks in groups.items():
             for first in range(0, len(ks), batch_size):
                 batch = [jobs[k] for k in ks[first : first + batch_size]]

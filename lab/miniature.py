@@ -42,13 +42,14 @@ from checkpoint import (
     NON_NEGATIVE,
     POSITIVE,
     HelpFormatter,
+    atomic_write,
     given_options,
     load_checkpoint,
     plot_curves,
     sole_writer,
 )
 from data.download import cache_dir, download_file
-from lab.common import run_script, sentences
+from lab.common import run_script, sentences, stop_children_on_signals
 from model import UserError
 from sample import Decoding, Sampling, generate
 from tokenizer import load_tokenizer
@@ -105,43 +106,51 @@ def evaluate(**options):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.out.exists() and not args.force:
-        raise UserError(f"{args.out} exists (pass --force to start over)")
-    ours = not args.out.exists() or (args.out / "stories260K" / "config.json").is_file() or not any(args.out.iterdir())
-    if not ours:  # --force replaces only a miniature's own folder
-        raise UserError(f"{args.out} is not a lab/miniature.py output: refusing to replace it")
+    command = {k: str(v) for k, v in vars(args).items() if k not in ("out", "force")}  # what decides the results
+    continuing = check_out(args, command)
     (stories_bin, tokenizer_model, text), separator = fetch_assets(args, cache_dir() / "miniature")
+    stop_children_on_signals()
     with sole_writer(args.out):  # this process is --out's one writer
-        shutil.rmtree(args.out, ignore_errors=True)
-        args.out.mkdir(parents=True)
+        if not continuing:
+            shutil.rmtree(args.out, ignore_errors=True)
+            args.out.mkdir(parents=True)
+        journal = Journal(args.out / JOURNAL, command)
 
         # the AR model as a checkpoint, and TinyStories split into training text and held-out stories
         progress("converting stories260K and tokenizing TinyStories")
         base, test = args.out / "stories260K", args.out / "test.txt"
-        run_script("convert.py", stories_bin, base, tokenizer=tokenizer_model)
-        test_stories = split_stories(text, separator, args.out, args.test_stories)
-        run_script("data/prepare.py", args.out / "train.txt", tokenizer=base, out=args.out / "data", workers=1)
+        journal.run("convert", "convert.py", stories_bin, base, tokenizer=tokenizer_model, outputs=[base])
+        test_stories = journal.step("split", lambda: split_stories(text, separator, args.out, args.test_stories))
+        data = args.out / "data"
+        journal.run(
+            "prepare", "data/prepare.py", args.out / "train.txt", tokenizer=base, out=data, workers=1, outputs=[data]
+        )
 
         # the NLL column: the AR model, the same weights read as diffusion, then one training run per setting
-        nll = lambda ckpt: evaluate(
-            ckpt=ckpt, task="nll", data=test, mc=args.mc, block_size=args.block_size, limit=args.eval_windows
+        nll = lambda ckpt: journal.run(
+            f"nll {ckpt.name}",
+            "lab/eval.py",
+            ckpt=ckpt,
+            task="nll",
+            data=test,
+            mc=args.mc,
+            block_size=args.block_size,
+            limit=args.eval_windows,
         )
         if args.scaling:
-            return scaling(args, base, nll, test_stories)
+            return scaling(args, journal, base, nll, test_stories)
         if args.levers:
-            return levers(args, base, nll, test_stories, (stories_bin, tokenizer_model))
+            return levers(args, journal, base, nll, test_stories, (stories_bin, tokenizer_model))
         progress("NLL of the AR model, and of its weights read as a diffusion model")
         rows = [("stories260K, AR (exact NLL)", nll(base))]
         as_diffusion = args.out / "stories260K-as-diffusion"  # the same weights, read with full attention and masks
-        shutil.copytree(base, as_diffusion)
-        meta = json.loads((as_diffusion / "config.json").read_text())
-        (as_diffusion / "config.json").write_text(json.dumps({**meta, "objective": "diffusion"}, indent=2))
+        journal.step("as diffusion", lambda: read_as_diffusion(base, as_diffusion), as_diffusion)
         rows.append(("AR weights as diffusion, before training", nll(as_diffusion)))
         common = dict(**recipe(args), init_from=base, max_iters=args.iters)
         curves = {}
         for name, (description, extra) in RUNS.items():
             progress(f"training: {description} ({args.iters} steps), then its NLL")
-            run_script("train.py", **{**common, **extra}, out_dir=args.out / name)
+            train(journal, args.out / name, **{**common, **extra})
             rows.append((description, nll(args.out / name)))
             curves[description] = [
                 json.loads(line) for line in (args.out / name / "metrics.jsonl").read_text().splitlines()
@@ -149,22 +158,22 @@ def main(argv=None):
 
         # the Gen PPL column: unconditional samples judged by the AR model, against decoding steps
         progress("Gen PPL of unconditional samples, judged by stories260K")
+        genppl = dict(task="genppl", judge=base, length=args.gen_length, limit=args.gen_samples)
         gen = []
         for strategy in ("random", "confidence"):
             for steps in args.gen_steps:
-                result = evaluate(
+                result = journal.run(
+                    f"genppl {strategy} {steps}",
+                    "lab/eval.py",
                     ckpt=args.out / "adapt",
-                    task="genppl",
-                    judge=base,
                     steps=steps,
-                    length=args.gen_length,
-                    limit=args.gen_samples,
                     strategy=strategy,
+                    **genppl,
                 )
                 gen.append({**result, "strategy": strategy})
-        ar_gen = evaluate(ckpt=base, task="genppl", judge=base, length=args.gen_length, limit=args.gen_samples)
+        ar_gen = journal.run("genppl AR", "lab/eval.py", ckpt=base, **genppl)
 
-        samples = show_samples(args.out / "adapt", test_stories[0])
+        samples = journal.step("samples", lambda: show_samples(args.out / "adapt", test_stories[0]))
         table = results_table(rows, gen, ar_gen, samples, curves[RUNS["adapt"][0]][-1]["tokens"], args)
         (args.out / "results.md").write_text(table + "\n")
         results = {
@@ -184,6 +193,79 @@ def main(argv=None):
         return rows
 
 
+# ---------------------------------------------------------------------------------------------
+# A run that resumes: --out's journal of finished steps
+
+
+JOURNAL = "journal.json"
+
+
+def check_out(args, command):
+    """-> whether --out holds a run of this same command to continue. A new or empty --out starts; --force
+    starts over (a miniature's own folder only); a run of another command is refused, naming the difference."""
+    if not args.out.exists() or not any(args.out.iterdir()):
+        return False
+    if not (args.out / JOURNAL).is_file():
+        raise UserError(f"{args.out} is not a lab/miniature.py output: refusing to write into it")
+    if args.force:
+        return False
+    ran = json.loads((args.out / JOURNAL).read_text())["command"]
+    changed = [f"{k} {ran.get(k)} there, {v} here" for k, v in command.items() if ran.get(k) != v]
+    if changed:
+        raise UserError(
+            f"{args.out} holds a run of another command ({'; '.join(changed)}): rerun that command to continue it, "
+            "or pass --force to start over"
+        )
+    print(f"miniature: continuing the run in {args.out}", flush=True)
+    return True
+
+
+class Journal:
+    """The command whose run --out holds, and each finished step's result (as JSON). A rerun of the same
+    command returns the recorded results and redoes only what was not finished."""
+
+    def __init__(self, file, command):
+        self.file, self.command = file, command
+        self.steps = json.loads(file.read_text())["steps"] if file.is_file() else {}
+        self.save()
+
+    def step(self, name, work, *outputs):
+        """work()'s result, computed once; an unfinished attempt's `outputs` are removed before it is redone."""
+        if name not in self.steps:
+            for path in outputs:
+                shutil.rmtree(path, ignore_errors=True)
+            self.steps[name] = json.loads(json.dumps(work()))  # the same values as a rerun reads back
+            self.save()
+        return self.steps[name]
+
+    def run(self, name, script, *positional, outputs=(), **options):
+        """run_script(script, ...)'s result, once."""
+        return self.step(name, lambda: run_script(script, *positional, **options), *outputs)
+
+    def save(self):
+        atomic_write(self.file, json.dumps({"command": self.command, "steps": self.steps}, indent=1))
+
+
+def train(journal, run, **options):
+    """train.py into `run` to options["max_iters"] steps, once. An interrupted attempt, or an earlier point of
+    the same run, is continued with --init-from resume (train.py resumes exactly); a finished one is kept."""
+
+    def work():
+        if not (run / "train_state.pt").is_file():
+            return run_script("train.py", **options, out_dir=run)
+        if json.loads((run / "config.json").read_text())["training"]["step"] < options["max_iters"]:
+            return run_script("train.py", **{**options, "init_from": "resume"}, out_dir=run)
+
+    return journal.step(f"train {run.name} to {options['max_iters']}", work)
+
+
+def read_as_diffusion(base, path):
+    """A copy of the AR checkpoint that reads as a diffusion model (full attention, masks)."""
+    shutil.copytree(base, path)
+    meta = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**meta, "objective": "diffusion"}, indent=2))
+
+
 def recipe(args):
     """The miniature's train.py options (cosine lr after a 5% warm-up; 6 evaluations per run)."""
     return dict(
@@ -198,7 +280,7 @@ def recipe(args):
     )
 
 
-def measurer(args, base, nll, test_stories, genppl=True):
+def measurer(args, journal, base, nll, test_stories, genppl=True):
     """-> (measure(ckpt): its NLL, story-cloze accuracy and Gen PPL with sample.py's defaults; cloze items)."""
     cloze = args.out / "cloze.jsonl"
     items = cloze_items(test_stories, cloze)
@@ -206,15 +288,20 @@ def measurer(args, base, nll, test_stories, genppl=True):
     sampler.update(top_p=0.9, steps=min(64, args.gen_length))  # sample.py's defaults
 
     def measure(ckpt):
-        result = {"nll": nll(ckpt), "cloze": evaluate(ckpt=ckpt, task="choice", data=cloze)}
-        return {**result, "genppl": evaluate(ckpt=ckpt, **sampler)} if genppl else result
+        result = {
+            "nll": nll(ckpt),
+            "cloze": journal.run(f"cloze {ckpt.name}", "lab/eval.py", ckpt=ckpt, task="choice", data=cloze),
+        }
+        if genppl:
+            result["genppl"] = journal.run(f"genppl {ckpt.name}", "lab/eval.py", ckpt=ckpt, **sampler)
+        return result
 
     return measure, items
 
 
-def scaling(args, base, nll, test_stories):
+def scaling(args, journal, base, nll, test_stories):
     """--scaling: adapted and from-scratch runs evaluated at each of --points times --iters steps."""
-    measure, items = measurer(args, base, nll, test_stories)
+    measure, items = measurer(args, journal, base, nll, test_stories)
     progress(f"the AR parent: exact NLL, story cloze ({len(items)} items), Gen PPL")
     ar = measure(base)
     common = {**recipe(args), "lr_schedule": "constant", "eval_interval": args.iters}
@@ -223,11 +310,11 @@ def scaling(args, base, nll, test_stories):
         run = args.out / arm
         for k in sorted(set(args.points)):
             progress(f"{arm}: training to {k}x ({k * args.iters} steps), then measuring")
-            start = dict(init_from=base, **extra) if not run.exists() else dict(init_from="resume")
-            run_script("train.py", **common, **start, out_dir=run, max_iters=k * args.iters)
-            shutil.copytree(run, args.out / f"{arm}-{k}x")
-            tokens = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["tokens"]
-            points.append({"arm": arm, "times": k, "tokens": tokens, **measure(args.out / f"{arm}-{k}x")})
+            train(journal, run, **common, init_from=base, **extra, max_iters=k * args.iters)
+            point = args.out / f"{arm}-{k}x"
+            journal.step(f"copy {point.name}", lambda src=run, dst=point: str(shutil.copytree(src, dst)), point)
+            tokens = json.loads((point / "metrics.jsonl").read_text().splitlines()[-1])["tokens"]
+            points.append({"arm": arm, "times": k, "tokens": tokens, **measure(point)})
     table = scaling_table(ar, points, len(items), args)
     (args.out / "results.md").write_text(table + "\n")
     (args.out / "results.json").write_text(json.dumps({"ar": ar, "points": points}, indent=2))
@@ -253,9 +340,9 @@ LEVERS = {  # name: the options that change, given the miniature's; mask_init go
 }
 
 
-def levers(args, base, nll, test_stories, sources):
+def levers(args, journal, base, nll, test_stories, sources):
     """--levers: one adaptation run per chosen LEVERS row, the recipe's first; NLL bound and story cloze."""
-    measure, items = measurer(args, base, nll, test_stories, genppl=False)
+    measure, items = measurer(args, journal, base, nll, test_stories, genppl=False)
     progress(f"the AR parent: exact NLL and story cloze ({len(items)} items)")
     ar = measure(base)
     rows = []
@@ -264,11 +351,20 @@ def levers(args, base, nll, test_stories, sources):
         options = {**recipe(args), "init_from": base, "max_iters": args.iters, **change(args)}
         if "mask_init" in options:  # a base of its own
             init = args.out / f"stories260K-{options['mask_init']}"
-            run_script("convert.py", sources[0], init, tokenizer=sources[1], mask_init=options.pop("mask_init"))
+            mask_init = options.pop("mask_init")
+            journal.run(
+                f"convert {init.name}",
+                "convert.py",
+                *sources[:1],
+                init,
+                tokenizer=sources[1],
+                mask_init=mask_init,
+                outputs=[init],
+            )
             options["init_from"] = init
         progress(f"lever: {name}")
         run = args.out / f"lever-{len(rows)}"
-        run_script("train.py", **options, out_dir=run)
+        train(journal, run, **options)
         rows.append({"lever": name, "options": change(args), **measure(run)})
     table = levers_table(ar, rows, len(items), args)
     (args.out / "results.md").write_text(table + "\n")

@@ -1,10 +1,16 @@
-"""miniature.py --scaling end to end on tiny settings: the code path of the scaling study."""
+"""lab/miniature.py end to end on tiny settings: the scaling and levers studies, and a run that resumes."""
 
 import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from conftest import ASSETS, run
+from conftest import ASSETS, ROOT, run
 
 
 @pytest.mark.slow
@@ -66,3 +72,71 @@ def test_levers_study_on_tiny_settings(tmp_path):
     assert all(r["nll"]["bound"] and 0 <= r["cloze"]["accuracy"] <= 1 for r in rows)
     table = (out / "results.md").read_text()
     assert table in proc.stdout and table.count("\n| ") == 5  # AR and three levers, after the header
+
+
+TINY = "--iters 6 --batch-size 2 --block-size 32 --eval-windows 2 --mc 2 --gen-steps 4 --gen-samples 2 "
+TINY += "--gen-length 8 --test-stories 6"
+
+
+def miniature(out, **popen):
+    command = [sys.executable, "lab/miniature.py", "--assets", ASSETS, "--out", out, *TINY.split()]
+    return subprocess.Popen(list(map(str, command)), cwd=ROOT, stdout=subprocess.PIPE, text=True, **popen)
+
+
+def processes_of(out):
+    """The PIDs of live processes whose command line names `out` (the miniature and every script it runs)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:  # not a process, or gone
+            continue
+        if entry.name.isdigit() and str(out) in cmdline and (entry / "stat").read_text().split()[2] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def wait_until_gone(out, timeout=60):
+    deadline = time.time() + timeout
+    while processes_of(out) and time.time() < deadline:
+        time.sleep(0.1)
+    return processes_of(out)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_miniature_resumes_to_the_same_results_and_sigterm_leaves_no_process(tmp_path):
+    """The uninterrupted run; then one killed twice with SIGKILL at random moments and rerun: the same
+    results.md. Its children stop with it (train.py saves), so the rerun continues where they were."""
+    t0 = time.time()
+    whole = miniature(tmp_path / "whole")
+    assert whole.wait() == 0
+    duration = time.time() - t0
+    expected = (tmp_path / "whole" / "results.md").read_text()
+
+    out, seed = tmp_path / "killed", random.randrange(1 << 30)
+    moments = [random.Random(seed).uniform(1, duration / 2) for _ in range(2)]  # two kills before it ends
+    for moment in moments:
+        proc = miniature(out)
+        try:
+            proc.wait(timeout=moment)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        assert not wait_until_gone(out), f"seed {seed}: its children outlived a SIGKILL"
+    rerun = miniature(out)
+    assert rerun.wait() == 0, f"seed {seed}, killed at {moments}"
+    assert (out / "results.md").read_text() == expected, f"seed {seed}, killed at {moments}"
+
+    # SIGTERM while a script runs: it is passed on, the miniature exits 143 once its child has stopped
+    out = tmp_path / "stopped"
+    proc = miniature(out, stderr=subprocess.PIPE)
+    for line in proc.stderr:
+        if line.startswith("step 0:"):  # train.py is running
+            break
+    proc.send_signal(signal.SIGTERM)
+    proc.stderr.read()
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not processes_of(out)
+    assert miniature(out).wait() == 0
+    assert (out / "results.md").read_text() == expected
