@@ -7,6 +7,7 @@ row that failed, not just the first.
 
 import io
 import json
+import math
 import os
 import pickle
 import resource
@@ -67,6 +68,7 @@ def w(stories_ckpt, tmp_path_factory):
     ns.ckpt_config_list = edited_copy(ns.ckpt, d / "config_list", lambda c: (c / "config.json").write_text("[1, 2]"))
     ns.ckpt_no_tokenizer = edited_copy(ns.ckpt, d / "no_tok", lambda c: (c / "tokenizer.model").unlink())
     ns.ckpt_truncated = edited_copy(ns.ckpt, d / "trunc_weights", lambda c: truncate(c / "model.safetensors"))
+    ns.ckpt_nan = edited_copy(ns.ckpt, d / "nan_weights", lambda c: poison(c / "model.safetensors"))
 
     # broken runs (resume)
     ns.run_truncated_state = edited_copy(ns.run, d / "run_trunc", lambda r: truncate(r / "train_state.pt"))
@@ -130,6 +132,15 @@ def w(stories_ckpt, tmp_path_factory):
     return ns
 
 
+def poison(file):
+    """One NaN in the weights (what a diverged run would have saved, were it not refused)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(file)
+    next(iter(state.values())).view(-1)[0] = math.nan
+    save_file(state, file)
+
+
 def nullify(meta):
     meta["model"] = None
 
@@ -189,6 +200,7 @@ ROWS = [
     (lambda w: ["convert.py", STORIES_BIN, OUT, "--tokenizer", STORIES_TOK, "--mask-token", "2"], 1, ["BOS or EOS"]),
     (lambda w: ["convert.py", w.hf, OUT, "--bogus"], 2, ["unrecognized arguments"]),
     ("disk full", lambda w: ["convert.py", STORIES_BIN, OUT, "--tokenizer", STORIES_TOK], 1, ["cannot write", "large"]),
+    ("disk full", lambda w: train(w, "--max-iters", "1", "--block-size", "32"), 1, ["cannot write", "large"]),
     # data/prepare.py
     (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, w.text, "--workers", "-3"], 2, ["--workers"]),
     (lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, w.d / "nope.txt"], 1, ["nope.txt"]),
@@ -247,6 +259,8 @@ ROWS = [
     (lambda w: resume(w.run, "--seed", "7"), 1, ["--seed 7 contradicts"]),
     # sample.py
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--length", "600"], 1, ["exceeds the model's context"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_nan], 1, ["non-finite weights"]),
+    (lambda w: train(w, init=w.ckpt_nan), 1, ["non-finite weights"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--steps", "-1"], 2, ["--steps"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--strategy", "bogus"], 2, ["invalid choice"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--threshold", "1.5"], 2, ["--threshold"]),
