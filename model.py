@@ -205,8 +205,9 @@ class Transformer(nn.Module):
             FLOPs, and training and decoding need logits only at masked targets.
         cache, start: KV cache (from make_cache) and the position of idx[:, 0]. idx's keys and values
             are written at start..start+L and attention covers every position written so far.
-            start may instead be a LongTensor (L,) of idx's positions, for recomputing some positions
-            of a sequence already in the cache (sample.py's approximate cache; attn="full" only), or
+            start may instead be a LongTensor (L,) of idx's positions: block diffusion's [x_t ; x_0] (both
+            halves at positions 0..L-1), or some positions of a sequence already in the cache, to recompute
+            (sample.py's approximate cache; attn="full" only), or
             (B, L): each row's own positions (AR decoding of prompts of different lengths; attention then
             covers the whole cache, and attn must mask each row's slots beyond its position).
         """
@@ -275,28 +276,34 @@ def predicting(targets, shift=True):
     return F.pad(targets[:, 1:], (0, 1)) if shift else targets
 
 
-def diffusion_loss(model, x, maskable, t, noise, mask_id, attn="full", shift=True, per_row=False):
+def diffusion_loss(model, x, maskable, t, noise, mask_id, attn="full", shift=True, per_row=False, block=0):
     """Masked-diffusion loss sums for one batch -> (Σ CE/t, Σ CE, number of masked targets).
 
-    x, maskable, noise: (B, L); t: (B,). Token (b, i) is masked where maskable and noise < t[b]:
-    passing the uniforms in, rather than drawing them here, makes every run reproducible.
-    The paper's loss is Σ CE/t / n; Σ CE / n is the unweighted masked cross-entropy.
+    x, maskable, noise: (B, L); t: (B,), or (B, blocks) with one level per block. Token (b, i) is masked
+    where maskable and noise < its level: passing the uniforms in, rather than drawing them here, makes
+    every run reproducible. The paper's loss is Σ CE/t / n; Σ CE / n is the unweighted masked cross-entropy.
+    block: block diffusion's block size (0, or at least L: the whole sequence is one block, the paper).
+        With several blocks the model reads [x_t ; x_0] under block_attention's mask (attn: "full" or an
+        annealing mask from attention_at(..., block=block)), and the loss is on the noisy half.
     per_row: the three sums of each row, (B,) each (scoring many sequences in one batch).
     """
+    B, L = x.shape
+    level = t.repeat_interleave(block, dim=1)[:, :L] if t.dim() == 2 else t[:, None].expand(B, L)  # each token's t
     # noising: x -> x_t, each maskable token replaced by the mask token with probability t
-    masked = maskable & (noise < t[:, None])  # (B, L)
+    masked = maskable & (noise < level)  # (B, L)
     xt = x.masked_fill(masked, mask_id)
     # shift: the logit at i predicts token i+1, so select position i where token i+1 was masked
-    if shift:
-        target_mask = masked[:, 1:]  # (B, L-1)
-        where = predicting(masked)
-        targets, weights = x[:, 1:][target_mask], (1 / t)[:, None].expand_as(target_mask)[target_mask]
-    else:  # the ablation: logit i predicts token i
-        where, targets, weights = masked, x[masked], (1 / t)[:, None].expand_as(masked)[masked]
+    where = predicting(masked, shift)
+    targets, weights = (F.pad(x[:, 1:], (0, 1)), F.pad(1 / level[:, 1:], (0, 1))) if shift else (x, 1 / level)
+    if block and block < L:  # block diffusion: the clean copy beside the noisy one, for the later blocks to read
+        xt, where, attn, start = with_clean_copy(xt, x, where, attn, block, shift)
+        targets, weights = torch.cat([targets, targets], 1), torch.cat([weights, weights], 1)
     # loss: cross-entropy at masked targets only, weighted by 1/t
-    ce = F.cross_entropy(model(xt, attn=attn, where=where), targets, reduction="none")  # (N,)
+    logits = model(xt, attn=attn, where=where, start=start if xt.shape[1] > L else 0)
+    ce = F.cross_entropy(logits, targets[where], reduction="none")  # (N,)
+    weights = weights[where]
     if per_row:  # the targets come row by row, as boolean indexing lists them
-        counts = (masked[:, 1:] if shift else masked).sum(1).tolist()
+        counts = where.sum(1).tolist()
         return *(torch.stack([v.sum() for v in values.split(counts)]) for values in (weights * ce, ce)), masked.sum(1)
     return (weights * ce).sum(), ce.sum(), masked.sum()
 
@@ -329,20 +336,66 @@ def anneal_ratio(step, anneal_steps):
     return 1.0 if anneal_steps <= 0 else min(1.0, (step + 1) / anneal_steps)
 
 
-def attention_at(step, anneal_steps, seq_len, seed, device, flex=None):
+def attention_at(step, anneal_steps, seq_len, seed, device, flex=None, block=0):
     """The attention of one training step: causal OR Bernoulli(ratio), the same draw for batch and heads.
 
     'full' once annealing is over (the fast SDPA path). During annealing a boolean (L, L) mask, or,
     given flex = AnnealFlex(...), a FlexAttention BlockMask computed from the same hash on the GPU.
+    block: block diffusion (diffusion_loss's): the (2L, 2L) mask of `allowed`, annealed inside each block.
     """
-    ratio = anneal_ratio(step, anneal_steps)
-    if ratio >= 1.0:
+    ratio, blocks = anneal_ratio(step, anneal_steps), 0 < block < seq_len
+    if ratio >= 1.0 and not blocks:
         return "full"
-    step_seed, threshold = mix(seed, step) % 2**31, int(ratio * 2**32)
+    step_seed, threshold = mix(seed, step) % 2**31, min(int(ratio * 2**32), 2**32)  # 2**32: every key
     if flex is not None:
         return flex(step_seed, threshold)
-    q = torch.arange(seq_len, device=device)
-    return (q[None, :] <= q[:, None]) | (anneal_hash(q[:, None], q[None, :], step_seed) < threshold)  # (L, L)
+    q = torch.arange(2 * seq_len if blocks else seq_len, device=device)
+    return allowed(q[:, None], q[None, :], seq_len, block if blocks else seq_len, step_seed, threshold)
+
+
+def allowed(q, k, seq_len, block, step_seed=0, threshold=2**32):
+    """May query position q attend to key position k? The one rule of every attention mask in training.
+
+    Positions below seq_len are the noisy sequence x_t; with several blocks, position seq_len + i is the
+    clean token x_0[i] beside it (BD3-LM's block_diff_mask, with the paper's annealing inside a block):
+      a noisy query sees its block's noisy keys (the causal ones, and each later one with probability
+      threshold / 2**32: the annealing), and the clean keys of the earlier blocks;
+      a clean query sees the clean keys of its own and the earlier blocks (the AR model, a block at a time).
+    With one block there is no clean copy, and this is the paper's annealing mask.
+    """
+    noisy_q, noisy_k = q < seq_len, k < seq_len
+    q_block, k_block = q % seq_len // block, k % seq_len // block
+    annealed = (k <= q) | (anneal_hash(q, k, step_seed) < threshold)
+    from_noisy = torch.where(noisy_k, (k_block == q_block) & annealed, k_block < q_block)
+    return torch.where(noisy_q, from_noisy, ~noisy_k & (k_block <= q_block))
+
+
+def with_clean_copy(xt, x, where, attn, block, shift=True):
+    """Block diffusion's forward pass over x_t (B, L): the input [x_t ; x_0], both halves at positions 0..L-1, under
+    block_attention(attn); the logits asked for at `where` (B, L) come from the noisy half, except that the
+    logit before a block, which predicts its first token, comes from the clean half (it sees the earlier blocks
+    only, as at decoding time) -> (input (B, 2L), where (B, 2L), attn, positions (2L,)). Logits come row by row,
+    a row's noisy-half ones first."""
+    L = x.shape[1]
+    first = (torch.arange(1, L + 1, device=x.device) % block == 0) & shift  # the logit before a block starts
+    positions = torch.arange(L, device=x.device).repeat(2)
+    return (
+        torch.cat([xt, x], 1),
+        torch.cat([where & ~first, where & first], 1),
+        block_attention(attn, L, block, x.device),
+        positions,
+    )
+
+
+def block_attention(attn, seq_len, block, device):
+    """diffusion_loss's attention over [x_t ; x_0], from the attention asked for over x_t: "full" (no annealing
+    left) -> `allowed` without annealing; a padded batch's key mask (B, 1, 1, L) -> that, without the padding;
+    an annealing mask of attention_at(..., block=block) -> itself."""
+    if not isinstance(attn, (str, torch.Tensor)) or isinstance(attn, torch.Tensor) and attn.dim() == 2:
+        return attn
+    q = torch.arange(2 * seq_len, device=device)
+    mask = allowed(q[:, None], q[None, :], seq_len, block)
+    return mask if isinstance(attn, str) else mask & torch.cat([attn, attn], dim=-1)
 
 
 def anneal_hash(q, k, seed):
@@ -367,25 +420,27 @@ def mix(*ints):
 
 
 class AnnealFlex:
-    """Annealing BlockMasks for FlexAttention. The seed and threshold live in tensors that the mask_mod
-    reads, so a new step changes their values, not the function: nothing recompiles."""
+    """Annealing BlockMasks for FlexAttention (of block diffusion too: `allowed`'s rule). The seed and threshold
+    live in tensors that the mask_mod reads, so a new step changes their values, not the function: nothing
+    recompiles."""
 
-    def __init__(self, seq_len, device):
+    def __init__(self, seq_len, device, block=0):
         from torch.nn.attention.flex_attention import create_block_mask
 
-        self.create, self.seq_len, self.device = create_block_mask, seq_len, device
+        blocks = 0 < block < seq_len
+        self.create, self.size, self.device = create_block_mask, 2 * seq_len if blocks else seq_len, device
         self.seed = torch.zeros((), dtype=torch.long, device=device)
         self.threshold = torch.zeros((), dtype=torch.long, device=device)
 
         def mask_mod(b, h, q, k):
-            return (k <= q) | (anneal_hash(q, k, self.seed) < self.threshold)
+            return allowed(q, k, seq_len, block if blocks else seq_len, self.seed, self.threshold)
 
         self.mask_mod = mask_mod
 
     def __call__(self, step_seed, threshold):
         self.seed.fill_(step_seed)
         self.threshold.fill_(threshold)
-        return self.create(self.mask_mod, None, None, self.seq_len, self.seq_len, device=self.device)
+        return self.create(self.mask_mod, None, None, self.size, self.size, device=self.device)
 
 
 _compiled_flex_attention = None

@@ -46,7 +46,7 @@ from checkpoint import (
     pick_dtype,
 )
 from data.corpus import read_text
-from model import UserError, mix, predicting
+from model import UserError, mix, predicting, with_clean_copy
 from tokenizer import MASK_GLYPH, load_tokenizer
 
 STRATEGIES = ("random", "confidence", "margin", "entropy")
@@ -92,7 +92,21 @@ def generate(model, prefix, length, decoding=Decoding(), *, suffix=(), num_sampl
 
 
 @torch.no_grad()
-def generate_batch(model, rows, length, decoding=Decoding(), *, seeds, mask_id, shift=True, vocab=None, on_step=None):
+def generate_batch(
+    model,
+    rows,
+    length,
+    decoding=Decoding(),
+    *,
+    seeds,
+    mask_id,
+    shift=True,
+    vocab=None,
+    on_step=None,
+    block=0,
+    eos_id=None,
+    plain=False,
+):
     """Diffusion decoding of many prompts at once -> (tokens (B, longest row), forward passes).
 
     rows: [(prefix ids, suffix ids)], each decoded into prefix + `length` tokens + suffix, the shorter
@@ -101,6 +115,10 @@ def generate_batch(model, rows, length, decoding=Decoding(), *, seeds, mask_id, 
     it decodes to alone (up to float rounding; --cache: approximately, see Denoiser).
     shift: as the checkpoint was trained; vocab: the tokenizer's size (never produce ids beyond it);
     on_step(tokens, step): called after every step (the --show display).
+    block: a block-diffusion checkpoint's block size. Its blocks (columns [jB, (j+1)B), the same for every row)
+    are decoded one after another, each over the exact cache of the finished ones (BlockCache), and decoding
+    stops after a block once every row has produced eos_id. 0: the whole sequence is one block (the paper).
+    plain: BlockCache's plain version (no cache), the tests' reference.
     """
     device = model.tok_emb.weight.device
     starts = [len(p) for p, _ in rows]  # where each row's generated span begins
@@ -109,14 +127,20 @@ def generate_batch(model, rows, length, decoding=Decoding(), *, seeds, mask_id, 
     for b, start in enumerate(starts):
         masked[b, start : start + length] = True
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    denoiser = Denoiser(model, x.shape, mask_id, vocab, shift, decoding.cache, key_mask(real))
-    strategy, threshold, step = decoding.strategy, decoding.threshold, 0
-    for lo, hi, budget in block_schedule(0, length, decoding.block_length, decoding.steps or length):
-        in_block = torch.zeros_like(masked)
-        for b, start in enumerate(starts):
-            in_block[b, start + lo : start + hi] = True
-        denoiser.new_block()
-        for k in range(budget, 0, -1):  # k steps left in this block
+    blocks = 0 < block < x.shape[1]
+    if blocks:
+        denoiser = BlockCache(model, real, block, mask_id, vocab, shift, exact_cache=not plain)
+    else:
+        denoiser = Denoiser(model, x.shape, mask_id, vocab, shift, decoding.cache, key_mask(real))
+    strategy, threshold, step, span = decoding.strategy, decoding.threshold, 0, masked.clone()
+    for in_block, budget in schedule(masked, starts, length, decoding, block if blocks else 0):
+        if blocks and eos_id is not None and ((x == eos_id) & span & ~masked).any(1).all():
+            x = x.masked_fill(masked, eos_id)  # every row has ended its text: what would follow is not decoded
+            break
+        denoiser.new_block(x, in_block)
+        todo = (masked & in_block).sum(1)  # each row's tokens to reveal in this block, in budget[b] steps
+        for i in range(int(budget.max())):
+            k = (budget - i).clamp(min=1)  # each row's steps left in this block
             eligible = masked & in_block
             if not eligible.any():
                 break
@@ -124,14 +148,14 @@ def generate_batch(model, rows, length, decoding=Decoding(), *, seeds, mask_id, 
             # draw that first, and (without a threshold) predict only the tokens it reveals.
             picked = None
             if strategy == "random":
-                picked = eligible & (per_row_uniforms(x.shape, starts, length, eligible, generators) < 1 / k)
+                picked = eligible & (per_row_uniforms(x.shape, starts, length, eligible, generators) < 1 / k[:, None])
             predict = picked if strategy == "random" and threshold is None else eligible
             if predict.any():
                 # 1. predict the masked positions: a token and its distribution for each
                 logits = denoiser(x, predict, eligible)  # (N, V), one row per predicted position
                 tokens, probs = sample_rows(logits, predict.sum(1).tolist(), decoding.sampling, generators)
                 # 2. choose which to reveal, leaving as many masked as this block's remaining steps need
-                keep = (hi - lo) * (k - 1) // budget
+                keep = todo * (k - 1) // budget.clamp(min=1)
                 reveal = choose(strategy, eligible, tokens, probs, keep, threshold, picked)
                 # 3. reveal them
                 proposal = torch.full_like(x, mask_id)
@@ -143,6 +167,31 @@ def generate_batch(model, rows, length, decoding=Decoding(), *, seeds, mask_id, 
             if on_step:
                 on_step(x, step)
     return x, denoiser.forwards
+
+
+def schedule(masked, starts, length, decoding, block):
+    """(in_block (B, L), each row's steps (B,)) of each block in decoding order. Without model blocks: the
+    semi-autoregressive blocks of --block-length, relative to each row's start (LLaDA). With them: the model's
+    blocks of `block` columns that hold generated positions, each cut into sub-blocks of --block-length columns;
+    a row shares the steps among the blocks it has tokens in, so that it decodes in a batch as it does alone."""
+    B, L = masked.shape
+    columns, steps = torch.arange(L, device=masked.device), decoding.steps or length
+    if not block:
+        span = columns - torch.tensor(starts, device=masked.device)[:, None]  # each row's offset into its span
+        cuts = block_schedule(0, length, decoding.block_length, steps)
+        return [((span >= lo) & (span < hi), torch.full((B,), n, device=masked.device)) for lo, hi, n in cuts]
+    width = min(decoding.block_length or block, block)
+    cuts = [
+        (lo, min(lo + width, g + block, L)) for g in range(0, L, block) for lo in range(g, min(g + block, L), width)
+    ]
+    parts = [((columns >= lo) & (columns < hi)).expand_as(masked) for lo, hi in cuts]
+    parts = [part for part in parts if (masked & part).any()]
+    counts = torch.stack([(masked & part).sum(1) for part in parts])  # (parts, B): each row's tokens in each
+    has, n = counts > 0, (counts > 0).sum(0)  # each row's blocks
+    if steps < int(n.max()):
+        raise ValueError(f"{steps} steps cannot decode {int(n.max())} blocks")
+    share = steps // n.clamp(min=1) + (has.cumsum(0) - 1 < steps % n.clamp(min=1))  # as block_schedule does
+    return list(zip(parts, torch.where(has, torch.minimum(counts, share), 0)))
 
 
 def pad_right(rows, device):
@@ -202,7 +251,7 @@ class Denoiser:
         self.logits, self.fresh, self.forwards = None, True, 0
         self.stale = torch.zeros(shape, dtype=torch.bool, device=model.tok_emb.weight.device)  # revealed since the pass
 
-    def new_block(self):
+    def new_block(self, x, in_block):
         self.fresh = True
 
     def __call__(self, x, predict, eligible):
@@ -219,6 +268,70 @@ class Denoiser:
 
     def revealed(self, reveal):
         self.stale |= reveal
+        if reveal.any():
+            self.logits = None
+
+
+class BlockCache:
+    """A block-diffusion model's logits at the positions asked for, exactly, over a KV cache.
+
+    The blocks before the current one are clean and in the cache, each written once with the attention it had in
+    training (a clean token sees the clean tokens of its own and the earlier blocks), so a step forwards only the
+    current block's columns, against the cache and the block. The first token of a block is predicted by the
+    logit of the clean column before it (the shift across a block boundary, as in training), kept from the pass
+    that wrote that column. exact_cache=False: the plain version, the tests' reference, which forwards the whole
+    sequence twice, [x ; x], under training's mask (model.allowed) at every step.
+    """
+
+    def __init__(self, model, real, block, mask_id, vocab, shift, exact_cache=True):
+        self.model, self.real, self.block, self.shift = model, real, block, shift
+        self.mask_id, self.vocab = mask_id, vocab
+        self.kv = model.make_cache(*real.shape) if exact_cache else None
+        self.cached, self.edge, self.logits, self.forwards = 0, None, None, 0
+
+    def new_block(self, x, in_block):
+        """A block begins: [its first column, the end of its model block); the finished columns go into the cache."""
+        first = int(in_block.any(0).nonzero()[0])
+        lo = first - first % self.block
+        self.hi = min(lo + self.block, x.shape[1])
+        if self.kv is not None and lo > self.cached:  # clean blocks [cached, lo): one pass writes their keys and values
+            q, k = torch.arange(self.cached, lo, device=x.device)[:, None], torch.arange(lo, device=x.device)
+            attn = (k // self.block <= q // self.block) & self.real[:, None, None, :lo]  # (B, 1, T, lo)
+            last = torch.zeros(x.shape[0], lo - self.cached, dtype=torch.bool, device=x.device)
+            last[:, -1] = True
+            self.edge = self.model(x[:, self.cached : lo], attn=attn, where=last, cache=self.kv, start=self.cached)[
+                :, None
+            ]
+            self.cached, self.forwards = lo, self.forwards + 1
+        self.block_start, self.logits = lo, None
+
+    def __call__(self, x, predict, eligible):
+        if self.logits is None:
+            lo, hi = self.block_start, self.hi
+            where = predicting(predict, self.shift)  # the logit that predicts each predicted position
+            first = predict[:, lo] & self.shift if lo > 0 else torch.zeros_like(predict[:, 0])  # from the clean column
+            inside = where[:, lo:hi].clone()
+            if self.kv is not None:
+                out, edge = torch.empty(0, self.model.cfg.vocab_size, device=x.device), self.edge  # edge[b]: (1, V)
+                if inside.any():  # (B = 1: a block's one token is predicted from the cache alone)
+                    attn = key_mask(self.real[:, :hi])
+                    out = self.model(x[:, lo:hi], attn=attn, where=inside, cache=self.kv, start=lo)
+                    self.forwards += 1
+            else:  # [x ; x] under training's mask: the noisy block reads its own columns and the clean ones before it
+                attn = key_mask(self.real)
+                inputs, both, attn, positions = with_clean_copy(x, x, where, attn, self.block, self.shift)
+                pieces = self.model(inputs, attn=attn, where=both, start=positions).split(both.sum(1).tolist())
+                out = torch.cat([p[: len(p) - int(f)] for p, f in zip(pieces, first)])  # the block's own columns
+                edge = {b: p[-1:] for b, (p, f) in enumerate(zip(pieces, first)) if f}  # the clean column before it
+            pieces, rows = out.split(inside.sum(1).tolist()), []
+            for b, piece in enumerate(pieces):  # each row's predictions in column order: the block's first first
+                rows += [edge[b]] if first[b] else []
+                rows.append(piece)
+            self.logits = valid_logits(torch.cat(rows), self.mask_id, self.vocab)
+            self.forwards += self.kv is None
+        return self.logits
+
+    def revealed(self, reveal):
         if reveal.any():
             self.logits = None
 
@@ -242,7 +355,7 @@ def choose(strategy, eligible, tokens, probs, keep, threshold, picked):
         reveal = picked
     else:  # the highest scores, leaving `keep` masked
         n_reveal = (eligible.sum(1) - keep).clamp(min=0)
-        rank = score.argsort(dim=1, descending=True).argsort(dim=1)
+        rank = score.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # ties: the first
         reveal = eligible & (rank < n_reveal[:, None])
     if threshold is not None:  # and every confident token, at least one per step
         confident = torch.zeros_like(eligible)
@@ -370,8 +483,9 @@ def decode(model, meta, rows, length, decoding, *, seeds, vocab=None, eos_id=Non
     if meta["objective"] == "ar" if ar is None else ar:
         out, forwards = generate_ar(model, prefixes, length, eos_id=eos_id, sampling=decoding.sampling, **common)
         return [ids[len(p) :] for ids, p in zip(out, prefixes)], forwards
+    block, shift = meta.get("diffusion_block") or 0, meta.get("shift", True)
     x, forwards = generate_batch(
-        model, rows, length, decoding, shift=meta.get("shift", True), on_step=on_step, **common
+        model, rows, length, decoding, shift=shift, on_step=on_step, block=block, eos_id=eos_id, **common
     )
     return [row[len(p) : len(p) + length].tolist() for row, p in zip(x, prefixes)], forwards
 
@@ -507,9 +621,18 @@ def main(argv=None):
             sizes = f"prompt ({len(prefix)}) + length ({args.length}) + suffix ({len(suffix_tokens)}) = {total} tokens"
             raise UserError(f"{where}{sizes} exceeds the model's context of {model.cfg.block_size}")
         encoded.append((prefix, suffix_tokens))
-    blocks = -(-args.length // args.block_length) if args.block_length else 1
+    block = 0 if args.ar else meta.get("diffusion_block") or 0  # a block-diffusion checkpoint's block size
+    if block and (args.cache or any(suffix for _, suffix in encoded)):
+        what = "--cache: its cache is exact, and always on" if args.cache else "suffix: its blocks see only the past"
+        raise UserError(f"{args.ckpt} is a block-diffusion checkpoint (blocks of {block}), so no {what}")
+    if block:  # the model's blocks the span touches, each cut into sub-blocks of --block-length
+        width = min(args.block_length or block, block)
+        cuts = lambda start: len({(c // block, c % block // width) for c in range(start, start + args.length)})
+        blocks = max(cuts(len(prefix)) for prefix, _ in encoded)
+    else:
+        blocks = -(-args.length // args.block_length) if args.block_length else 1
     if not args.ar and args.steps < blocks:
-        raise UserError(f"--steps {args.steps} is fewer than the {blocks} blocks of --block-length {args.block_length}")
+        raise UserError(f"--steps {args.steps} is fewer than the {blocks} blocks it must decode (raise --steps)")
     if args.ar != (meta["objective"] == "ar"):
         how = "autoregressively" if args.ar else "by diffusion"
         print(f"note: {args.ckpt} was trained with the {meta['objective']} objective, decoding {how}", file=sys.stderr)

@@ -75,6 +75,12 @@ def build_parser():
     a("--anneal-steps", type=NON_NEGATIVE, default=0, help="steps to open the causal mask to full attention")
     a("--no-shift", action="store_true", help="ablation: the logit at i predicts token i instead of i+1")
     a("--t-sampling", choices=["uniform", "stratified"], default="uniform", help="t per example, or MDLM's strata")
+    a(
+        "--diffusion-block",
+        type=NON_NEGATIVE,
+        help="block diffusion: denoise blocks of this many tokens, each after the clean ones before it (1: AR); "
+        "0: the whole sequence, the paper (default: the checkpoint's, else 0)",
+    )
     # optimisation
     a("--max-iters", type=COUNT, default=1000, help="optimizer steps (on resume: may be raised)")
     a("--extend-schedule", action="store_true", help="on resume: accept the cosine schedule of a new --max-iters")
@@ -241,10 +247,12 @@ class Objective:
     mask_id: int
     shift: bool
 
+    block: int = 0  # block diffusion's block size (0: the whole sequence)
+
     def loss_sums(self, model, x, maskable, t, noise, attn):
         """-> (Σ loss, Σ CE, number of targets): the loss is the first over the third. attn: diffusion only."""
         if self.name == "diffusion":
-            return diffusion_loss(model, x, maskable, t, noise, self.mask_id, attn, self.shift)
+            return diffusion_loss(model, x, maskable, t, noise, self.mask_id, attn, self.shift, block=self.block)
         ce = ar_loss(model, x)
         return ce.sum(), ce.sum(), torch.tensor(ce.numel(), device=x.device)
 
@@ -296,6 +304,8 @@ def save(model, optimizer, meta, args, objective, step, tokens, metrics, init_di
     shift, training = objective.shift or objective.name == "ar", {"step": step, "tokens": tokens, "args": run_args}
     out_meta = {k: v for k, v in meta.items() if k not in ("model", "training")}
     out_meta |= {"objective": objective.name, "shift": shift, "training": training, "model": meta["model"]}
+    if objective.name == "diffusion":
+        out_meta["diffusion_block"] = objective.block or None  # None: the whole sequence is one block
     writers = {
         "train_state.pt": lambda f: torch.save({"step": step, "tokens": tokens, "optimizer": optim_state}, f),
         "metrics.jsonl": lambda f: f.write_text("".join(json.dumps(m) + "\n" for m in metrics)),
@@ -348,6 +358,8 @@ def check_run(args):
     state = read_train_state(init_dir) if resume else None
     model_block = init_meta["model"]["block_size"]
     args.block_size = args.block_size or min(model_block, 1024)
+    if args.diffusion_block is None:  # a block-diffusion checkpoint trains on with its blocks
+        args.diffusion_block = init_meta.get("diffusion_block") or 0
     check_data(args.data_dir, init_dir, init_meta, args.block_size, model_block)
     return init_dir, state
 
@@ -400,7 +412,12 @@ def describe(model, args, world, device, tokens_per_step, train_data):
     """The run in a line or two, before the first step."""
     if not HAVE_MATPLOTLIB:
         print("note: matplotlib is not installed: no loss.png (pip install matplotlib)", file=sys.stderr)
-    method = f", shift {not args.no_shift}, anneal {args.anneal_steps} steps" if args.objective == "diffusion" else ""
+    blocks = f", blocks of {args.diffusion_block}" if 0 < args.diffusion_block < args.block_size else ""
+    method = (
+        f", shift {not args.no_shift}, anneal {args.anneal_steps} steps{blocks}"
+        if args.objective == "diffusion"
+        else ""
+    )
     where = f"{world} process(es) on {device.type}, {args.dtype}, {tokens_per_step:,} tokens/step"
     print(f"{model.num_params() / 1e6:.2f}M parameters, {where}, objective {args.objective}{method}", file=sys.stderr)
     if note := train_data.repetition_note(args.max_iters * tokens_per_step, args.data_dir):
@@ -437,14 +454,16 @@ def train(args, init_dir, resumed):
     optimizer = make_optimizer(model, args, device)
     step, tokens, metrics = restore(resumed, model, optimizer, meta, args, master) if resumed else (0, 0, [])
     train_data, val_data = Data(args.data_dir, "train", args.block_size), Data(args.data_dir, "val", args.block_size)
-    objective = Objective(args.objective, meta["mask_token_id"], not args.no_shift)
     diffusion = args.objective == "diffusion"
+    blocks = -(-args.block_size // args.diffusion_block) if 0 < args.diffusion_block < args.block_size else 1
+    block = args.diffusion_block if blocks > 1 and diffusion else 0
+    objective = Objective(args.objective, meta["mask_token_id"], not args.no_shift, block)
     accum = args.grad_accum // world  # micro-batches per process
     tokens_per_step = args.batch_size * args.block_size * args.grad_accum
     flops_per_step = raw_model.flops_per_token(args.block_size, 0.5 if diffusion else 1.0) * tokens_per_step
     peak = peak_flops(device, dtype) * world
-    annealing_on_gpu = device.type == "cuda" and diffusion and step < args.anneal_steps
-    flex = AnnealFlex(args.block_size, device) if annealing_on_gpu else None  # FlexAttention's BlockMask, not L×L
+    masked_on_gpu = device.type == "cuda" and diffusion and (step < args.anneal_steps or block)
+    flex = AnnealFlex(args.block_size, device, block) if masked_on_gpu else None  # a FlexAttention BlockMask, not L×L
     stop = StopRequest()
     if master:
         describe(raw_model, args, world, device, tokens_per_step, train_data)
@@ -460,7 +479,11 @@ def train(args, init_dir, resumed):
             group["lr"] = lr
 
         # this step's attention: causal OR Bernoulli(min(1, (step+1)/A)), then full (model.attention_at)
-        attn = attention_at(step, args.anneal_steps, args.block_size, args.seed, device, flex) if diffusion else None
+        attn = (
+            attention_at(step, args.anneal_steps, args.block_size, args.seed, device, flex, block)
+            if diffusion
+            else None
+        )
 
         # forward and backward, accumulating gradients over micro-batches (synchronised on the last one)
         running = torch.zeros(4, dtype=torch.float64, device=device)  # loss, unweighted CE, gradient norm, stop
@@ -470,7 +493,9 @@ def train(args, init_dir, resumed):
                 model.set_requires_gradient_sync(last)
             with contextlib.nullcontext() if last or world == 1 or args.fsdp else model.no_sync():
                 strata = args.grad_accum * args.batch_size if args.t_sampling == "stratified" else 0
-                batch = train_data.train_batch(args.seed, step, micro * world + rank, args.batch_size, device, strata)
+                batch = train_data.train_batch(
+                    args.seed, step, micro * world + rank, args.batch_size, device, strata, blocks
+                )
                 with autocast:
                     weighted, ce, n = objective.loss_sums(model, *batch, attn)
                 loss = weighted / n.clamp(min=1)

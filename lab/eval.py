@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from checkpoint import (
@@ -49,7 +50,7 @@ from checkpoint import (
 )
 from data.corpus import texts
 from lab.common import sentences
-from model import UserError, ar_loss, diffusion_loss, mix, noise_levels, predicting
+from model import UserError, ar_loss, diffusion_loss, mix, noise_levels, predicting, with_clean_copy
 from sample import STRATEGIES, Decoding, Sampling, decode, key_mask, pad_right, until_eos, valid_logits
 from tokenizer import load_tokenizer
 
@@ -58,26 +59,27 @@ from tokenizer import load_tokenizer
 
 
 @torch.no_grad()
-def level_losses(model, x, maskable, mask_id, ts, seed, shift=True):
-    """(Σ CE/t, Σ CE, number masked) of one sequence x (1, L) at each noise level t, only maskable tokens masked."""
+def level_losses(model, x, maskable, mask_id, ts, seed, shift=True, block=0):
+    """(Σ CE/t, Σ CE, number masked) of one sequence x (1, L) at each noise level t, only maskable tokens masked.
+    block: a block-diffusion checkpoint's block size; every block at the same t, which leaves the block ELBO's
+    expectation as it is (each block's term is an expectation over its own t, all alike)."""
     for j, t in enumerate(ts):
         noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(mix(seed, j))).to(x.device)
-        weighted, ce, n = diffusion_loss(
-            model, x, maskable, torch.tensor([t], device=x.device), noise, mask_id, "full", shift
-        )
+        level = torch.tensor([t], device=x.device)
+        weighted, ce, n = diffusion_loss(model, x, maskable, level, noise, mask_id, "full", shift, block=block)
         yield weighted.item(), ce.item(), n.item()
 
 
-def elbo(model, x, maskable, mask_id, ts, seed, shift=True):
+def elbo(model, x, maskable, mask_id, ts, seed, shift=True, block=0):
     """Σ_masked CE/t, averaged over the levels ts: the ELBO of x's maskable tokens (a bound on their NLL)."""
-    return sum(w for w, _, _ in level_losses(model, x, maskable, mask_id, ts, seed, shift)) / len(ts)
+    return sum(w for w, _, _ in level_losses(model, x, maskable, mask_id, ts, seed, shift, block)) / len(ts)
 
 
-def official_choice_score(model, x, maskable, mask_id, levels, seed, shift=True):
+def official_choice_score(model, x, maskable, mask_id, levels, seed, shift=True, block=0):
     """The official multiple-choice score (eval_forward in LLaMA-Factory/src/llamafactory/train/ddm/trainer.py):
     the unweighted mean CE per masked token, averaged over t = j/T, j = 1..T (a level that happens
     to mask nothing counts 0)."""
-    losses = level_losses(model, x, maskable, mask_id, official_levels(levels), seed, shift)
+    losses = level_losses(model, x, maskable, mask_id, official_levels(levels), seed, shift, block)
     return sum(ce / n if n else 0.0 for _, ce, n in losses) / levels
 
 
@@ -123,8 +125,9 @@ def scores(model, meta, units, how, batch_size, desc):
             n = len(units[u].ids)
             noise[b, :n] = torch.rand(n, generator=torch.Generator().manual_seed(mix(units[u].seed, j)))
         t = torch.tensor([units[u].levels[j] for u, j in batch], device=device)
-        shift, mask_id = meta.get("shift", True), meta["mask_token_id"]
-        sums = diffusion_loss(model, x, maskable, t, noise.to(device), mask_id, key_mask(real), shift, per_row=True)
+        shift, mask_id, block = meta.get("shift", True), meta["mask_token_id"], meta.get("diffusion_block") or 0
+        noise = noise.to(device)
+        sums = diffusion_loss(model, x, maskable, t, noise, mask_id, key_mask(real), shift, per_row=True, block=block)
         for b, (u, _) in enumerate(batch):
             levels[u].append(tuple(v[b].item() for v in sums))
     if ar:
@@ -447,11 +450,16 @@ def greedy_flags(model, meta, tok, units, batch_size):
     for first in range(0, len(units), batch_size):
         batch = units[first : first + batch_size]
         x, real, maskable = padded(batch, model.tok_emb.weight.device)
-        inputs = x if ar else x.masked_fill(maskable, mask_id)
-        where = predicting(maskable, ar or meta.get("shift", True))
-        logits = model(inputs, attn="causal" if ar else key_mask(real), where=where)
-        hits = valid_logits(logits, mask_id, tok.n_vocab).argmax(-1) == x[maskable]
-        flags += [bool(row.all()) for row in hits.split(maskable.sum(1).tolist())]
+        inputs, shift = (x, True) if ar else (x.masked_fill(maskable, mask_id), meta.get("shift", True))
+        where, attn, start, targets = predicting(maskable, shift), "causal" if ar else key_mask(real), 0, x
+        if shift:
+            targets = F.pad(x[:, 1:], (0, 1))  # what the logit at each position predicts
+        if not ar and 0 < (block := meta.get("diffusion_block") or 0) < x.shape[1]:  # as the model was trained
+            inputs, where, attn, start = with_clean_copy(inputs, x, where, attn, block, shift)
+            targets = torch.cat([targets, targets], 1)
+        logits = model(inputs, attn=attn, where=where, start=start)
+        hits = valid_logits(logits, mask_id, tok.n_vocab).argmax(-1) == targets[where]
+        flags += [bool(row.all()) for row in hits.split(where.sum(1).tolist())]
     return flags
 
 

@@ -68,6 +68,11 @@ def w(stories_ckpt, tmp_path_factory):
     ns.ckpt_config_list = edited_copy(ns.ckpt, d / "config_list", lambda c: (c / "config.json").write_text("[1, 2]"))
     ns.ckpt_no_tokenizer = edited_copy(ns.ckpt, d / "no_tok", lambda c: (c / "tokenizer.model").unlink())
     ns.ckpt_truncated = edited_copy(ns.ckpt, d / "trunc_weights", lambda c: truncate(c / "model.safetensors"))
+    ns.ckpt_blocks = edited_copy(
+        ns.ckpt,
+        d / "blocks",
+        lambda c: edit_json(c / "config.json", lambda m: m.update(objective="diffusion", diffusion_block=8)),
+    )
     ns.ckpt_nan = edited_copy(ns.ckpt, d / "nan_weights", lambda c: poison(c / "model.safetensors"))
 
     # broken runs (resume)
@@ -260,6 +265,9 @@ ROWS = [
     # sample.py
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--length", "600"], 1, ["exceeds the model's context"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt_nan], 1, ["non-finite weights"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_blocks, "--suffix", "The end."], 1, ["block-diffusion", "suffix"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_blocks, "--cache"], 1, ["block-diffusion", "exact"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_blocks, "--length", "64", "--steps", "4"], 1, ["--steps 4", "9 blocks"]),
     (lambda w: train(w, init=w.ckpt_nan), 1, ["non-finite weights"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--steps", "-1"], 2, ["--steps"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt, "--strategy", "bogus"], 2, ["invalid choice"]),

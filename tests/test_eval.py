@@ -129,14 +129,14 @@ def test_elbo_of_a_perfect_denoiser_is_zero_and_of_uniform_is_log_v():
         "P",
         (),
         {
-            "__call__": lambda self, xt, attn, where: (
+            "__call__": lambda self, xt, attn, where, start=0: (
                 torch.nn.functional.one_hot(torch.nn.functional.pad(x[:, 1:], (0, 1)), 8).float().mul(60)[where]
             )
         },
     )
     assert elbo(perfect, x, maskable, 7, noise_levels(16), 0) < 1e-6
 
-    def uniform(xt, attn, where):
+    def uniform(xt, attn, where, start=0):
         return torch.zeros(int(where.sum()), 8)
 
     # E_t[(1/t) · (number masked) · log V] = 3 log V exactly in expectation; a fine grid gets close
@@ -204,10 +204,12 @@ def test_cli_tasks_on_the_real_model(stories_ckpt, tmp_path):
     )
 
 
-def test_batched_scores_equal_the_plain_one_sequence_scores(stories_ckpt):
-    """scores() (padded rows of many sequences and levels) against elbo() and official_choice_score()."""
+@pytest.mark.parametrize("block", [0, 8])
+def test_batched_scores_equal_the_plain_one_sequence_scores(stories_ckpt, block):
+    """scores() (padded rows of many sequences and levels) against elbo() and official_choice_score(), for the
+    paper's model and a block-diffusion one (blocks of 8: the block ELBO)."""
     model, meta = load_checkpoint(stories_ckpt)
-    model, meta = model.double(), {**meta, "objective": "diffusion"}
+    model, meta = model.double(), {**meta, "objective": "diffusion", "diffusion_block": block}
     g = torch.Generator().manual_seed(0)
     units = [(torch.randint(3, 500, (n,), generator=g).tolist(), 1 + n // 3) for n in (9, 40, 17, 64, 5)]
     for how, levels in (("elbo", noise_levels(5, seed=1)), ("official", official_levels(4))):
@@ -218,9 +220,10 @@ def test_batched_scores_equal_the_plain_one_sequence_scores(stories_ckpt):
             x = torch.tensor([ids])
             maskable = torch.arange(len(ids))[None] >= start
             if how == "elbo":
-                plain = elbo(model, x, maskable, meta["mask_token_id"], levels, k)
+                plain = elbo(model, x, maskable, meta["mask_token_id"], levels, k, block=block)
             else:
-                plain = official_choice_score(model, x, maskable, meta["mask_token_id"], 4, k) * (len(ids) - start)
+                plain = official_choice_score(model, x, maskable, meta["mask_token_id"], 4, k, block=block)
+                plain *= len(ids) - start
             assert batched[k] == pytest.approx(plain, rel=1e-9), (how, k)
 
 
@@ -320,7 +323,7 @@ def test_official_choice_score_of_a_uniform_denoiser_is_log_v():
     maskable = torch.ones_like(x, dtype=torch.bool)
     maskable[:, 0] = False  # 400 answer tokens: every level masks some
 
-    def uniform(xt, attn, where):
+    def uniform(xt, attn, where, start=0):
         return torch.zeros(int(where.sum()), 8)
 
     assert official_choice_score(uniform, x, maskable, 7, 32, 0) == pytest.approx(math.log(8), rel=1e-6)
