@@ -276,7 +276,9 @@ def predicting(targets, shift=True):
     return F.pad(targets[:, 1:], (0, 1)) if shift else targets
 
 
-def diffusion_loss(model, x, maskable, t, noise, mask_id, attn="full", shift=True, per_row=False, block=0):
+def diffusion_loss(
+    model, x, maskable, t, noise, mask_id, attn="full", shift=True, per_row=False, block=0, complementary=False
+):
     """Masked-diffusion loss sums for one batch -> (Σ CE/t, Σ CE, number of masked targets).
 
     x, maskable, noise: (B, L); t: (B,), or (B, blocks) with one level per block. Token (b, i) is masked
@@ -286,9 +288,18 @@ def diffusion_loss(model, x, maskable, t, noise, mask_id, attn="full", shift=Tru
         With several blocks the model reads [x_t ; x_0] under block_attention's mask (attn: "full" or an
         annealing mask from attention_at(..., block=block)), and the loss is on the noisy half.
     per_row: the three sums of each row, (B,) each (scoring many sequences in one batch).
+    complementary: each row twice, the second masked where the first is not, at level 1 - t (Fast-dLLM v2,
+        LLaDA 2.0): every maskable token is a target once per pair. The rows come out as 2B.
     """
     B, L = x.shape
     level = t.repeat_interleave(block, dim=1)[:, :L] if t.dim() == 2 else t[:, None].expand(B, L)  # each token's t
+    if complementary:  # 1 - u < 1 - t exactly where u > t: the complement (u = t has probability 0)
+        x, maskable, noise, level = (
+            x.repeat(2, 1),
+            maskable.repeat(2, 1),
+            torch.cat([noise, 1 - noise]),
+            torch.cat([level, 1 - level]),
+        )
     # noising: x -> x_t, each maskable token replaced by the mask token with probability t
     masked = maskable & (noise < level)  # (B, L)
     xt = x.masked_fill(masked, mask_id)

@@ -191,6 +191,7 @@ def schedule(masked, starts, length, decoding, block):
     if steps < int(n.max()):
         raise ValueError(f"{steps} steps cannot decode {int(n.max())} blocks")
     share = steps // n.clamp(min=1) + (has.cumsum(0) - 1 < steps % n.clamp(min=1))  # as block_schedule does
+    share = torch.where(steps >= counts.sum(0), counts, share)  # enough steps: one token per step
     return list(zip(parts, torch.where(has, torch.minimum(counts, share), 0)))
 
 

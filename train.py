@@ -75,6 +75,7 @@ def build_parser():
     a("--anneal-steps", type=NON_NEGATIVE, default=0, help="steps to open the causal mask to full attention")
     a("--no-shift", action="store_true", help="ablation: the logit at i predicts token i instead of i+1")
     a("--t-sampling", choices=["uniform", "stratified"], default="uniform", help="t per example, or MDLM's strata")
+    a("--complementary-masks", action="store_true", help="each row again, masked where it was not (Fast-dLLM v2)")
     a(
         "--diffusion-block",
         type=NON_NEGATIVE,
@@ -248,11 +249,15 @@ class Objective:
     shift: bool
 
     block: int = 0  # block diffusion's block size (0: the whole sequence)
+    complementary: bool = False  # each row again with the complementary mask
 
-    def loss_sums(self, model, x, maskable, t, noise, attn):
+    def loss_sums(self, model, x, maskable, t, noise, attn, complementary=None):
         """-> (Σ loss, Σ CE, number of targets): the loss is the first over the third. attn: diffusion only."""
         if self.name == "diffusion":
-            return diffusion_loss(model, x, maskable, t, noise, self.mask_id, attn, self.shift, block=self.block)
+            pair = self.complementary if complementary is None else complementary
+            return diffusion_loss(
+                model, x, maskable, t, noise, self.mask_id, attn, self.shift, block=self.block, complementary=pair
+            )
         ce = ar_loss(model, x)
         return ce.sum(), ce.sum(), torch.tensor(ce.numel(), device=x.device)
 
@@ -273,7 +278,7 @@ def evaluate(model, objective, val_data, args, autocast, rank, world, device):
         rows = slice(j * args.batch_size, (j + 1) * args.batch_size) if j < n_batches else slice(0, args.batch_size)
         x, maskable, t, noise = val_data.batch(indices[rows], ts[rows], seeds[rows], device)
         with autocast:
-            weighted, ce, n = objective.loss_sums(model, x, maskable, t, noise, "full")
+            weighted, ce, n = objective.loss_sums(model, x, maskable, t, noise, "full", complementary=False)
         n_targets = maskable.sum() if objective.name == "diffusion" else n  # every maskable token is some target
         sums += torch.stack([weighted, ce, n, n_targets]).double() * (j < n_batches)
     if world > 1:
@@ -457,7 +462,7 @@ def train(args, init_dir, resumed):
     diffusion = args.objective == "diffusion"
     blocks = -(-args.block_size // args.diffusion_block) if 0 < args.diffusion_block < args.block_size else 1
     block = args.diffusion_block if blocks > 1 and diffusion else 0
-    objective = Objective(args.objective, meta["mask_token_id"], not args.no_shift, block)
+    objective = Objective(args.objective, meta["mask_token_id"], not args.no_shift, block, args.complementary_masks)
     accum = args.grad_accum // world  # micro-batches per process
     tokens_per_step = args.batch_size * args.block_size * args.grad_accum
     flops_per_step = raw_model.flops_per_token(args.block_size, 0.5 if diffusion else 1.0) * tokens_per_step

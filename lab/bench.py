@@ -226,6 +226,12 @@ def bench_decoding(shape, lengths, device, dtype, compile_model):
             candidates["ours confidence + cache + threshold 0.9 (approx.)"] = partial(ours, approx)
             blocks = replace(approx, block_length=min(32, L))
             candidates["ours confidence + cache + threshold 0.9 + blocks of 32 (approx.)"] = partial(ours, blocks)
+            for block in (4, 32) if steps == L else ():  # block diffusion: a block at a time over an exact cache
+                candidates[f"ours block diffusion, B = {block}, exact cache"] = partial(ours, exact, block=block)
+                fast = replace(exact, strategy="confidence", threshold=0.9)
+                candidates[f"ours block diffusion, B = {block}, exact cache + threshold 0.9"] = partial(
+                    ours, fast, block=block
+                )
             if hf is not None:
                 g = torch.Generator(device=device).manual_seed(0)
                 candidates["official-style loop"] = partial(

@@ -33,6 +33,7 @@ import os
 import random
 import shutil
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -41,6 +42,7 @@ from checkpoint import (
     HAVE_MATPLOTLIB,
     NON_NEGATIVE,
     POSITIVE,
+    PROBABILITY,
     HelpFormatter,
     atomic_write,
     given_options,
@@ -141,6 +143,8 @@ def main(argv=None):
             return scaling(args, journal, base, nll, test_stories)
         if args.levers:
             return levers(args, journal, base, nll, test_stories, (stories_bin, tokenizer_model))
+        if args.blocks:
+            return block_sizes(args, journal, base, nll, test_stories)
         progress("NLL of the AR model, and of its weights read as a diffusion model")
         rows = [("stories260K, AR (exact NLL)", nll(base))]
         as_diffusion = args.out / "stories260K-as-diffusion"  # the same weights, read with full attention and masks
@@ -373,6 +377,83 @@ def levers(args, journal, base, nll, test_stories, sources):
     return rows
 
 
+def block_sizes(args, journal, base, nll, test_stories):
+    """--blocks: one adaptation per block size at the miniature's tokens, against the AR parent: NLL bound, story
+    cloze, Gen PPL one token per step and with the threshold, forward passes per token and tokens/s."""
+    measure, items = measurer(args, journal, base, nll, test_stories, genppl=False)
+    progress(f"the AR parent: exact NLL, story cloze ({len(items)} items), Gen PPL, speed")
+    length = args.gen_length
+    genppl = dict(task="genppl", judge=base, length=length, limit=args.gen_samples, steps=length, batch_size=8)
+    rows = [{"model": "stories260K, AR parent", **measure(base)}]
+    rows[0]["genppl exact"] = journal.run("genppl exact AR", "lab/eval.py", ckpt=base, **genppl)
+    rows[0]["speed exact"] = journal.step("speed AR", lambda: speed(base, length))
+    for block in args.blocks:
+        name = f"blocks of {block}" if block else f"whole sequence ({args.block_size}, the paper)"
+        progress(f"adapting with {name}, then measuring")
+        run = args.out / f"blocks-{block}"
+        train(journal, run, **recipe(args), init_from=base, max_iters=args.iters, diffusion_block=block)
+        row = {"model": name, **measure(run)}
+        for how, threshold in (("exact", None), ("threshold", args.threshold)):
+            extra = {"threshold": threshold} if threshold else {}
+            row[f"genppl {how}"] = journal.run(f"genppl {how} {run.name}", "lab/eval.py", ckpt=run, **genppl, **extra)
+            timing = lambda ckpt=run, t=threshold: speed(ckpt, length, t)
+            row[f"speed {how}"] = journal.step(f"speed {how} {run.name}", timing)
+        rows.append(row)
+    table = blocks_table(rows, len(items), args)
+    (args.out / "results.md").write_text(table + "\n")
+    (args.out / "results.json").write_text(json.dumps({"rows": rows}, indent=2))
+    print("\n" + table)
+    return rows
+
+
+def speed(ckpt, length, threshold=None, samples=8):
+    """Decoding speed of one batch of `samples` unconditional samples -> {tokens_per_s, passes_per_token}:
+    one token per step (greedy), or with the threshold; AR checkpoints sample with their KV cache."""
+    from sample import decode
+
+    model, meta = load_checkpoint(ckpt)
+    decoding = Decoding(length, "confidence", Sampling(greedy=True), threshold)
+    rows, seeds = [(load_tokenizer(ckpt, meta).encode("", bos=True), [])] * samples, list(range(samples))
+    decode(model, meta, rows[:1], 4, decoding, seeds=seeds[:1])  # warm-up
+    t0 = time.perf_counter()
+    out, passes = decode(model, meta, rows, length, decoding, seeds=seeds)
+    elapsed, tokens = time.perf_counter() - t0, sum(map(len, out))
+    return {"tokens_per_s": tokens / elapsed, "passes_per_token": passes / (tokens / samples)}
+
+
+def blocks_table(rows, n_items, args):
+    ar = rows[0]
+    lines = [
+        f"Block diffusion adapted from stories260K: {args.iters} steps × {args.batch_size} × {args.block_size} tokens "
+        f"per run (the miniature's recipe); held-out NLL on {ar['nll']['tokens']:,} tokens (a bound for diffusion), "
+        f"story cloze on {n_items} items (official score), Gen PPL of {args.gen_samples} unconditional "
+        f"{args.gen_length}-token samples judged by stories260K: one token per step, and with --threshold "
+        f"{args.threshold}. Speed: a batch of 8 greedy samples on this CPU, forward passes per generated token "
+        "(a batch's pass counts once). ± one standard error.",
+        "",
+        "| model | NLL | gap to AR | cloze | Gen PPL (1/step) | distinct-2 | Gen PPL (threshold) | passes/token "
+        "(1/step, threshold) | tokens/s (1/step, threshold) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        gap, se = nll_difference(ar, r)
+        bound = "≤ " if r["nll"]["bound"] else ""
+        exact, fast = r["genppl exact"], r.get("genppl threshold")
+        speeds = [r["speed exact"], r.get("speed threshold")]
+        cloze = with_error(r["cloze"]["accuracy"], r["cloze"]["stderr"])
+        lines.append(
+            f"| {r['model']} | {bound}{with_error(r['nll']['nll'], r['nll']['stderr'])} | "
+            f"{with_error(gap, se) if r is not ar else 0} | {cloze} | "
+            f"{with_error(exact['gen_ppl'], exact['stderr'], 1)} | {exact['distinct2']:.2f} | "
+            + (f"{with_error(fast['gen_ppl'], fast['stderr'], 1)} | " if fast else " | ")
+            + " / ".join(f"{s['passes_per_token']:.2f}" for s in speeds if s)
+            + " | "
+            + " / ".join(f"{s['tokens_per_s']:,.0f}" for s in speeds if s)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def levers_table(ar, rows, n_items, args):
     base = rows[0]
     lines = [
@@ -399,13 +480,14 @@ def levers_table(ar, rows, n_items, args):
 
 
 def cloze_items(stories, path, seed=0):
-    """A story cloze from held-out stories: the story without its last sentence as context, then its
-    true last sentence or the next story's, in a seeded order. Written as --task choice JSON lines."""
+    """A story cloze from held-out stories: the story without its last sentence as context, then its true
+    last sentence or that of the story half the list away (the offline TinyStories file separates paragraphs,
+    so a neighbour is often the same story), in a seeded order. Written as --task choice JSON lines."""
     split = [sentences(story) for story in stories]
     split = [s for s in split if len(s) >= 2]
     rng, items = random.Random(seed), []
     for k, parts in enumerate(split):
-        true, other = parts[-1], split[(k + 1) % len(split)][-1]
+        true, other = parts[-1], split[(k + len(split) // 2) % len(split)][-1]  # far away: never a neighbour
         if true == other:
             continue
         label = rng.randrange(2)
@@ -553,6 +635,14 @@ def parse_args(argv):
     a("--points", type=counts, default="1,2,4,8", help="--scaling: evaluate at these multiples of --iters")
     a("--quick", action="store_true", help="--scaling in about 5 minutes: --iters 50, fewer test items")
     a(
+        "--blocks",
+        type=sizes,
+        nargs="?",
+        const="4,16,64,0",
+        help="block diffusion: one adaptation per block size (0: the whole sequence, the paper), and the AR parent",
+    )
+    a("--threshold", type=PROBABILITY, default=0.9, help="--blocks: the parallel decoding threshold of its speed rows")
+    a(
         "--levers",
         nargs="?",
         const="all",
@@ -562,8 +652,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.quick and not args.scaling:
         raise UserError("--quick goes with --scaling")
-    if args.scaling and args.levers is not None:
-        raise UserError("--scaling and --levers are two studies: run them one at a time")
+    if sum([args.scaling, args.levers is not None, args.blocks is not None]) > 1:
+        raise UserError("--scaling, --levers and --blocks are three studies: run them one at a time")
     if args.levers is not None:
         given = range(len(LEVERS)) if args.levers == "all" else args.levers.split(",")
         try:
@@ -579,6 +669,14 @@ def parse_args(argv):
             if k not in given:
                 setattr(args, k, v)
     return args
+
+
+def sizes(text):
+    """'4,16,0' -> [4, 16, 0] (an argparse type: block sizes of at least 0, comma-separated)."""
+    values = [int(k) for k in text.split(",") if k.strip().isdigit()]
+    if len(values) != len(text.split(",")):
+        raise argparse.ArgumentTypeError(f"must be integers of at least 0, comma-separated, got {text!r}")
+    return values
 
 
 def counts(text):

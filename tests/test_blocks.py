@@ -186,10 +186,12 @@ def test_train_with_blocks(stories_ckpt, tmp_path):
     runs = {b: tmp_path / f"b{b}" for b in ("default", 32, 8)}
     for b, out in runs.items():
         run("train.py", *tiny, "--out-dir", out, *([] if b == "default" else ["--diffusion-block", b]))
+    run("train.py", *tiny, "--out-dir", tmp_path / "pairs", "--diffusion-block", 8, "--complementary-masks")
     read = lambda out, name: (out / name).read_bytes()
     assert read(runs["default"], "model.safetensors") == read(runs[32], "model.safetensors")
     assert read(runs["default"], "metrics.jsonl") == read(runs[32], "metrics.jsonl")
     assert read(runs["default"], "model.safetensors") != read(runs[8], "model.safetensors")
+    assert read(runs[8], "model.safetensors") != read(tmp_path / "pairs", "model.safetensors")
     config = json.loads(read(runs[8], "config.json"))
     assert (
         config["diffusion_block"] == 8 and json.loads(read(runs["default"], "config.json"))["diffusion_block"] is None
@@ -198,3 +200,21 @@ def test_train_with_blocks(stories_ckpt, tmp_path):
     assert json.loads(read(runs[8], "config.json"))["training"]["args"]["diffusion_block"] == 8
     proc = run("sample.py", "--ckpt", runs[8], "--prompt", "Once upon a time", "--length", "16", "--steps", "16")
     assert "Once upon a time" in proc.stdout
+
+
+@pytest.mark.parametrize("block", [0, 4])
+def test_complementary_masks_supervise_every_token_once(block):
+    class Recorder:
+        def __call__(self, xt, attn, where, start=0):
+            self.xt = xt
+            return torch.zeros(int(where.sum()), V)
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(2, V - 1, (3, 16), generator=g)
+    maskable = torch.ones(3, 16, dtype=torch.bool)
+    maskable[:, 0] = False
+    t = torch.rand(3, 4, generator=g) if block else torch.rand(3, generator=g)
+    model = Recorder()
+    *_, n = diffusion_loss(model, x, maskable, t, torch.rand(3, 16, generator=g), MASK, block=block, complementary=True)
+    first, second = model.xt[:3, :16] == MASK, model.xt[3:, :16] == MASK
+    assert torch.equal(first | second, maskable) and not (first & second).any() and n == maskable.sum()

@@ -140,3 +140,22 @@ def test_a_killed_miniature_resumes_to_the_same_results_and_sigterm_leaves_no_pr
     assert not processes_of(out)
     assert miniature(out).wait() == 0
     assert (out / "results.md").read_text() == expected
+
+
+@pytest.mark.slow
+def test_blocks_study_on_tiny_settings(tmp_path):
+    """--blocks: the AR parent, then one adaptation per block size, with the NLL bound, the cloze, Gen PPL one
+    token per step and with the threshold, forward passes per token and tokens/s."""
+    out = tmp_path / "blocks"
+    tiny = "--iters 4 --batch-size 2 --block-size 32 --eval-windows 2 --mc 2 --test-stories 6 --gen-samples 2 "
+    proc = run(
+        "lab/miniature.py", "--blocks", "4,0", "--assets", ASSETS, "--out", out, *tiny.split(), "--gen-length", 8
+    )
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["stories260K, AR parent", "blocks of 4", "whole sequence (32, the paper)"]
+    assert json.loads((out / "blocks-4" / "config.json").read_text())["diffusion_block"] == 4
+    for r in rows[1:]:
+        assert r["nll"]["bound"] and r["genppl exact"]["gen_ppl"] > 1 and r["genppl threshold"]["gen_ppl"] > 1
+        assert r["speed exact"]["passes_per_token"] >= r["speed threshold"]["passes_per_token"] > 0
+    table = (out / "results.md").read_text()
+    assert table in proc.stdout and table.count("\n| ") == 4  # the AR parent and two block sizes, after the header
