@@ -26,7 +26,8 @@ def test_bench_tiny_suite(tmp_path):
         ("official-style", "full"),
     }
     engines = {r["engine"] for r in rows if r["bench"] == "decode"}
-    assert "official-style loop" in engines and "ours AR with KV cache" in engines and len(engines) == 8
+    assert "official-style loop" in engines and "ours AR with KV cache" in engines and len(engines) == 12
+    assert {f"ours block diffusion, B = {b}, exact cache" for b in (4, 32)} <= engines
     batched = [r["engine"] for r in rows if r["bench"] == "batched decode"]
     assert batched == ["batch 1 (a loop)", "batches of 8", "batches of 32"]
     assert "batched decoding" in proc.stdout and all(r["tokens_per_s"] > 0 for r in rows)
