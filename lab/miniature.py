@@ -48,6 +48,7 @@ from checkpoint import (
     given_options,
     load_checkpoint,
     plot_curves,
+    read_meta,
     sole_writer,
 )
 from data.download import cache_dir, download_file
@@ -257,7 +258,7 @@ def train(journal, run, **options):
     def work():
         if not (run / "train_state.pt").is_file():
             return run_script("train.py", **options, out_dir=run)
-        if json.loads((run / "config.json").read_text())["training"]["step"] < options["max_iters"]:
+        if read_meta(run)["training"]["step"] < options["max_iters"]:
             return run_script("train.py", **{**options, "init_from": "resume"}, out_dir=run)
 
     return journal.step(f"train {run.name} to {options['max_iters']}", work)
