@@ -559,6 +559,7 @@ if __name__ == "__main__":
     except UserError as e:  # under torchrun every rank gets here: rank 0 says it, all leave the group
         if dist.is_initialized():
             dist.destroy_process_group()
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") != "0":  # rank 0 speaks first, then torchrun stops the others;
+            time.sleep(5)  # a rank still here after that has an error of its own to say
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
