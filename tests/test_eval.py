@@ -353,14 +353,20 @@ LM_EVAL = ROOT / "tests" / "lm_eval"
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 
 
-@pytest.mark.parametrize("objective", ["ar", "diffusion"])
+def as_objective(stories_ckpt, out, objective, block=None):
+    """A copy of the converted checkpoint that claims another objective (and block size): eval reads only these."""
+    shutil.copytree(stories_ckpt, out)
+    meta = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**meta, "objective": objective, "diffusion_block": block}))
+    return out
+
+
+@pytest.mark.parametrize("objective", ["ar", "diffusion", "blocks"])
 def test_lm_eval_harness_equals_eval_py_on_the_same_items(stories_ckpt, tmp_path, objective):
     """The lm-eval model scores each choice exactly as --task choice does (same text, same noise)."""
     pytest.importorskip("lm_eval")
-    ckpt = tmp_path / objective
-    shutil.copytree(stories_ckpt, ckpt)
-    meta = json.loads((ckpt / "config.json").read_text())
-    (ckpt / "config.json").write_text(json.dumps({**meta, "objective": objective}))
+    block = 4 if objective == "blocks" else None
+    ckpt = as_objective(stories_ckpt, tmp_path / objective, "ar" if objective == "ar" else "diffusion", block)
     common = ["--ckpt", ckpt, "--mc", "4"]
     ours = json.loads(
         run(
@@ -401,12 +407,10 @@ def test_lm_eval_harness_equals_eval_py_on_the_same_items(stories_ckpt, tmp_path
         assert loglik == pytest.approx([-s * k for s, k in zip(item_scores, n)], rel=1e-9)
 
 
-def test_lm_eval_rolling_and_generation(stories_ckpt, tmp_path):
+@pytest.mark.parametrize("block", [None, 4])
+def test_lm_eval_rolling_and_generation(stories_ckpt, tmp_path, block):
     pytest.importorskip("lm_eval")
-    ckpt = tmp_path / "diffusion"
-    shutil.copytree(stories_ckpt, ckpt)
-    meta = json.loads((ckpt / "config.json").read_text())
-    (ckpt / "config.json").write_text(json.dumps({**meta, "objective": "diffusion"}))
+    ckpt = as_objective(stories_ckpt, tmp_path / "diffusion", "diffusion", block)
     out = json.loads(
         run(
             "lab/eval.py",
