@@ -174,25 +174,29 @@ def schedule(masked, starts, length, decoding, block):
     semi-autoregressive blocks of --block-length, relative to each row's start (LLaDA). With them: the model's
     blocks of `block` columns that hold generated positions, each cut into sub-blocks of --block-length columns;
     a row shares the steps among the blocks it has tokens in, so that it decodes in a batch as it does alone."""
-    B, L = masked.shape
-    columns, steps = torch.arange(L, device=masked.device), decoding.steps or length
-    if not block:
-        span = columns - torch.tensor(starts, device=masked.device)[:, None]  # each row's offset into its span
-        cuts = block_schedule(0, length, decoding.block_length, steps)
-        return [((span >= lo) & (span < hi), torch.full((B,), n, device=masked.device)) for lo, hi, n in cuts]
-    width = min(decoding.block_length or block, block)
-    cuts = [
-        (lo, min(lo + width, g + block, L)) for g in range(0, L, block) for lo in range(g, min(g + block, L), width)
-    ]
-    parts = [((columns >= lo) & (columns < hi)).expand_as(masked) for lo, hi in cuts]
+    L, steps = masked.shape[1], decoding.steps or length
+    offset = torch.arange(L, device=masked.device).expand_as(masked)
+    if block:
+        width = min(decoding.block_length or block, block)
+        cuts = [
+            (lo, min(lo + width, g + block, L)) for g in range(0, L, block) for lo in range(g, min(g + block, L), width)
+        ]
+    else:
+        offset = offset - torch.tensor(starts, device=masked.device)[:, None]  # each row's offset into its span
+        width = decoding.block_length or length
+        cuts = [(lo, min(lo + width, length)) for lo in range(0, length, width)]
+    parts = [(offset >= lo) & (offset < hi) for lo, hi in cuts]
     parts = [part for part in parts if (masked & part).any()]
+    if not parts:  # nothing to generate
+        return []
     counts = torch.stack([(masked & part).sum(1) for part in parts])  # (parts, B): each row's tokens in each
     has, n = counts > 0, (counts > 0).sum(0)  # each row's blocks
     if steps < int(n.max()):
         raise ValueError(f"{steps} steps cannot decode {int(n.max())} blocks")
-    share = steps // n.clamp(min=1) + (has.cumsum(0) - 1 < steps % n.clamp(min=1))  # as block_schedule does
-    share = torch.where(steps >= counts.sum(0), counts, share)  # enough steps: one token per step
-    return list(zip(parts, torch.where(has, torch.minimum(counts, share), 0)))
+    share = steps // n.clamp(min=1) + (has.cumsum(0) - 1 < steps % n.clamp(min=1))  # the first blocks get the rest
+    if block:  # enough steps: one token per step
+        share = torch.minimum(counts, torch.where(steps >= counts.sum(0), counts, share))
+    return list(zip(parts, torch.where(has, share, 0)))
 
 
 def pad_right(rows, device):
@@ -223,15 +227,6 @@ def sample_rows(logits, counts, sampling, generators):
     """sample_tokens for the (N, V) logits of several rows (counts[b] of them row b's), each from its generator."""
     pieces = [sample_tokens(chunk, sampling, g) for chunk, g in zip(logits.split(counts), generators) if len(chunk)]
     return torch.cat([t for t, _ in pieces]), torch.cat([p for _, p in pieces])
-
-
-def block_schedule(start, length, block_length, steps):
-    """Semi-autoregressive blocks (lo, hi, steps) of the generated span; one block when block_length is 0."""
-    block = block_length or length
-    blocks = [(lo, min(lo + block, start + length)) for lo in range(start, start + length, block)]
-    if steps < len(blocks):
-        raise ValueError(f"{steps} steps cannot decode {len(blocks)} blocks")
-    return [(lo, hi, steps // len(blocks) + (i < steps % len(blocks))) for i, (lo, hi) in enumerate(blocks)]
 
 
 class Denoiser:
