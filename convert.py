@@ -23,7 +23,7 @@ import torch
 from checkpoint import HelpFormatter, check_shapes, load_checkpoint, load_torch_file, save_checkpoint, sole_writer
 from data.download import WEIGHT_FILES, download_model
 from model import ModelConfig, UserError
-from tokenizer import GPT2_FILES, SENTENCEPIECE_FILES
+from tokenizer import GPT2_FILES, HF_TOKENIZER_FILES, SENTENCEPIECE_FILES, read_tokenizer_json
 
 DIFFUGPT_S_MASK, DIFFUGPT_M_MASK = 10541, 50257  # the mask tokens of the released DiffuGPT-S and -M
 
@@ -276,17 +276,28 @@ def hf_twin(model):
 # Tokenizer files
 
 
-def find_tokenizer(path):
-    """-> (meta["tokenizer"], {name in checkpoint: source file}) or None if path holds none."""
+def find_tokenizer(path, gpt2=False):
+    """-> (meta["tokenizer"], {name in checkpoint: source file}) or None if path holds none.
+
+    A tokenizer.json holds the whole definition (Qwen2's and LLaMA-3's own pre-tokenizer rules), so it wins
+    over the vocab.json + merges.txt beside it, which would be read with GPT-2's rules; except for GPT-2
+    itself (gpt2=True), whose own files tiktoken reads. LLaMA-2's tokenizer.model wins over its tokenizer.json.
+    """
     path = Path(path)
     if path.is_file():
         return {"type": "sentencepiece", "files": SENTENCEPIECE_FILES}, {"tokenizer.model": path}
+    found = {}
     for enc, bpe in (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt")):  # the same data, two names
         if (path / enc).is_file() and (path / bpe).is_file():
-            return {"type": "gpt2-bpe", "files": GPT2_FILES}, {"encoder.json": path / enc, "vocab.bpe": path / bpe}
-    if (path / "tokenizer.model").is_file():
-        return {"type": "sentencepiece", "files": SENTENCEPIECE_FILES}, {"tokenizer.model": path / "tokenizer.model"}
-    return None
+            found["gpt2-bpe"] = {"encoder.json": path / enc, "vocab.bpe": path / bpe}
+            break
+    for name, kind in (("tokenizer.model", "sentencepiece"), ("tokenizer.json", "tokenizer.json")):
+        if (path / name).is_file():
+            found[kind] = {name: path / name}
+    order = ["gpt2-bpe"] * gpt2 + ["sentencepiece", "tokenizer.json", "gpt2-bpe"]
+    kind = next((k for k in order if k in found), None)
+    files = {"gpt2-bpe": GPT2_FILES, "sentencepiece": SENTENCEPIECE_FILES, "tokenizer.json": HF_TOKENIZER_FILES}
+    return ({"type": kind, "files": files[kind]}, found[kind]) if kind else None
 
 
 def read_vocabulary(spec, files):
@@ -298,6 +309,8 @@ def read_vocabulary(spec, files):
             raise UserError(f"cannot read {files['encoder.json']}: {e}") from None
         eot = encoder.get("<|endoftext|>")
         return len(encoder), eot, eot, encoder.get
+    if spec["type"] == "tokenizer.json":
+        return hf_vocabulary(Path(files["tokenizer.json"]))
     import sentencepiece
 
     try:
@@ -308,6 +321,29 @@ def read_vocabulary(spec, files):
         ) from None
     id_of = lambda piece: sp.piece_to_id(piece) if sp.id_to_piece(sp.piece_to_id(piece)) == piece else None
     return sp.get_piece_size(), sp.bos_id(), sp.eos_id(), id_of
+
+
+def hf_vocabulary(file):
+    """read_vocabulary of a tokenizer.json. BOS: the token its post-processor puts first, if any (LLaMA-3 does,
+    Qwen2.5 and SmolLM2 do not), as transformers encodes. EOS: tokenizer_config.json's eos_token, else
+    config.json's eos_token_id (the first, where it lists several)."""
+    tok = read_tokenizer_json(file)
+    plain, framed = tok.encode("a", add_special_tokens=False).ids, tok.encode("a", add_special_tokens=True).ids
+    bos = framed[0] if len(framed) > len(plain) and framed[1:][: len(plain)] == plain else None
+    configs = {}
+    for name in ("tokenizer_config.json", "config.json"):
+        try:
+            configs[name] = json.loads((file.parent / name).read_text())
+        except (OSError, ValueError):
+            configs[name] = {}
+    eos = configs["tokenizer_config.json"].get("eos_token")
+    eos = tok.token_to_id(eos.get("content") if isinstance(eos, dict) else eos) if eos else None
+    if eos is None:
+        eos = configs["config.json"].get("eos_token_id")
+        eos = eos[0] if isinstance(eos, list) and eos else eos
+    if not isinstance(eos, int):
+        raise UserError(f"{file}: no EOS token in tokenizer_config.json or config.json")
+    return tok.get_vocab_size(with_added_tokens=True), bos, eos, tok.token_to_id
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,9 +518,10 @@ def main(argv=None):
 
         if args.tokenizer and not Path(args.tokenizer).exists():
             raise UserError(f"tokenizer {args.tokenizer} does not exist")
-        tok = find_tokenizer(args.tokenizer) if args.tokenizer else (None if src.is_file() else find_tokenizer(src))
+        gpt2 = source.cfg.arch == "gpt2"
+        tok = find_tokenizer(args.tokenizer or src, gpt2) if args.tokenizer or not src.is_file() else None
         if tok is None:
-            need = "encoder.json + vocab.bpe, vocab.json + merges.txt or tokenizer.model"
+            need = "tokenizer.json, encoder.json + vocab.bpe, vocab.json + merges.txt or tokenizer.model"
             raise UserError(f"no tokenizer found in {args.tokenizer or src} (need {need}); pass --tokenizer")
         spec, files = tok
         n_tok, bos, eos, id_of = read_vocabulary(spec, files)

@@ -539,7 +539,7 @@ def parse_args(argv):
     a = p.add_argument
     # what to generate
     a("--ckpt", required=True, type=Path, help="checkpoint directory")
-    a("--prompt", default="", help="text before the generated part")
+    a("--prompt", default="", help="text before the generated part (special tokens such as <|im_start|> are read as such)")
     a("--prompt-file", type=Path, help="read the prompt from a file")
     a("--prompts", type=Path, help='many prompts, one a line (a JSON object: {"prompt", "suffix"?}); in batches')
     a("--batch-size", type=COUNT, default=16, help="rows (samples of prompts) decoded together")
@@ -610,7 +610,7 @@ def main(argv=None):
     tok = load_tokenizer(args.ckpt, meta)
     encoded = []  # (prefix ids, suffix ids) of each prompt
     for prompt, suffix, line in args.items:
-        prefix, suffix_tokens = tok.encode(prompt, bos=True), suffix_ids(tok, prompt, suffix)
+        prefix, suffix_tokens = tok.encode(prompt, bos=True, special=True), suffix_ids(tok, prompt, suffix)
         total = len(prefix) + args.length + len(suffix_tokens)
         if total > model.cfg.block_size:
             where = f"{args.prompts}:{line}: " if line else ""

@@ -1,7 +1,13 @@
 """Tokenizers read from a checkpoint's own files, never from the network.
 
-gpt2-bpe:      GPT-2's byte-level BPE (encoder.json + vocab.bpe) through tiktoken.
-sentencepiece: LLaMA / llama2.c tokenizer.model through sentencepiece.
+gpt2-bpe:       GPT-2's byte-level BPE (encoder.json + vocab.bpe) through tiktoken.
+sentencepiece:  LLaMA / llama2.c tokenizer.model through sentencepiece.
+tokenizer.json: a Hugging Face tokenizer (LLaMA-3, Qwen2.5, SmolLM2: byte-level BPE, each with its own
+                pre-tokenizer rules) through the `tokenizers` library, the one that defines the format.
+
+Text encodes to ordinary tokens: a special token written in a document ("<|endoftext|>") is text, as
+tiktoken's encode_ordinary has it. encode(special=True) reads them as the tokens they name: a prompt
+written in a chat template.
 
 Text never encodes to the mask token. Released checkpoints sometimes reuse an ordinary
 token as the mask (DiffuGPT-S: 10541 = "------------", DiffuLLaMA: 811 = "ти"); where text
@@ -18,6 +24,7 @@ from model import UserError
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_FILES = ["encoder.json", "vocab.bpe"]
 SENTENCEPIECE_FILES = ["tokenizer.model"]
+HF_TOKENIZER_FILES = ["tokenizer.json"]
 MASK_GLYPH = "█"
 
 
@@ -58,6 +65,9 @@ class Tokenizer:
             except (OSError, RuntimeError) as e:
                 raise UserError(f"cannot load SentencePiece model {file}: {e}") from None
             self.n_vocab = self.sp.get_piece_size()
+        elif self.kind == "tokenizer.json":
+            self.hf = read_tokenizer_json(directory / "tokenizer.json")
+            self.n_vocab = self.hf.get_vocab_size(with_added_tokens=True)
         else:
             raise UserError(f"unknown tokenizer type {self.kind!r}")
         self.mask_spelling = self._respell(self.mask_id) if self.mask_id < self.n_vocab else None
@@ -66,6 +76,12 @@ class Tokenizer:
         """The same text as `token`, in tokens other than it."""
         if self.kind == "gpt2-bpe":  # every single byte is a GPT-2 token
             return [self.enc.encode_single_token(bytes([b])) for b in self.enc.decode_single_token_bytes(token)]
+        if self.kind == "tokenizer.json":  # byte-level BPE: each character of a token stands for a byte, a token too
+            piece = self.hf.id_to_token(token) or ""
+            ids = [self.hf.token_to_id(c) for c in piece]
+            if not piece or None in ids or token in ids:
+                raise UserError(f"the mask token {token} cannot be spelled another way by this tokenizer")
+            return ids
         ids = []
         for ch in self.sp.id_to_piece(token):
             i = self.sp.piece_to_id(ch)
@@ -78,9 +94,16 @@ class Tokenizer:
                 ids.append(i)
         return ids
 
-    def encode(self, text, bos=False):
-        """Text -> token ids, never containing the mask token; with bos=True [BOS] first (if there is one)."""
-        ids = self.enc.encode_ordinary(text) if self.kind == "gpt2-bpe" else self.sp.encode(text)
+    def encode(self, text, bos=False, special=False):
+        """Text -> token ids, never containing the mask token; with bos=True [BOS] first (if there is one);
+        special=True: the special tokens written in the text ("<|im_start|>") become those tokens."""
+        if self.kind == "gpt2-bpe":
+            ids = self.enc.encode(text, allowed_special="all") if special else self.enc.encode_ordinary(text)
+        elif self.kind == "tokenizer.json":
+            self.hf.encode_special_tokens = not special
+            ids = self.hf.encode(text, add_special_tokens=False).ids
+        else:  # SentencePiece has no special tokens in text
+            ids = self.sp.encode(text)
         if self.mask_spelling is not None and self.mask_id in ids:
             ids = [j for i in ids for j in (self.mask_spelling if i == self.mask_id else [i])]
         return ([self.bos_id] if bos and self.bos_id is not None else []) + ids
@@ -123,7 +146,21 @@ class Tokenizer:
             return ""
         if self.kind == "gpt2-bpe":
             return self.enc.decode(ids, errors="replace")
+        if self.kind == "tokenizer.json":
+            return self.hf.decode(ids, skip_special_tokens=False)
         return self.sp.decode(ids)
+
+
+def read_tokenizer_json(file):
+    """A Hugging Face tokenizer.json, through `tokenizers` (optional: only these checkpoints need it)."""
+    try:
+        import tokenizers
+    except ImportError:
+        raise UserError("a tokenizer.json needs the tokenizers library: pip install tokenizers") from None
+    try:
+        return tokenizers.Tokenizer.from_file(str(file))
+    except Exception as e:  # the library raises plain Exceptions for unreadable files
+        raise UserError(f"cannot read {file}: {str(e).splitlines()[0]}") from None
 
 
 def load_tokenizer(path, meta=None):

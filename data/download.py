@@ -173,6 +173,7 @@ def download_model(repo_id):
     else:
         raise UserError(f"{repo_id} has neither safetensors nor pytorch_model.bin weights")
     for name in (
+        "tokenizer.json",
         "vocab.json",
         "merges.txt",
         "tokenizer.model",
