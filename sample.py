@@ -539,7 +539,7 @@ def parse_args(argv):
     a = p.add_argument
     # what to generate
     a("--ckpt", required=True, type=Path, help="checkpoint directory")
-    a("--prompt", default="", help="text before the generated part (special tokens such as <|im_start|> are read as such)")
+    a("--prompt", default="", help="text before the generated part (its special tokens, <|im_start|>, read as such)")
     a("--prompt-file", type=Path, help="read the prompt from a file")
     a("--prompts", type=Path, help='many prompts, one a line (a JSON object: {"prompt", "suffix"?}); in batches')
     a("--batch-size", type=COUNT, default=16, help="rows (samples of prompts) decoded together")
