@@ -128,11 +128,16 @@ HF_CONFIG = [  # our ModelConfig field, GPT-2's config key, LLaMA's (None: not i
     ("ffn_dim", "n_inner", "intermediate_size"),
     ("norm_eps", "layer_norm_epsilon", "rms_norm_eps"),
     ("rope_theta", None, "rope_theta"),
+    ("rope_scaling", None, "factor"),  # LLaMA-3.1's scaling: in rope_scaling (rope_parameters), lifted out
+    ("rope_low_freq_factor", None, "low_freq_factor"),
+    ("rope_high_freq_factor", None, "high_freq_factor"),
+    ("rope_original_context", None, "original_max_position_embeddings"),
     ("tie_embeddings", None, "tie_word_embeddings"),
 ]
 # HF's defaults for the keys a config may leave out (0: ModelConfig derives the value)
 HF_DEFAULTS = {"n_inner": 0, "layer_norm_epsilon": 1e-5, "num_key_value_heads": 0, "head_dim": 0, "rms_norm_eps": 1e-6}
-HF_DEFAULTS |= {"rope_theta": 10000.0, "tie_word_embeddings": False}
+HF_DEFAULTS |= {"rope_theta": 10000.0, "tie_word_embeddings": False, "factor": 1.0, "low_freq_factor": 1.0}
+HF_DEFAULTS |= {"high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 
 def hf_config_keys(arch):
@@ -150,18 +155,24 @@ def config_from_hf(arch, hf, vocab_size, where):
             raise UserError("unsupported GPT-2 attention (scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn)")
     else:
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-        if rope.get("rope_type", rope.get("type", "default")) != "default":
-            raise UserError(f"unsupported RoPE scaling {rope!r}")
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind not in ("default", "llama3"):
+            raise UserError(f"unsupported RoPE scaling {rope!r} (supported: none, LLaMA-3's)")
         if hf.get("attention_bias") or hf.get("mlp_bias") or hf.get("hidden_act", "silu") != "silu":
             raise UserError("unsupported LLaMA variant (attention_bias, mlp_bias or an activation other than silu)")
+        if hf.get("use_sliding_window"):  # Qwen2's option, off in its released models
+            raise UserError(f"{where}: sliding-window attention is not supported (use_sliding_window)")
         hf = {**hf, "rope_theta": rope.get("rope_theta", hf.get("rope_theta"))}  # newer transformers nest it
+        if kind == "llama3":
+            for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+                hf[key] = rope.get(key)
     fields = {}
     for ours, theirs in hf_config_keys(arch).items():
         value = hf.get(theirs)
         if value is None and theirs not in HF_DEFAULTS:
             raise UserError(f"{where} lacks {theirs!r}")
         fields[ours] = HF_DEFAULTS[theirs] if value is None else value
-    return ModelConfig(arch=arch, vocab_size=vocab_size, **fields)
+    return ModelConfig(arch=arch, vocab_size=vocab_size, qkv_bias=hf.get("model_type") == "qwen2", **fields)
 
 
 HF_NAMES = {  # HF module name -> ours; inside layer i, "h.{i}." / "layers.{i}." is stripped first
@@ -264,7 +275,13 @@ def hf_twin(model):
         hf_cfg = transformers.GPT2Config(vocab_size=cfg.vocab_size, bos_token_id=0, eos_token_id=0, **settings)
         hf = transformers.GPT2LMHeadModel(hf_cfg)
     else:
-        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=cfg.vocab_size, **settings))
+        scaling = {k: settings.pop(k) for k in ("factor", "low_freq_factor", "high_freq_factor")}
+        scaling["original_max_position_embeddings"] = settings.pop("original_max_position_embeddings")
+        rope = {"rope_type": "llama3", **scaling} if cfg.rope_scaling != 1 else {"rope_type": "default"}
+        settings["rope_parameters"] = {**rope, "rope_theta": settings.pop("rope_theta")}
+        family = (transformers.Qwen2Config, transformers.Qwen2ForCausalLM) if cfg.qkv_bias else None
+        config, model_class = family or (transformers.LlamaConfig, transformers.LlamaForCausalLM)
+        hf = model_class(config(vocab_size=cfg.vocab_size, **settings))
     loaded = hf.load_state_dict(to_hf(model), strict=False)  # a tied head is stored once
     missing = [k for k in loaded.missing_keys if not (k == "lm_head.weight" and cfg.tie_embeddings)]
     assert not missing and not loaded.unexpected_keys, (missing, loaded.unexpected_keys)
@@ -374,8 +391,9 @@ def load_source(src):
     if not isinstance(hf, dict):
         raise UserError(f"{src / 'config.json'} must hold a JSON object, not {type(hf).__name__}")
     kind = hf.get("model_type")
-    if kind not in ("gpt2", "llama"):
-        raise UserError(f"unsupported model_type {kind!r} in {src / 'config.json'} (supported: gpt2, llama)")
+    if kind not in ("gpt2", "llama", "qwen2"):
+        raise UserError(f"unsupported model_type {kind!r} in {src / 'config.json'} (supported: gpt2, llama, qwen2)")
+    kind = "llama" if kind == "qwen2" else kind  # Qwen2 is LLaMA with biases on q, k, v (cfg.qkv_bias)
     prefixes = set()  # DiffuGPT is told apart by its key names
 
     def noting_prefixes(raw):

@@ -42,6 +42,11 @@ class ModelConfig:
     ffn_dim: int = 0  # hidden size of the MLP; 0 means 4 * n_embd
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    rope_scaling: float = 1.0  # LLaMA-3.1's RoPE scaling factor (1: none), with its three settings below
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_context: int = 8192
+    qkv_bias: bool = False  # Qwen2: biases on the query, key and value projections (LLaMA has none)
     tie_embeddings: bool = True
 
     def __post_init__(self):
@@ -72,12 +77,25 @@ class ModelConfig:
 # 1. The network
 
 
-def rope_cos_sin(positions, head_dim, theta):
+def rope_cos_sin(positions, cfg):
     """cos/sin tables in the Hugging Face rotate-half layout, computed in fp32."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    inv_freq = 1.0 / cfg.rope_theta ** (
+        torch.arange(0, cfg.head_dim, 2, device=positions.device).float() / cfg.head_dim
+    )
+    if cfg.rope_scaling != 1:
+        inv_freq = llama3_scaled(inv_freq, cfg)
     angles = positions.float()[..., None] * inv_freq  # (..., hd/2) for positions (...,)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
+
+
+def llama3_scaled(inv_freq, cfg):
+    """LLaMA-3.1's RoPE scaling: frequencies whose wavelength is long against the original context are divided
+    by the factor, short ones kept, and those between blended linearly in original context / wavelength."""
+    wavelength = 2 * math.pi / inv_freq
+    low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    kept = ((cfg.rope_original_context / wavelength - low) / (high - low)).clamp(0, 1)  # 0: scaled, 1: kept
+    return (1 - kept) * inv_freq / cfg.rope_scaling + kept * inv_freq
 
 
 def apply_rope(x, cos, sin):
@@ -91,7 +109,7 @@ class Attention(nn.Module):
         super().__init__()
         bias = cfg.arch == "gpt2"
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        self.wqkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=bias)
+        self.wqkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=bias or cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=bias)
 
     def forward(self, x, attn, rope, cache, start):
@@ -225,7 +243,7 @@ class Transformer(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
         else:
-            rope = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)  # 2 × (L, hd), or (B, L, hd)
+            rope = rope_cos_sin(positions, self.cfg)  # 2 × (L, hd), or (B, L, hd)
             if positions.dim() == 2:
                 rope = tuple(t[:, None] for t in rope)  # (B, 1, L, hd): per row, shared by the heads
         # the blocks

@@ -130,3 +130,73 @@ def test_a_reused_mask_token_is_respelled_in_tokenizer_json(tmp_path):
     tok = load_tokenizer(tmp_path / "ckpt")
     ids = tok.encode("The cat. The dog.")
     assert the not in ids and tok.decode(ids) == "The cat. The dog."
+
+
+def tiny_family(directory, family, tied=False):
+    """A tiny random Qwen2 / LLaMA-3 model saved as transformers saves it, with its family's tokenizer.json;
+    biases and norms perturbed, so that a conversion dropping them would show."""
+    import torch
+
+    n = tokenizer_json(directory, family)
+    common = dict(
+        vocab_size=n + 3,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=tied,
+    )
+    torch.manual_seed(0)
+    if family == "qwen2":
+        rope = {"rope_type": "default", "rope_theta": 1e6}
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, rope_parameters=rope))
+    else:  # LLaMA-3.1's RoPE scaling, with an original context short enough that it changes every position
+        rope = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0}
+        rope |= {"high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, rope_parameters=rope))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    model.eval().save_pretrained(directory)
+    return model
+
+
+@pytest.mark.parametrize("family, tied", [("qwen2", True), ("qwen2", False), ("llama3", False)])
+def test_family_logits_and_greedy_text_match_transformers(tmp_path, family, tied):
+    import torch
+
+    from checkpoint import load_checkpoint
+    from sample import Sampling, generate_ar
+
+    ref = tiny_family(tmp_path / "hf", family, tied)
+    proc = run("convert.py", tmp_path / "hf", tmp_path / "ckpt", "--check")
+    assert float(proc.stdout.split("=")[-1]) < 1e-4
+    ours, meta = load_checkpoint(tmp_path / "ckpt")
+    assert ours.cfg.qkv_bias == (family == "qwen2") and ours.cfg.tie_embeddings == tied
+    assert ours.cfg.rope_scaling == (8.0 if family == "llama3" else 1.0)
+    vocab = ref.config.vocab_size
+    idx = torch.randint(0, vocab, (2, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (ref(idx).logits - ours(idx, attn="causal")[..., :vocab]).abs().max() < 1e-4
+    tok = load_tokenizer(tmp_path / "ckpt")
+    prompt = tok.encode("The capital of France is", bos=True)
+    theirs = ref.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, min_new_tokens=16)
+    mine, _ = generate_ar(ours, [prompt], 16, seeds=[0], mask_id=meta["mask_token_id"], sampling=Sampling(greedy=True))
+    assert mine[0] == theirs[0].tolist()
+
+
+def test_unsupported_variants_are_refused_in_one_line(tmp_path):
+    from conftest import assert_user_error
+
+    tiny_family(tmp_path / "hf", "qwen2")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    for change, words in [
+        ({"use_sliding_window": True}, "sliding-window"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}}, "RoPE scaling"),
+        ({"model_type": "mistral"}, "model_type"),
+    ]:
+        (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, **change}))
+        assert_user_error(run("convert.py", tmp_path / "hf", tmp_path / "out", check=False), *words.split())
