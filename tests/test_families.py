@@ -200,3 +200,162 @@ def test_unsupported_variants_are_refused_in_one_line(tmp_path):
     ]:
         (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, **change}))
         assert_user_error(run("convert.py", tmp_path / "hf", tmp_path / "out", check=False), *words.split())
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF: tiny files written here with the gguf package, laid out as llama.cpp's convert script lays them
+# out, and read back by transformers (gguf_file=) as the reference
+
+
+def llama_cpp_permute(w, n_head):
+    """llama.cpp's convert_hf_to_gguf permutes q and k rows so that RoPE rotates interleaved pairs."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def random_blocks(qtype, rows, cols, seed=0):
+    """Random bytes for a type gguf cannot quantize in Python (Q4_K, Q6_K), with sane float16 scales."""
+    import gguf
+    import numpy as np
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    raw = np.random.default_rng(seed).integers(0, 256, (rows, cols // block, size), dtype=np.uint8)
+    scales = np.float16(0.01).tobytes()
+    if qtype == gguf.GGMLQuantizationType.Q4_K:  # d and dmin lead the block
+        raw[..., 0:2], raw[..., 2:4] = np.frombuffer(scales, np.uint8), np.frombuffer(scales, np.uint8)
+    else:  # Q6_K: d ends the block
+        raw[..., -2:] = np.frombuffer(scales, np.uint8)
+    return raw.reshape(rows, -1)
+
+
+def tiny_gguf(path, qtype="F32", arch="llama"):
+    """A tiny random LLaMA as a GGUF file: 2 layers, width 256, GQA, untied; a prefix of GPT-2's real vocabulary
+    as its byte-level BPE, with <|endoftext|>, <|im_start|>, <|im_end|> as control tokens; every 2-D weight
+    stored as qtype."""
+    import gguf
+    import numpy as np
+
+    encoder = json.loads((ASSETS / "gpt2" / "encoder.json").read_text())
+    n = 4096  # GPT-2's first 4,096 tokens: its 256 bytes and the first 3,840 merges, a real (smaller) BPE
+    tokens = [*sorted(encoder, key=encoder.get)[:n], "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    merges = (ASSETS / "gpt2" / "vocab.bpe").read_text().splitlines()[1 : n - 256 + 1]
+    d, ffn, n_head, n_kv, layers = 256, 512, 4, 2, 2
+    rng = np.random.default_rng(0)
+    weights = {"token_embd.weight": (len(tokens), d), "output_norm.weight": (d,), "output.weight": (len(tokens), d)}
+    for i in range(layers):
+        weights |= {f"blk.{i}.attn_norm.weight": (d,), f"blk.{i}.ffn_norm.weight": (d,)}
+        weights |= {f"blk.{i}.attn_q.weight": (d, d), f"blk.{i}.attn_k.weight": (d // 2, d)}
+        weights |= {f"blk.{i}.attn_v.weight": (d // 2, d), f"blk.{i}.attn_output.weight": (d, d)}
+        weights |= {f"blk.{i}.ffn_gate.weight": (ffn, d), f"blk.{i}.ffn_up.weight": (ffn, d)}
+        weights |= {f"blk.{i}.ffn_down.weight": (d, ffn)}
+    w = gguf.GGUFWriter(path, arch)
+    w.add_block_count(layers)
+    w.add_context_length(64)
+    w.add_embedding_length(d)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(1e5)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(d // n_head)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.NORMAL] * n + [gguf.TokenType.CONTROL] * 3)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(n + 1)
+    w.add_eos_token_id(n + 2)
+    w.add_add_bos_token(False)
+    qtype = getattr(gguf.GGMLQuantizationType, qtype)
+    for name, shape in weights.items():
+        x = (rng.standard_normal(shape) * (0.1 if len(shape) == 1 else 0.05) + (len(shape) == 1)).astype(np.float32)
+        if "attn_q" in name or "attn_k" in name:
+            x = llama_cpp_permute(x, n_head if "attn_q" in name else n_kv)
+        if len(shape) == 1 or qtype == gguf.GGMLQuantizationType.F32:
+            w.add_tensor(name, x)
+        elif qtype == gguf.GGMLQuantizationType.F16:
+            w.add_tensor(name, x.astype(np.float16))
+        elif qtype in (gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.Q6_K):
+            w.add_tensor(name, random_blocks(qtype, *shape), raw_dtype=qtype)
+        else:
+            w.add_tensor(name, gguf.quants.quantize(x, qtype), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("qtype", ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"])
+def test_gguf_weights_match_transformers_reading_the_same_file(tmp_path, qtype):
+    import torch
+
+    pytest.importorskip("gguf")
+    from checkpoint import load_checkpoint
+
+    file = tiny_gguf(tmp_path / f"tiny-{qtype}.gguf", qtype)
+    run("convert.py", file, tmp_path / "ckpt")
+    ours, meta = load_checkpoint(tmp_path / "ckpt")
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=file.name, dtype=torch.float32)
+    idx = torch.randint(0, 4099, (2, 48), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs, mine = ref(idx).logits, ours(idx, attn="causal")[..., : ref.config.vocab_size]
+    assert (theirs - mine).abs().max() < 1e-4 * theirs.abs().max().clamp(min=1)
+    assert meta["source"]["format"] == "gguf" and meta["eos_token_id"] == 4098 and meta["bos_token_id"] is None
+
+
+def test_gguf_tokenizer_matches_transformers_reading_the_same_file(tmp_path):
+    pytest.importorskip("gguf")
+    file = tiny_gguf(tmp_path / "tiny.gguf")
+    run("convert.py", file, tmp_path / "ckpt")
+    tok = load_tokenizer(tmp_path / "ckpt")
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=file.name)
+    for text in [*TEXTS, (ASSETS / "text" / "wiki_demo.txt").read_text()[:5000]]:
+        assert tok.encode(text, special=True) == hf.encode(text, add_special_tokens=False)
+        assert tok.decode(tok.encode(text)) == text
+
+
+def test_gguf_we_cannot_read_is_one_line(tmp_path):
+    pytest.importorskip("gguf")
+    from conftest import assert_user_error
+
+    for file, words in [
+        (tiny_gguf(tmp_path / "q5.gguf", "Q5_0"), "Q5_0"),
+        (tiny_gguf(tmp_path / "falcon.gguf", "F32", arch="falcon"), "falcon"),
+    ]:
+        assert_user_error(run("convert.py", file, tmp_path / "out", check=False), *words.split())
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF" + b"\0" * 20)
+    assert_user_error(run("convert.py", tmp_path / "broken.gguf", tmp_path / "out", check=False), "GGUF")
+
+
+# ---------------------------------------------------------------------------------------------
+# SmolLM2-135M-Instruct: the real model, as a llama.cpp GGUF file (Q4_1)
+
+SMOLLM2 = ASSETS / "smollm2-135m" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+CHAT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.mark.slow
+def test_smollm2_converts_offline_answers_and_matches_transformers(tmp_path):
+    """Slow: 135M parameters dequantized twice (ours and transformers'), about a minute."""
+    import torch
+
+    pytest.importorskip("gguf")
+    from checkpoint import load_checkpoint
+    from sample import Sampling, generate_ar, until_eos
+
+    run("convert.py", SMOLLM2, tmp_path / "smollm2")
+    model, meta = load_checkpoint(tmp_path / "smollm2")
+    tok = load_tokenizer(tmp_path / "smollm2")
+    prompt = tok.encode(CHAT, bos=True, special=True)
+    out, _ = generate_ar(
+        model, [prompt], 16, seeds=[0], mask_id=meta["mask_token_id"], eos_id=tok.eos_id, sampling=Sampling(greedy=True)
+    )
+    assert tok.decode(until_eos(out[0][len(prompt) :], tok.eos_id)) == "The capital of France is Paris."
+    hf_tok = transformers.AutoTokenizer.from_pretrained(SMOLLM2.parent, gguf_file=SMOLLM2.name)
+    for text in [CHAT, *TEXTS, (ASSETS / "text" / "wiki_demo.txt").read_text()[:5000]]:
+        assert tok.encode(text, special=True) == hf_tok.encode(text, add_special_tokens=False)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(SMOLLM2.parent, gguf_file=SMOLLM2.name, dtype=torch.float32)
+    idx = torch.tensor([prompt + tok.encode(" The capital of France is Paris. It is a city of light.")])
+    with torch.no_grad():
+        diff = (ref(idx).logits - model(idx, attn="causal")[..., : ref.config.vocab_size]).abs().max().item()
+    assert diff < 1e-4, diff
