@@ -17,6 +17,7 @@ import sys
 import threading
 
 import pytest
+from test_families import tiny_family
 
 from conftest import ASSETS, ROOT
 from test_convert import tiny_gpt2, tiny_llama
@@ -121,8 +122,17 @@ def sandbox(tmp_path, monkeypatch):
     )
     # a hub on 127.0.0.1 with tiny random models under the README's ids
     site = tmp_path / "site"
-    for repo, make in [("gpt2", tiny_gpt2), ("gpt2-medium", tiny_gpt2), ("meta-llama/Llama-2-7b-hf", tiny_llama)]:
+    qwen = functools.partial(tiny_family, family="qwen2", tied=True)
+    for repo, make in [
+        ("gpt2", tiny_gpt2),
+        ("gpt2-medium", tiny_gpt2),
+        ("meta-llama/Llama-2-7b-hf", tiny_llama),
+        ("Qwen/Qwen2.5-0.5B", qwen),
+    ]:
         make(site / repo / "resolve" / "main")
+    (tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf").symlink_to(
+        ASSETS / "smollm2-135m" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
     diffugpt = site / "diffusionfamily" / "diffugpt-s" / "resolve" / "main"
     shutil.copytree(site / "gpt2" / "resolve" / "main", diffugpt)
     from safetensors.torch import load_file, save_file
