@@ -1,0 +1,141 @@
+"""SmolLM2-135M adapted into a diffusion LM and a block-diffusion LM in minutes on one GPU: the method on a real
+model at the scale of DiffuGPT-S's parent, next to that parent.
+
+    python lab/smollm2.py --assets ../shared/assets                       # one H200: about 10 minutes
+    python lab/smollm2.py --assets ../shared/assets --device cpu --minutes 0.5 \
+        --batch-size 1 --block-size 128 --limit 4 --mc 2     # a smoke test on a CPU: a few minutes
+
+From the offline assets (DIR/smollm2-135m/*.gguf, DIR/text/, DIR/eval/lambada_test.txt) it converts the GGUF
+file, tokenizes TinyStories (all but the last --test-stories stories) and the C4 sample for training, then
+adapts the AR parent twice, each for --minutes of wall clock (startup and torch.compile included): whole-sequence
+diffusion (the paper) and blocks of --diffusion-block tokens. A run is stopped by SIGTERM at its budget and
+saves, as under a cluster's scheduler; its learning rate is constant after warm-up, so a stop at any step
+leaves no schedule unfinished. Then it prints, for the parent and both adaptations, the held-out NLL (exact for
+AR, the ELBO bound for diffusion) on the last TinyStories stories and on the WikiText sample, and LAMBADA
+accuracy (greedy, the whole word), each ± one standard error, and writes them to --out/results.json.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from checkpoint import COUNT, NON_NEGATIVE, POSITIVE, HelpFormatter, atomic_write, die_with_parent, sole_writer
+from lab.common import ROOT, run_script, stop_children_on_signals
+from model import UserError
+
+GGUF = "smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    a = p.add_argument
+    a("--assets", type=Path, required=True, help="the offline assets: smollm2-135m/, text/, eval/")
+    a("--out", type=Path, default=Path("runs/smollm2"), help="checkpoints, data and results.json")
+    a("--minutes", type=POSITIVE, default=4.0, help="wall clock per adaptation")
+    a("--diffusion-block", type=COUNT, default=32, help="the block-diffusion run's block size")
+    a("--lr", type=POSITIVE, default=1e-4, help="peak learning rate, constant after warm-up")
+    a("--batch-size", type=COUNT, default=32, help="sequences per step")
+    a("--block-size", type=COUNT, default=1024, help="tokens per sequence")
+    a("--test-stories", type=COUNT, default=300, help="TinyStories stories held out for the NLL")
+    a("--limit", type=NON_NEGATIVE, default=0, help="evaluate only the first N windows / passages (0: all)")
+    a("--mc", type=COUNT, default=32, help="Monte Carlo noise levels per window of the diffusion NLL")
+    a("--device", default="auto", help="auto, cpu, cuda")
+    args = p.parse_args(argv)
+    missing = [
+        f
+        for f in (GGUF, "text/tinystories_val.txt", "text/wiki_demo.txt", "text/c4_demo.json", "eval/lambada_test.txt")
+        if not (args.assets / f).is_file()
+    ]
+    if missing:
+        raise UserError(f"--assets {args.assets} lacks {', '.join(missing)}")
+    if args.out.exists():
+        raise UserError(f"--out {args.out} already exists: remove it, or pass another")
+    return args
+
+
+def train_for(seconds, out, **options):
+    """train.py for a wall-clock budget: SIGTERM at the budget makes it save its checkpoint and exit 143."""
+    flags = [str(x) for k, v in options.items() for x in [f"--{k.replace('_', '-')}"] + ([] if v is True else [v])]
+    command, parent = [sys.executable, str(ROOT / "train.py"), "--out-dir", str(out), *flags], os.getpid()
+    with subprocess.Popen(command, preexec_fn=lambda: die_with_parent(parent)) as proc:
+        try:
+            proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+    if proc.returncode not in (0, 128 + signal.SIGTERM):
+        sys.exit(proc.returncode)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    stop_children_on_signals()
+    args.out.mkdir(parents=True)
+    with sole_writer(args.out):
+        parent = args.out / "smollm2"
+        run_script("convert.py", args.assets / GGUF, parent)
+        stories = (args.assets / "text" / "tinystories_val.txt").read_text().split("\n\n")
+        (args.out / "train.txt").write_text("\n\n".join(stories[: -args.test_stories]))
+        (args.out / "test.txt").write_text("\n\n".join(stories[-args.test_stories :]))
+        data = args.out / "data"
+        run_script(
+            "data/prepare.py",
+            args.out / "train.txt",
+            args.assets / "text" / "c4_demo.json",
+            tokenizer=parent,
+            out=data,
+            val_tokens="100K",
+        )
+        runs = {"SmolLM2-135M, AR parent": parent}
+        for name, block in [("diffusion (the paper)", 0), (f"blocks of {args.diffusion_block}", args.diffusion_block)]:
+            out = args.out / ("diffusion" if not block else f"blocks-{block}")
+            started = time.time()
+            train_for(
+                args.minutes * 60,
+                out,
+                init_from=parent,
+                data_dir=data,
+                objective="diffusion",
+                diffusion_block=block,
+                max_iters=1_000_000,
+                lr=args.lr,
+                lr_schedule="constant",
+                warmup_iters=100,
+                anneal_steps=200 if not block else 0,
+                batch_size=args.batch_size,
+                block_size=args.block_size,
+                eval_interval=100_000,
+                device=args.device,
+            )
+            step = json.loads((out / "config.json").read_text())["training"]["step"]
+            runs[f"{name}, {step} steps in {(time.time() - started) / 60:.1f} min"] = out
+        results = {}
+        for name, ckpt in runs.items():
+            common = dict(ckpt=ckpt, device=args.device, limit=args.limit)
+            nll = dict(common, task="nll", mc=args.mc, block_size=args.block_size)  # windows as long as training's
+            results[name] = {
+                "tinystories": run_script("lab/eval.py", **nll, data=args.out / "test.txt"),
+                "wikitext": run_script("lab/eval.py", **nll, data=args.assets / "text" / "wiki_demo.txt"),
+                "lambada": run_script(
+                    "lab/eval.py", **common, task="lambada", greedy=True, data=args.assets / "eval" / "lambada_test.txt"
+                ),
+            }
+        atomic_write(args.out / "results.json", json.dumps(results, indent=1))
+        print("| model | NLL, TinyStories | NLL, WikiText | LAMBADA |\n|---|---|---|---|")
+        for name, r in results.items():
+            nll = lambda x: f"{'≤ ' if x['bound'] else ''}{x['nll']:.3f} ± {x['stderr']:.3f}"
+            lambada = f"{r['lambada']['accuracy']:.3f} ± {r['lambada']['stderr']:.3f}"
+            print(f"| {name} | {nll(r['tinystories'])} | {nll(r['wikitext'])} | {lambada} |")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")
