@@ -19,6 +19,7 @@ FLOORS = {  # module -> floor; a module may import only modules on lower floors
     "lab.eval": 6,
     "lab.bench": 6,
     "lab.miniature": 6,
+    "lab.smollm2": 6,
 }
 
 
