@@ -25,7 +25,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from checkpoint import COUNT, NON_NEGATIVE, POSITIVE, HelpFormatter, atomic_write, die_with_parent, sole_writer
+from checkpoint import (
+    COUNT,
+    NON_NEGATIVE,
+    POSITIVE,
+    HelpFormatter,
+    add_device_options,
+    atomic_write,
+    die_with_parent,
+    pick_device,
+    sole_writer,
+)
 from lab.common import ROOT, run_script, stop_children_on_signals
 from model import UserError
 
@@ -45,8 +55,9 @@ def parse_args(argv):
     a("--test-stories", type=COUNT, default=300, help="TinyStories stories held out for the NLL")
     a("--limit", type=NON_NEGATIVE, default=0, help="evaluate only the first N windows / passages (0: all)")
     a("--mc", type=COUNT, default=32, help="Monte Carlo noise levels per window of the diffusion NLL")
-    a("--device", default="auto", help="auto, cpu, cuda")
+    add_device_options(p)
     args = p.parse_args(argv)
+    pick_device(args.device)  # a device that is not there: said now, not after the conversion
     missing = [
         f
         for f in (GGUF, "text/tinystories_val.txt", "text/wiki_demo.txt", "text/c4_demo.json", "eval/lambada_test.txt")
@@ -112,12 +123,13 @@ def main(argv=None):
                 block_size=args.block_size,
                 eval_interval=100_000,
                 device=args.device,
+                dtype=args.dtype,
             )
             step = json.loads((out / "config.json").read_text())["training"]["step"]
             runs[f"{name}, {step} steps in {(time.time() - started) / 60:.1f} min"] = out
         results = {}
         for name, ckpt in runs.items():
-            common = dict(ckpt=ckpt, device=args.device, limit=args.limit)
+            common = dict(ckpt=ckpt, device=args.device, dtype=args.dtype, limit=args.limit)
             nll = dict(common, task="nll", mc=args.mc, block_size=args.block_size)  # windows as long as training's
             results[name] = {
                 "tinystories": run_script("lab/eval.py", **nll, data=args.out / "test.txt"),

@@ -88,6 +88,7 @@ def w(stories_ckpt, tmp_path_factory):
         ns.data, d / "data_tok", lambda x: edit_json(x / "meta.json", lambda m: m.update(tokenizer_fingerprint="0"))
     )
     (d / "empty_dir").mkdir()
+    (d / "broken.gguf").write_bytes(b"GGUF" + bytes(20))  # the magic number, then nothing GGUF can read
 
     # broken HF models for convert.py
     from test_convert import tiny_gpt2
@@ -204,6 +205,7 @@ ROWS = [
     (lambda w: ["convert.py", w.hf, w.d / "a_file.txt", "--force"], 1, ["not a checkpoint"]),
     (lambda w: ["convert.py", STORIES_BIN, OUT, "--tokenizer", STORIES_TOK, "--mask-token", "2"], 1, ["BOS or EOS"]),
     (lambda w: ["convert.py", w.hf, OUT, "--bogus"], 2, ["unrecognized arguments"]),
+    (lambda w: ["convert.py", w.d / "broken.gguf", OUT], 1, ["GGUF"]),
     ("disk full", lambda w: ["convert.py", STORIES_BIN, OUT, "--tokenizer", STORIES_TOK], 1, ["cannot write", "large"]),
     ("disk full", lambda w: train(w, "--max-iters", "1", "--block-size", "32"), 1, ["cannot write", "large"]),
     # data/prepare.py
@@ -339,6 +341,10 @@ ROWS = [
     ),
     # miniature.py: its studies' options, refused before any download or work
     (lambda w: ["lab/miniature.py", "--out", OUT, "--levers", "3,x"], 1, ["--levers", "row numbers"]),
+    (lambda w: ["lab/smollm2.py", "--assets", w.d / "empty_dir", "--out", OUT], 1, ["--assets", "lacks"]),
+    (lambda w: ["lab/smollm2.py", "--assets", ASSETS, "--out", OUT, "--device", "cuda:7"], 1, ["cuda"]),
+    (lambda w: ["lab/smollm2.py", "--assets", ASSETS, "--out", w.d / "empty_dir"], 1, ["already exists"]),
+    (lambda w: ["lab/smollm2.py", "--assets", ASSETS, "--minutes", "0"], 2, ["--minutes"]),
     (lambda w: ["lab/miniature.py", "--out", OUT, "--levers", "99"], 1, ["--levers", "0 to 11"]),
     (lambda w: ["lab/miniature.py", "--out", OUT, "--scaling", "--points", "1,0"], 2, ["--points"]),
     (lambda w: ["lab/miniature.py", "--out", OUT, "--gen-steps", "a,b"], 2, ["--gen-steps"]),
