@@ -3,6 +3,7 @@
     python lab/bench.py                                  # CPU suite (GPT-2-small shape; a few minutes)
     python lab/bench.py --suite tiny                     # seconds: the tests run this
     python lab/bench.py --device cuda --suite gpu        # H100/H200: bf16, torch.compile, FlexAttention
+    python lab/bench.py --skip train,decode,batched --decode-ckpt ckpt/smollm2   # on a real model's weights
     python lab/bench.py --skip train,decode --quality-ckpt runs/miniature/adapt --judge runs/miniature/stories260K \
         --quality-data runs/miniature/test.txt
 
@@ -30,11 +31,22 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from checkpoint import COUNT, HelpFormatter, add_device_options, matmul_peak, output_file, pick_device, pick_dtype
+from checkpoint import (
+    COUNT,
+    HelpFormatter,
+    add_device_options,
+    load_checkpoint,
+    matmul_peak,
+    output_file,
+    pick_device,
+    pick_dtype,
+    read_meta,
+)
 from convert import hf_twin
 from lab.common import run_script
 from model import AnnealFlex, ModelConfig, Transformer, UserError, ar_loss, attention_at, diffusion_loss
 from sample import STRATEGIES, Decoding, Sampling, generate, generate_ar, generate_batch
+from tokenizer import load_tokenizer
 
 SHAPES = {
     "tiny": dict(n_layer=2, n_head=4, n_embd=128),
@@ -57,6 +69,7 @@ SUITES = {  # training (shape, batch, length) list; decoding (shape, lengths, ba
     },
 }
 VOCAB, MASK = 50258, 50257  # GPT-2 plus the mask token
+PROMPT = "Once upon a time, there was a little girl named Lily. One day,"  # --decode-ckpt's
 SAMPLING = {
     "official defaults": Sampling(temperature=0.95, top_p=0.9),  # the official inference scripts'
     "plain": Sampling(),
@@ -267,6 +280,47 @@ def bench_decoding(shape, lengths, device, dtype, compile_model):
     return rows
 
 
+def bench_checkpoint_decoding(path, length, device, dtype):
+    """--decode-ckpt: decoding on a real checkpoint's weights (SmolLM2-135M), greedy, one token per step:
+    AR with its KV cache against the whole-sequence and block decoders, each with and without --threshold 0.9.
+    Forward passes per generated token say how often the threshold fires: below 1 only where a pass reveals
+    several tokens (blocks add one pass per block, to write it into the cache)."""
+    model, meta = load_checkpoint(path, device=device, dtype=dtype)
+    tok = load_tokenizer(path, meta)
+    prefix, mask = tok.encode(PROMPT, bos=True, special=True), meta["mask_token_id"]
+    ours = partial(generate, model, prefix, length, mask_id=mask, vocab=tok.n_vocab, shift=meta.get("shift", True))
+    exact = Decoding(length, strategy="confidence", sampling=Sampling(greedy=True))
+    engines = {
+        "AR with KV cache": partial(
+            generate_ar, model, [prefix], length, seeds=[0], mask_id=mask, sampling=exact.sampling, vocab=tok.n_vocab
+        )
+    }
+    for block in (0, 32, 4):
+        for threshold in (None, 0.9):
+            name = f"{'whole sequence' if not block else f'blocks of {block}, exact cache'}"
+            name += " + threshold 0.9" if threshold else ""
+            engines[name] = partial(ours, replace(exact, threshold=threshold), block=block)
+    engines["AR with KV cache"]()  # warm-up
+    rows = []
+    for name, fn in engines.items():
+        start = time.perf_counter()
+        passes = fn()[1]  # (tokens, forward passes)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        sec = time.perf_counter() - start
+        rows.append(
+            {
+                "bench": "checkpoint decode",
+                "ckpt": str(path),
+                "length": length,
+                "engine": name,
+                "tokens_per_s": length / sec,
+                "passes_per_token": passes / length,
+            }
+        )
+    return rows
+
+
 def bench_batched_decoding(shape, length, batch_sizes, device, dtype):
     """32 prompts of 4 to 64 tokens, exact confidence decoding at T = L/4: batches against a loop, one at a
     time (batch 1: the same generate_batch with one row)."""
@@ -388,6 +442,18 @@ def report(rows):
             vs_official = f"{r['tokens_per_s'] / ref:.2f}x" if ref else ""
             speed = f"{r['tokens_per_s']:9,.1f} {vs_official:>9} {r['tokens_per_s'] / ar[r['length']]:5.2f}x"
             lines.append(f"{r['length']:6} {r['steps']:5} {r['sampling']:17} {r['engine']:64} {speed}")
+    if checkpoint := of_kind("checkpoint decode"):
+        ar = checkpoint[0]["tokens_per_s"]
+        lines += [
+            "",
+            f"decoding {checkpoint[0]['length']} tokens greedily on {checkpoint[0]['ckpt']}'s weights, one per step",
+            f"{'engine':48} {'tokens/s':>9} {'/AR':>6} {'passes/token':>13}",
+            *(
+                f"{r['engine']:48} {r['tokens_per_s']:9,.1f} {r['tokens_per_s'] / ar:5.2f}x "
+                f"{r['passes_per_token']:13.2f}"
+                for r in checkpoint
+            ),
+        ]
     if batched := of_kind("batched decode"):
         r = batched[0]
         lines += [
@@ -435,8 +501,11 @@ def main(argv=None):
     p.add_argument("--judge", type=Path, help="its AR judge")
     p.add_argument("--quality-data", type=Path, help="stories for the infill ROUGE")
     p.add_argument("--quality-samples", type=COUNT, default=512, help="unconditional samples per variant for Gen PPL")
+    p.add_argument("--decode-ckpt", type=Path, help="also time decoding on this checkpoint's real weights")
     p.add_argument("--json", type=output_file, help="also write the rows here")
     args = p.parse_args(argv)
+    if args.decode_ckpt:
+        read_meta(args.decode_ckpt)  # not a checkpoint: said now, not after minutes of measuring
     if args.quality_ckpt and not args.judge:
         raise UserError("--quality-ckpt needs --judge (an AR checkpoint that scores the samples)")
     device = pick_device(args.device)
@@ -463,6 +532,8 @@ def main(argv=None):
         rows += bench_decoding(shape, lengths, device, dtype, compile_model)
     if "batched" not in args.skip:
         rows += bench_batched_decoding(*suite["batched"], [8, 32], device, dtype)
+    if args.decode_ckpt:
+        rows += bench_checkpoint_decoding(args.decode_ckpt, 64, device, dtype)
     if args.quality_ckpt:
         rows += bench_quality(args)
     text = report(rows)

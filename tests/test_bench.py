@@ -85,3 +85,14 @@ def test_bench_quality_of_the_approximate_options(stories_ckpt, tmp_path):
     assert [r["variant"] for r in rows] == list(QUALITY_VARIANTS)
     assert all(r["gen_ppl"] > 1 and 0 < r["passes_per_batch"] <= 64 for r in rows)
     assert "vs blocks" in proc.stdout
+
+
+def test_bench_decoding_on_a_checkpoints_weights(stories_ckpt, tmp_path):
+    """--decode-ckpt: AR against every diffusion decoder on real weights, with passes per generated token."""
+    args = ["--suite", "tiny", "--skip", "train,decode,batched", "--decode-ckpt", stories_ckpt]
+    proc = run("lab/bench.py", *args, "--json", tmp_path / "rows.json")
+    rows = {r["engine"]: r for r in json.loads((tmp_path / "rows.json").read_text())["rows"]}
+    assert len(rows) == 7 and "passes/token" in proc.stdout
+    assert rows["AR with KV cache"]["passes_per_token"] == 1 and rows["whole sequence"]["passes_per_token"] == 1
+    assert rows["blocks of 4, exact cache"]["passes_per_token"] > 1  # one more pass per block, to cache it
+    assert all(r["passes_per_token"] <= rows["blocks of 4, exact cache"]["passes_per_token"] for r in rows.values())
