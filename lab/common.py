@@ -20,10 +20,11 @@ def sentences(text):
     return re.split(r"(?<=[.!?])\s+", text.replace("\n", " ").strip())
 
 
-def run_script(name, *positional, **options):
+def run_script(name, *positional, budget=None, **options):
     """Run one of the project's scripts as a user would: `python NAME POSITIONAL --OPTION VALUE ...` (True: a bare
     flag) -> its last line of standard output, parsed as JSON when it is. Its progress goes to standard error; a
-    failure exits with its code (the script has said why)."""
+    failure exits with its code (the script has said why). budget: seconds of wall clock, after which the script
+    gets SIGTERM, as from a cluster's scheduler (train.py saves and stops: that is not a failure)."""
     global running
     flags = [str(x) for k, v in options.items() for x in [f"--{k.replace('_', '-')}"] + ([] if v is True else [v])]
     command = [sys.executable, str(ROOT / name), *map(str, positional), *flags]
@@ -32,11 +33,17 @@ def run_script(name, *positional, **options):
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=lambda: die_with_parent(parent)
     ) as running:
-        out, _ = running.communicate()
+        try:
+            out, _ = running.communicate(timeout=budget)
+            spent = False
+        except subprocess.TimeoutExpired:
+            running.send_signal(signal.SIGTERM)
+            out, _ = running.communicate()
+            spent = True
     code, running = running.returncode, None
     if stopping:
         sys.exit(128 + stopping)
-    if code:
+    if code and not (spent and code == 128 + signal.SIGTERM):
         sys.exit(128 - code if code < 0 else code)  # killed by a signal: the shell's 128 + the signal
     last = out.strip().splitlines()[-1] if out.strip() else ""
     try:

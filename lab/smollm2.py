@@ -17,9 +17,6 @@ accuracy (greedy, the whole word), each ± one standard error, and writes them t
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,11 +29,11 @@ from checkpoint import (
     HelpFormatter,
     add_device_options,
     atomic_write,
-    die_with_parent,
     pick_device,
+    read_meta,
     sole_writer,
 )
-from lab.common import ROOT, run_script, stop_children_on_signals
+from lab.common import run_script, stop_children_on_signals
 from model import UserError
 
 GGUF = "smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -70,20 +67,6 @@ def parse_args(argv):
     return args
 
 
-def train_for(seconds, out, **options):
-    """train.py for a wall-clock budget: SIGTERM at the budget makes it save its checkpoint and exit 143."""
-    flags = [str(x) for k, v in options.items() for x in [f"--{k.replace('_', '-')}"] + ([] if v is True else [v])]
-    command, parent = [sys.executable, str(ROOT / "train.py"), "--out-dir", str(out), *flags], os.getpid()
-    with subprocess.Popen(command, preexec_fn=lambda: die_with_parent(parent)) as proc:
-        try:
-            proc.wait(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait()
-    if proc.returncode not in (0, 128 + signal.SIGTERM):
-        sys.exit(proc.returncode)
-
-
 def main(argv=None):
     args = parse_args(argv)
     stop_children_on_signals()
@@ -107,9 +90,10 @@ def main(argv=None):
         for name, block in [("diffusion (the paper)", 0), (f"blocks of {args.diffusion_block}", args.diffusion_block)]:
             out = args.out / ("diffusion" if not block else f"blocks-{block}")
             started = time.time()
-            train_for(
-                args.minutes * 60,
-                out,
+            run_script(
+                "train.py",
+                budget=args.minutes * 60,
+                out_dir=out,
                 init_from=parent,
                 data_dir=data,
                 objective="diffusion",
@@ -125,7 +109,7 @@ def main(argv=None):
                 device=args.device,
                 dtype=args.dtype,
             )
-            step = json.loads((out / "config.json").read_text())["training"]["step"]
+            step = read_meta(out)["training"]["step"]
             runs[f"{name}, {step} steps in {(time.time() - started) / 60:.1f} min"] = out
         results = {}
         for name, ckpt in runs.items():
