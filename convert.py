@@ -25,7 +25,7 @@ import torch
 from checkpoint import HelpFormatter, check_shapes, load_checkpoint, load_torch_file, save_checkpoint, sole_writer
 from data.download import WEIGHT_FILES, download_model
 from model import ModelConfig, UserError
-from tokenizer import GPT2_FILES, HF_TOKENIZER_FILES, SENTENCEPIECE_FILES, read_tokenizer_json
+from tokenizer import GPT2_FILES, GPT2_PATTERN, HF_TOKENIZER_FILES, SENTENCEPIECE_FILES, read_tokenizer_json
 
 DIFFUGPT_S_MASK, DIFFUGPT_M_MASK = 10541, 50257  # the mask tokens of the released DiffuGPT-S and -M
 
@@ -134,14 +134,13 @@ GGUF_NAMES = {  # llama.cpp's tensor names -> Hugging Face LLaMA's, which from_h
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
-GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 LLAMA3_SPLIT = (  # LLaMA-3's pre-tokenizer rule (Qwen2's has \p{N} for \p{N}{1,3})
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
     r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 GGUF_PRE = {  # tokenizer.ggml.pre -> (split digits one by one, the split rule before byte-level BPE)
-    "gpt-2": (False, GPT2_SPLIT),
-    "smollm": (True, GPT2_SPLIT),  # llama.cpp: "\p{N}", then GPT-2's rule
+    "gpt-2": (False, GPT2_PATTERN),
+    "smollm": (True, GPT2_PATTERN),  # llama.cpp: "\p{N}", then GPT-2's rule
     "llama-bpe": (False, LLAMA3_SPLIT),
     "qwen2": (False, LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")),
 }
@@ -403,8 +402,8 @@ def hf_twin(model):
         hf_cfg = transformers.GPT2Config(vocab_size=cfg.vocab_size, bos_token_id=0, eos_token_id=0, **settings)
         hf = transformers.GPT2LMHeadModel(hf_cfg)
     else:
-        scaling = {k: settings.pop(k) for k in ("factor", "low_freq_factor", "high_freq_factor")}
-        scaling["original_max_position_embeddings"] = settings.pop("original_max_position_embeddings")
+        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        scaling = {k: settings.pop(k) for k in keys}
         rope = {"rope_type": "llama3", **scaling} if cfg.rope_scaling != 1 else {"rope_type": "default"}
         settings["rope_parameters"] = {**rope, "rope_theta": settings.pop("rope_theta")}
         family = (transformers.Qwen2Config, transformers.Qwen2ForCausalLM) if cfg.qkv_bias else None
@@ -674,7 +673,7 @@ def main(argv=None):
 
         if args.tokenizer and not Path(args.tokenizer).exists():
             raise UserError(f"tokenizer {args.tokenizer} does not exist")
-        gpt2 = source.cfg.arch == "gpt2"
+        gpt2 = cfg.arch == "gpt2"
         tok = find_tokenizer(args.tokenizer or src, gpt2) if args.tokenizer or not src.is_file() else source.tokenizer
         if tok is None:
             need = "tokenizer.json, encoder.json + vocab.bpe, vocab.json + merges.txt or tokenizer.model"
