@@ -20,6 +20,7 @@ FLOORS = {  # module -> floor; a module may import only modules on lower floors
     "lab.bench": 6,
     "lab.miniature": 6,
     "lab.smollm2": 6,
+    "lab.golden": 6,
 }
 
 
