@@ -112,7 +112,7 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=bias or cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=bias)
 
-    def forward(self, x, attn, rope, cache, start):
+    def forward(self, x, attn, rope, cache=None, positions=None):
         B, T, _ = x.shape
         # QKV projection, one matmul
         kv_size = self.n_kv_head * self.head_dim
@@ -123,31 +123,17 @@ class Attention(nn.Module):
         # RoPE (LLaMA)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        # KV cache: keys/values of other positions (AR decoding, or sample.py's approximate cache)
-        if cache is not None and isinstance(start, torch.Tensor) and start.dim() == 2:  # each row's own positions
-            rows = torch.arange(B, device=x.device)[:, None]
-            cache["k"][rows, :, start], cache["v"][rows, :, start] = k.transpose(1, 2), v.transpose(1, 2)
-            k, v = cache["k"][:B], cache["v"][:B]  # every slot: attn masks those beyond each row's position
-        elif cache is not None:
-            scattered = isinstance(start, torch.Tensor)  # the positions of x's columns, not the first of a run
-            at = start if scattered else slice(start, start + T)
-            cache["k"][:B, :, at] = k
-            cache["v"][:B, :, at] = v
-            if not scattered:
-                cache["len"] = max(cache.get("len", 0), start + T)
-            k, v = cache["k"][:B, :, : cache["len"]], cache["v"][:B, :, : cache["len"]]  # (B, nkv, S, hd)
+        # KV cache: write this pass's keys and values, then attend to the slots the mask covers (all, for "full")
+        if cache is not None:
+            k, v = cache.update(positions, k, v)  # (B, nkv, S, hd)
+            seen = attn.shape[-1] if isinstance(attn, torch.Tensor) else None
+            k, v = k[:, :, :seen], v[:, :, :seen]
         # attention (grouped-query heads share keys/values: enable_gqa)
         gqa = self.n_kv_head != self.n_head
-        if isinstance(attn, torch.Tensor):  # a boolean allowed-mask: annealing on SDPA, or a padded batch
+        if isinstance(attn, torch.Tensor):  # a boolean allowed-mask: annealing on SDPA, a padded batch, a cache
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn, enable_gqa=gqa)
-        elif attn == "full":
-            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
-        elif attn == "causal":
-            if start == 0:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-            else:  # queries start..start+T-1 against keys 0..start+T-1
-                allowed = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=gqa)
+        elif attn in ("full", "causal"):
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=attn == "causal", enable_gqa=gqa)
         else:  # a FlexAttention BlockMask: annealing on the GPU (imported here: the module is slow to import)
             from torch.nn.attention.flex_attention import BlockMask
 
@@ -156,6 +142,26 @@ class Attention(nn.Module):
             y = flex_attention(q, k, v, block_mask=attn, enable_gqa=gqa)
         # output projection
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, C)
+
+
+class KVCache:
+    """One layer's keys and values by position (gpt-fast's KVCache). update() writes at the given positions and
+    returns every slot; the attention mask, not the cache, says which of them a query sees. So nothing is ever
+    rolled back: a slot past what a query may see is hidden by its mask, and overwritten by a later write."""
+
+    def __init__(self, batch_size, n_kv_head, max_len, head_dim, like):
+        self.k = like.new_zeros(batch_size, n_kv_head, max_len, head_dim)
+        self.v = torch.zeros_like(self.k)
+
+    def update(self, positions, k, v):
+        """k, v (B, nkv, T, hd) written at positions: (T,), the same for every row, or (B, T), each row's own."""
+        B = k.shape[0]
+        if positions.dim() == 1:
+            self.k[:B, :, positions], self.v[:B, :, positions] = k, v
+        else:
+            rows = torch.arange(B, device=k.device)[:, None]
+            self.k[rows, :, positions], self.v[rows, :, positions] = k.transpose(1, 2), v.transpose(1, 2)
+        return self.k[:B], self.v[:B]
 
 
 class MLP(nn.Module):
@@ -186,8 +192,8 @@ class Block(nn.Module):
         self.attn_norm, self.attn = make_norm(cfg), Attention(cfg)
         self.mlp_norm, self.mlp = make_norm(cfg), MLP(cfg)
 
-    def forward(self, x, attn, rope, cache=None, start=0):
-        x = x + self.attn(self.attn_norm(x), attn, rope, cache, start)
+    def forward(self, x, attn, rope, cache=None, positions=None):
+        x = x + self.attn(self.attn_norm(x), attn, rope, cache, positions)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -213,30 +219,24 @@ class Transformer(nn.Module):
             for proj in (block.attn.wo, block.mlp.down):
                 nn.init.normal_(proj.weight, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
 
-    def forward(self, idx, attn="causal", where=None, cache=None, start=0):
+    def forward(self, idx, attn="causal", where=None, cache=None, positions=None):
         """idx (B, L) token ids -> float logits (B, L, vocab).
 
-        attn: "causal", "full", a boolean allowed-mask (True = may attend; (L, L) while annealing, (B, 1, 1, L)
-            for a padded batch of prompts) or a FlexAttention BlockMask.
-        where: optional boolean (B, L); logits are then computed only there and returned as
-            (N, vocab) in row-major order. The vocabulary projection is a large share of the
-            FLOPs, and training and decoding need logits only at masked targets.
-        cache, start: KV cache (from make_cache) and the position of idx[:, 0]. idx's keys and values
-            are written at start..start+L and attention covers every position written so far.
-            start may instead be a LongTensor (L,) of idx's positions: block diffusion's [x_t ; x_0] (both
-            halves at positions 0..L-1), or some positions of a sequence already in the cache, to recompute
-            (sample.py's approximate cache; attn="full" only), or
-            (B, L): each row's own positions (AR decoding of prompts of different lengths; attention then
-            covers the whole cache, and attn must mask each row's slots beyond its position).
+        attn: "causal", "full", a boolean allowed-mask (True = may attend: (L, L) while annealing, (B, 1, 1, L) for
+            a padded batch) or a FlexAttention BlockMask.
+        where: optional boolean (B, L); logits are then computed only there and returned as (N, vocab) in row-major
+            order. The vocabulary projection is a large share of the FLOPs, and training and decoding need logits
+            only at masked targets.
+        positions: idx's positions, (L,) or each row's own (B, L); default 0..L-1. Block diffusion's [x_t ; x_0]
+            puts both halves at 0..L-1.
+        cache: a KV cache (make_cache): idx's keys and values are written at `positions`, and the queries attend
+            to the cache's first S slots, S the width of the boolean mask attn (all of them for "full").
         """
         B, L = idx.shape
-        # positions of idx's columns
-        if isinstance(start, torch.Tensor):
-            positions = start
-        elif start + L > self.cfg.block_size:
-            raise ValueError(f"sequence of {start + L} tokens exceeds the model's block_size {self.cfg.block_size}")
-        else:
-            positions = torch.arange(start, start + L, device=idx.device)
+        if positions is None:
+            if L > self.cfg.block_size:
+                raise ValueError(f"sequence of {L} tokens exceeds the model's block_size {self.cfg.block_size}")
+            positions = torch.arange(L, device=idx.device)
         # embeddings: tokens plus learned positions (GPT-2), or tokens and RoPE tables (LLaMA)
         x = self.tok_emb(idx)  # (B, L, C)
         rope = None
@@ -251,16 +251,16 @@ class Transformer(nn.Module):
             if self.checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(layer, x, attn, rope, use_reentrant=False)
             else:
-                x = layer(x, attn, rope, cache[i] if cache is not None else None, start)
+                x = layer(x, attn, rope, cache[i] if cache is not None else None, positions)
         # logits, only where they are needed
         if where is not None:
             x = x[where]  # (N, C)
         return self.lm_head(self.norm(x)).float()  # (B, L, V) or (N, V)
 
     def make_cache(self, batch_size, max_len):
-        """Preallocated key/value buffers, one pair per layer (AR decoding; sample.py's --cache)."""
-        shape, p = (batch_size, self.cfg.n_kv_head, max_len, self.cfg.head_dim), self.tok_emb.weight
-        return [{"k": p.new_zeros(shape), "v": p.new_zeros(shape)} for _ in self.layers]
+        """A KVCache per layer, of max_len slots (AR decoding; sample.py's caches)."""
+        cfg, like = self.cfg, self.tok_emb.weight
+        return [KVCache(batch_size, cfg.n_kv_head, max_len, cfg.head_dim, like) for _ in self.layers]
 
     def num_params(self, embeddings=True):
         n = sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
@@ -288,10 +288,15 @@ class Transformer(nn.Module):
 EPS = 1e-3  # t ~ U(EPS, 1)
 
 
+def shifted(values):
+    """values (B, L) moved one position left, 0 at the end: with the shift, the logit at i predicts token i+1, so
+    what position i answers for (its target, its weight, whether it is scored) is what sits at i+1."""
+    return F.pad(values[:, 1:], (0, 1))
+
+
 def predicting(targets, shift=True):
-    """Where the logits that predict the target positions (B, L) sit: with the shift, the logit at i
-    predicts token i+1, so one position earlier (position 0 is never a target)."""
-    return F.pad(targets[:, 1:], (0, 1)) if shift else targets
+    """Where the logits that predict the target positions (B, L) sit (position 0 is never a target)."""
+    return shifted(targets) if shift else targets
 
 
 def diffusion_loss(
@@ -302,15 +307,15 @@ def diffusion_loss(
     x, maskable, noise: (B, L); t: (B,), or (B, blocks) with one level per block. Token (b, i) is masked
     where maskable and noise < its level: passing the uniforms in, rather than drawing them here, makes
     every run reproducible. The paper's loss is Σ CE/t / n; Σ CE / n is the unweighted masked cross-entropy.
-    block: block diffusion's block size (0, or at least L: the whole sequence is one block, the paper).
-        With several blocks the model reads [x_t ; x_0] under block_attention's mask (attn: "full" or an
+    block: block diffusion's block size, below L (0: the whole sequence is one block, the paper).
+        With blocks the model reads [x_t ; x_0] under block_attention's mask (attn: "full" or an
         annealing mask from attention_at(..., block=block)), and the loss is on the noisy half.
     per_row: the three sums of each row, (B,) each (scoring many sequences in one batch).
     complementary: each row twice, the second masked where the first is not, at level 1 - t (Fast-dLLM v2,
         LLaDA 2.0): every maskable token is a target once per pair. The rows come out as 2B.
     """
     B, L = x.shape
-    level = t.repeat_interleave(block, dim=1)[:, :L] if t.dim() == 2 else t[:, None].expand(B, L)  # each token's t
+    level = t.repeat_interleave(block or L, dim=1)[:, :L] if t.dim() == 2 else t[:, None].expand(B, L)  # each token's t
     if complementary:  # 1 - u < 1 - t exactly where u > t: the complement (u = t has probability 0)
         x, maskable, noise, level = (
             x.repeat(2, 1),
@@ -322,13 +327,13 @@ def diffusion_loss(
     masked = maskable & (noise < level)  # (B, L)
     xt = x.masked_fill(masked, mask_id)
     # shift: the logit at i predicts token i+1, so select position i where token i+1 was masked
-    where = predicting(masked, shift)
-    targets, weights = (F.pad(x[:, 1:], (0, 1)), F.pad(1 / level[:, 1:], (0, 1))) if shift else (x, 1 / level)
-    if block and block < L:  # block diffusion: the clean copy beside the noisy one, for the later blocks to read
-        xt, where, attn, start = with_clean_copy(xt, x, where, attn, block, shift)
+    where, targets, weights = (shifted(masked), shifted(x), shifted(1 / level)) if shift else (masked, x, 1 / level)
+    positions = None
+    if block:  # block diffusion: the clean copy beside the noisy one, for the later blocks to read
+        xt, where, attn, positions = with_clean_copy(xt, x, where, attn, block, shift)
         targets, weights = torch.cat([targets, targets], 1), torch.cat([weights, weights], 1)
     # loss: cross-entropy at masked targets only, weighted by 1/t
-    logits = model(xt, attn=attn, where=where, start=start if xt.shape[1] > L else 0)
+    logits = model(xt, attn=attn, where=where, positions=positions)
     ce = F.cross_entropy(logits, targets[where], reduction="none")  # (N,)
     weights = weights[where]
     if per_row:  # the targets come row by row, as boolean indexing lists them
@@ -344,7 +349,7 @@ def ar_loss(model, x, targets=None):
     """
     where = torch.ones_like(x, dtype=torch.bool) if targets is None else predicting(targets)
     where[:, -1] = False  # the last logit predicts nothing
-    return F.cross_entropy(model(x, attn="causal", where=where), x[:, 1:][where[:, :-1]], reduction="none")
+    return F.cross_entropy(model(x, attn="causal", where=where), shifted(x)[where], reduction="none")
 
 
 def noise_levels(n, seed=None, offset=0.5, eps=EPS):
@@ -370,16 +375,17 @@ def attention_at(step, anneal_steps, seq_len, seed, device, flex=None, block=0):
 
     'full' once annealing is over (the fast SDPA path). During annealing a boolean (L, L) mask, or,
     given flex = AnnealFlex(...), a FlexAttention BlockMask computed from the same hash on the GPU.
-    block: block diffusion (diffusion_loss's): the (2L, 2L) mask of `allowed`, annealed inside each block.
+    block: block diffusion's block size, below seq_len (diffusion_loss's): the (2L, 2L) mask of `allowed`, annealed
+    inside each block. 0: the whole sequence.
     """
-    ratio, blocks = anneal_ratio(step, anneal_steps), 0 < block < seq_len
-    if ratio >= 1.0 and not blocks:
+    ratio = anneal_ratio(step, anneal_steps)
+    if ratio >= 1.0 and not block:
         return "full"
     step_seed, threshold = mix(seed, step) % 2**31, min(int(ratio * 2**32), 2**32)  # 2**32: every key
     if flex is not None:
         return flex(step_seed, threshold)
-    q = torch.arange(2 * seq_len if blocks else seq_len, device=device)
-    return allowed(q[:, None], q[None, :], seq_len, block if blocks else seq_len, step_seed, threshold)
+    q = torch.arange(2 * seq_len if block else seq_len, device=device)
+    return allowed(q[:, None], q[None, :], seq_len, block or seq_len, step_seed, threshold)
 
 
 def allowed(q, k, seq_len, block, step_seed=0, threshold=2**32):
@@ -456,13 +462,12 @@ class AnnealFlex:
     def __init__(self, seq_len, device, block=0):
         from torch.nn.attention.flex_attention import create_block_mask
 
-        blocks = 0 < block < seq_len
-        self.create, self.size, self.device = create_block_mask, 2 * seq_len if blocks else seq_len, device
+        self.create, self.size, self.device = create_block_mask, 2 * seq_len if block else seq_len, device
         self.seed = torch.zeros((), dtype=torch.long, device=device)
         self.threshold = torch.zeros((), dtype=torch.long, device=device)
 
         def mask_mod(b, h, q, k):
-            return allowed(q, k, seq_len, block if blocks else seq_len, self.seed, self.threshold)
+            return allowed(q, k, seq_len, block or seq_len, self.seed, self.threshold)
 
         self.mask_mod = mask_mod
 

@@ -78,266 +78,100 @@ class Decoding:
             raise ValueError(f"unknown strategy {self.strategy!r}")
 
 
+@dataclass(frozen=True)
+class Trained:
+    """What decoding must match of how a checkpoint was trained (Trained.of(meta)), and of its tokenizer."""
+
+    mask_id: int
+    shift: bool = True  # the logit at i predicts token i+1
+    block: int = 0  # block diffusion's block size (0: the whole sequence is one block, the paper)
+    objective: str = "diffusion"  # "ar": an AR checkpoint, which decode() samples autoregressively
+    vocab: int | None = None  # the tokenizer's size: never produce ids beyond it (vocabulary padding)
+    eos_id: int | None = None  # AR and block decoding stop once every row has produced it (None: never)
+
+    @classmethod
+    def of(cls, meta, vocab=None, eos_id=None):
+        block = meta.get("diffusion_block") or 0
+        return cls(meta["mask_token_id"], meta.get("shift", True), block, meta["objective"], vocab, eos_id)
+
+    def blocks_in(self, width):
+        """The block size for rows of `width` columns: 0 where one block holds them (the whole sequence)."""
+        return self.block if self.block < width else 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Diffusion decoding (the paper's Algorithm 2)
 
 
-def generate(model, prefix, length, decoding=Decoding(), *, suffix=(), num_samples=1, seed=0, **options):
+def generate(model, prefix, length, decoding, trained, *, suffix=(), num_samples=1, seed=0, **options):
     """Diffusion decoding of one prompt -> (tokens (num_samples, len(prefix) + length + len(suffix)), forward passes).
 
     prefix: token ids starting with BOS; suffix: ids kept after the generated part (infilling); options:
     generate_batch's. Sample s draws from its own stream, mix(seed, s)."""
-    rows = [(list(prefix), list(suffix))] * num_samples
-    return generate_batch(model, rows, length, decoding, seeds=[mix(seed, s) for s in range(num_samples)], **options)
+    rows, seeds = [(list(prefix), list(suffix))] * num_samples, [mix(seed, s) for s in range(num_samples)]
+    return generate_batch(model, rows, length, decoding, trained, seeds=seeds, **options)
 
 
 @torch.no_grad()
-def generate_batch(
-    model,
-    rows,
-    length,
-    decoding=Decoding(),
-    *,
-    seeds,
-    mask_id,
-    shift=True,
-    vocab=None,
-    on_step=None,
-    block=0,
-    eos_id=None,
-    plain=False,
-):
+def generate_batch(model, rows, length, decoding, trained, *, seeds, on_step=None, plain=False):
     """Diffusion decoding of many prompts at once -> (tokens (B, longest row), forward passes).
 
-    rows: [(prefix ids, suffix ids)], each decoded into prefix + `length` tokens + suffix, the shorter
-    ones padded on the right. Padding changes no result: no query attends to it, nothing predicts it,
-    and row b draws every random number from its own generator (seeds[b]), so a row decodes to what
-    it decodes to alone (up to float rounding; --cache: approximately, see Denoiser).
-    shift: as the checkpoint was trained; vocab: the tokenizer's size (never produce ids beyond it);
-    on_step(tokens, step): called after every step (the --show display).
-    block: a block-diffusion checkpoint's block size. Its blocks (columns [jB, (j+1)B), the same for every row)
-    are decoded one after another, each over the exact cache of the finished ones (BlockCache), and decoding
-    stops after a block once every row has produced eos_id. 0: the whole sequence is one block (the paper).
-    plain: BlockCache's plain version (no cache), the tests' reference.
+    rows: [(prefix ids, suffix ids)], each decoded into prefix + `length` tokens + suffix, the shorter ones padded
+    on the right. Padding changes no result: no query attends to it, nothing predicts it, and row b draws every
+    random number from its own generator (seeds[b]), so a row decodes to what it decodes to alone (up to float
+    rounding; --cache: approximately, see Denoiser). on_step(tokens, step): called after every step (--show).
+    A block-diffusion checkpoint's blocks (columns [jB, (j+1)B), the same for every row) are decoded one after
+    another, each over the exact cache of the finished ones (BlockCache), and decoding stops after a block once
+    every row has produced EOS. plain: BlockCache's plain version (no cache), the tests' reference.
     """
     device = model.tok_emb.weight.device
     starts = [len(p) for p, _ in rows]  # where each row's generated span begins
-    x, real = pad_right([[*p, *[mask_id] * length, *s] for p, s in rows], device)
-    masked = torch.zeros_like(real)
-    for b, start in enumerate(starts):
-        masked[b, start : start + length] = True
-    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    blocks = 0 < block < x.shape[1]
-    if blocks:
-        denoiser = BlockCache(model, real, block, mask_id, vocab, shift, exact_cache=not plain)
+    x, real = pad_right([[*p, *[trained.mask_id] * length, *s] for p, s in rows], device)
+    masked = span_mask(starts, length, x.shape[1], device)
+    block = trained.blocks_in(x.shape[1])
+    if block:
+        denoiser = BlockCache(model, real, block, trained, exact_cache=not plain)
     else:
-        denoiser = Denoiser(model, x.shape, mask_id, vocab, shift, decoding.cache, key_mask(real))
-    strategy, threshold, step, span = decoding.strategy, decoding.threshold, 0, masked.clone()
-    for in_block, budget in schedule(masked, starts, length, decoding, block if blocks else 0):
-        if blocks and eos_id is not None and ((x == eos_id) & span & ~masked).any(1).all():
-            x = x.masked_fill(masked, eos_id)  # every row has ended its text: what would follow is not decoded
+        denoiser = Denoiser(model, real, trained, decoding.cache)
+    streams, span, step = Streams(seeds, device, starts, length), masked.clone(), 0
+    for in_block, budget in schedule(masked, starts, decoding, block):
+        if block and trained.eos_id is not None and ((x == trained.eos_id) & span & ~masked).any(1).all():
+            x = x.masked_fill(masked, trained.eos_id)  # every row has ended its text: what would follow is not decoded
             break
         denoiser.new_block(x, in_block)
         todo = (masked & in_block).sum(1)  # each row's tokens to reveal in this block, in budget[b] steps
         for i in range(int(budget.max())):
-            k = (budget - i).clamp(min=1)  # each row's steps left in this block
             eligible = masked & in_block
             if not eligible.any():
                 break
-            # The random order reveals each masked token with probability 1/k whatever the model says:
-            # draw that first, and (without a threshold) predict only the tokens it reveals.
-            picked = None
-            if strategy == "random":
-                picked = eligible & (per_row_uniforms(x.shape, starts, length, eligible, generators) < 1 / k[:, None])
-            predict = picked if strategy == "random" and threshold is None else eligible
-            if predict.any():
-                # 1. predict the masked positions: a token and its distribution for each
-                logits = denoiser(x, predict, eligible)  # (N, V), one row per predicted position
-                tokens, probs = sample_rows(logits, predict.sum(1).tolist(), decoding.sampling, generators)
-                # 2. choose which to reveal, leaving as many masked as this block's remaining steps need
-                keep = todo * (k - 1) // budget.clamp(min=1)
-                reveal = choose(strategy, eligible, tokens, probs, keep, threshold, picked)
-                # 3. reveal them
-                proposal = torch.full_like(x, mask_id)
-                proposal[predict] = tokens
-                x = torch.where(reveal, proposal, x)
-                masked &= ~reveal
-                denoiser.revealed(reveal)
+            steps_left = (budget - i).clamp(min=1)
+            keep = todo * (steps_left - 1) // budget.clamp(min=1)  # as many masked as the steps left will reveal
+            x, revealed = denoise_step(denoiser, x, eligible, steps_left, keep, decoding, streams)
+            masked &= ~revealed
             step += 1
             if on_step:
                 on_step(x, step)
     return x, denoiser.forwards
 
 
-def schedule(masked, starts, length, decoding, block):
-    """(in_block (B, L), each row's steps (B,)) of each block in decoding order. Without model blocks: the
-    semi-autoregressive blocks of --block-length, relative to each row's start (LLaDA). With them: the model's
-    blocks of `block` columns that hold generated positions, each cut into sub-blocks of --block-length columns;
-    a row shares the steps among the blocks it has tokens in, so that it decodes in a batch as it does alone."""
-    L, steps = masked.shape[1], decoding.steps or length
-    offset = torch.arange(L, device=masked.device).expand_as(masked)
-    if block:
-        width = min(decoding.block_length or block, block)
-        cuts = [
-            (lo, min(lo + width, g + block, L)) for g in range(0, L, block) for lo in range(g, min(g + block, L), width)
-        ]
-    else:
-        offset = offset - torch.tensor(starts, device=masked.device)[:, None]  # each row's offset into its span
-        width = decoding.block_length or length
-        cuts = [(lo, min(lo + width, length)) for lo in range(0, length, width)]
-    parts = [(offset >= lo) & (offset < hi) for lo, hi in cuts]
-    parts = [part for part in parts if (masked & part).any()]
-    if not parts:  # nothing to generate
-        return []
-    counts = torch.stack([(masked & part).sum(1) for part in parts])  # (parts, B): each row's tokens in each
-    has, n = counts > 0, (counts > 0).sum(0)  # each row's blocks
-    if steps < int(n.max()):
-        raise ValueError(f"{steps} steps cannot decode {int(n.max())} blocks")
-    share = steps // n.clamp(min=1) + (has.cumsum(0) - 1 < steps % n.clamp(min=1))  # the first blocks get the rest
-    if block:  # enough steps: one token per step
-        share = torch.minimum(counts, torch.where(steps >= counts.sum(0), counts, share))
-    return list(zip(parts, torch.where(has, share, 0)))
-
-
-def pad_right(rows, device):
-    """Token lists -> (x (B, longest) padded on the right with 0, real (B, longest): where x holds a token)."""
-    lengths = torch.tensor([len(ids) for ids in rows], device=device)
-    x = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long, device=device)
-    for b, ids in enumerate(rows):
-        x[b, : len(ids)] = torch.tensor(ids)
-    return x, torch.arange(x.shape[1], device=device) < lengths[:, None]
-
-
-def key_mask(real):
-    """Full attention to every real token and none to padding: a (B, 1, 1, L) mask, or "full" when nothing is padded."""
-    return "full" if real.all() else real[:, None, None]
-
-
-def per_row_uniforms(shape, starts, length, eligible, generators):
-    """Uniforms over each row's generated span, from the row's own generator; drawn only for rows
-    that still have eligible positions (as the row would alone, where the block would have ended)."""
-    u = torch.ones(shape, device=eligible.device)
-    for b, (start, g) in enumerate(zip(starts, generators)):
-        if eligible[b].any():
-            u[b, start : start + length] = torch.rand(length, generator=g, device=eligible.device)
-    return u
-
-
-def sample_rows(logits, counts, sampling, generators):
-    """sample_tokens for the (N, V) logits of several rows (counts[b] of them row b's), each from its generator."""
-    pieces = [sample_tokens(chunk, sampling, g) for chunk, g in zip(logits.split(counts), generators) if len(chunk)]
-    return torch.cat([t for t, _ in pieces]), torch.cat([p for _, p in pieces])
-
-
-class Denoiser:
-    """The model's logits at the positions asked for, as cheaply as is exact (or, with cache=True, approximately).
-
-    Exact: a step in which nothing was revealed since the last forward pass reuses that pass (the
-    model has no time input, so its output would repeat).
-    cache (approximate): keys and values of every position are computed at the start of each block
-    (of the whole generation without blocks); later passes recompute only the block's masked
-    positions, the tokens revealed since the previous pass and the positions whose logits are needed,
-    and read every other position from the cache: prompt, suffix, other blocks (as Fast-dLLM's dual
-    cache) and tokens decoded earlier (as dKV-Cache).
-    """
-
-    def __init__(self, model, shape, mask_id, vocab, shift, cache, attn="full"):
-        self.model, self.mask_id, self.vocab, self.shift, self.attn = model, mask_id, vocab, shift, attn
-        self.kv = model.make_cache(*shape) if cache else None
-        self.logits, self.fresh, self.forwards = None, True, 0
-        self.stale = torch.zeros(shape, dtype=torch.bool, device=model.tok_emb.weight.device)  # revealed since the pass
-
-    def new_block(self, x, in_block):
-        self.fresh = True
-
-    def __call__(self, x, predict, eligible):
-        if self.logits is None:
-            where = predicting(predict, self.shift)
-            if self.kv is None or self.fresh:
-                out = self.model(x, attn=self.attn, where=where, cache=self.kv)
-            else:
-                cols = (eligible | self.stale | where).any(0).nonzero().squeeze(1)
-                out = self.model(x[:, cols], attn=self.attn, where=where[:, cols], cache=self.kv, start=cols)
-            self.logits = valid_logits(out, self.mask_id, self.vocab)
-            self.fresh, self.forwards, self.stale = False, self.forwards + 1, torch.zeros_like(self.stale)
-        return self.logits
-
-    def revealed(self, reveal):
-        self.stale |= reveal
-        if reveal.any():
-            self.logits = None
-
-
-class BlockCache:
-    """A block-diffusion model's logits at the positions asked for, exactly, over a KV cache.
-
-    The blocks before the current one are clean and in the cache, each written once with the attention it had in
-    training (a clean token sees the clean tokens of its own and the earlier blocks), so a step forwards only the
-    current block's columns, against the cache and the block. The first token of a block is predicted by the
-    logit of the clean column before it (the shift across a block boundary, as in training), kept from the pass
-    that wrote that column. exact_cache=False: the plain version, the tests' reference, which forwards the whole
-    sequence twice, [x ; x], under training's mask (model.allowed) at every step.
-    """
-
-    def __init__(self, model, real, block, mask_id, vocab, shift, exact_cache=True):
-        self.model, self.real, self.block, self.shift = model, real, block, shift
-        self.mask_id, self.vocab = mask_id, vocab
-        self.kv = model.make_cache(*real.shape) if exact_cache else None
-        self.cached, self.edge, self.logits, self.forwards = 0, None, None, 0
-
-    def new_block(self, x, in_block):
-        """A block begins: [its first column, the end of its model block); the finished columns go into the cache."""
-        first = int(in_block.any(0).nonzero()[0])
-        lo = first - first % self.block
-        self.hi = min(lo + self.block, x.shape[1])
-        if self.kv is not None and lo > self.cached:  # clean blocks [cached, lo): one pass writes their keys and values
-            q, k = torch.arange(self.cached, lo, device=x.device)[:, None], torch.arange(lo, device=x.device)
-            attn = (k // self.block <= q // self.block) & self.real[:, None, None, :lo]  # (B, 1, T, lo)
-            last = torch.zeros(x.shape[0], lo - self.cached, dtype=torch.bool, device=x.device)
-            last[:, -1] = True
-            self.edge = self.model(x[:, self.cached : lo], attn=attn, where=last, cache=self.kv, start=self.cached)[
-                :, None
-            ]
-            self.cached, self.forwards = lo, self.forwards + 1
-        self.block_start, self.logits = lo, None
-
-    def __call__(self, x, predict, eligible):
-        if self.logits is None:
-            lo, hi = self.block_start, self.hi
-            where = predicting(predict, self.shift)  # the logit that predicts each predicted position
-            first = predict[:, lo] & self.shift if lo > 0 else torch.zeros_like(predict[:, 0])  # from the clean column
-            inside = where[:, lo:hi].clone()
-            if self.kv is not None:
-                out, edge = torch.empty(0, self.model.cfg.vocab_size, device=x.device), self.edge  # edge[b]: (1, V)
-                if inside.any():  # (B = 1: a block's one token is predicted from the cache alone)
-                    attn = key_mask(self.real[:, :hi])
-                    out = self.model(x[:, lo:hi], attn=attn, where=inside, cache=self.kv, start=lo)
-                    self.forwards += 1
-            else:  # [x ; x] under training's mask: the noisy block reads its own columns and the clean ones before it
-                attn = key_mask(self.real)
-                inputs, both, attn, positions = with_clean_copy(x, x, where, attn, self.block, self.shift)
-                pieces = self.model(inputs, attn=attn, where=both, start=positions).split(both.sum(1).tolist())
-                out = torch.cat([p[: len(p) - int(f)] for p, f in zip(pieces, first)])  # the block's own columns
-                edge = {b: p[-1:] for b, (p, f) in enumerate(zip(pieces, first)) if f}  # the clean column before it
-            pieces, rows = out.split(inside.sum(1).tolist()), []
-            for b, piece in enumerate(pieces):  # each row's predictions in column order: the block's first first
-                rows += [edge[b]] if first[b] else []
-                rows.append(piece)
-            self.logits = valid_logits(torch.cat(rows), self.mask_id, self.vocab)
-            self.forwards += self.kv is None
-        return self.logits
-
-    def revealed(self, reveal):
-        if reveal.any():
-            self.logits = None
-
-
-def valid_logits(logits, mask_id, vocab):
-    """Never produce the mask token or ids beyond the tokenizer (vocabulary padding). Edits logits in place."""
-    logits = logits[:, :vocab] if vocab else logits
-    if mask_id < logits.shape[-1]:
-        logits[:, mask_id] = float("-inf")
-    return logits
+def denoise_step(denoiser, x, eligible, steps_left, keep, decoding, streams):
+    """One step of Algorithm 2: predict the eligible (masked) positions, choose which to reveal, leaving `keep`
+    of each row masked, and reveal them -> (x with them revealed, which were revealed (B, L))."""
+    strategy, threshold = decoding.strategy, decoding.threshold
+    # The random order reveals each masked token with probability 1/k (k: the steps left) whatever the model says:
+    # draw that first, and (without a threshold) predict only the tokens it reveals.
+    picked = eligible & (streams.uniforms(eligible) < 1 / steps_left[:, None]) if strategy == "random" else None
+    predict = picked if picked is not None and threshold is None else eligible
+    if not predict.any():
+        return x, predict
+    # 1. predict: a token and its distribution for each predicted position
+    logits = denoiser(x, predict, eligible)  # (N, V), row-major over predict
+    tokens, probs = streams.tokens(logits, predict.sum(1).tolist(), decoding.sampling)
+    # 2. choose which to reveal
+    reveal = choose(strategy, eligible, tokens, probs, keep, threshold, picked)
+    # 3. reveal them
+    denoiser.revealed(reveal)
+    return torch.where(reveal, x.masked_scatter(predict, tokens), x), reveal
 
 
 def choose(strategy, eligible, tokens, probs, keep, threshold, picked):
@@ -369,6 +203,183 @@ def scores_for(strategy, probs, tokens):
     if strategy == "entropy":
         return (probs * probs.clamp_min(1e-30).log()).sum(-1)  # negative entropy
     return probs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def schedule(masked, starts, decoding, block):
+    """(in_block (B, L), each row's steps (B,)) of each block in decoding order. Without model blocks: the
+    semi-autoregressive blocks of --block-length, counted from each row's start (LLaDA). With them: the model's
+    blocks of `block` columns that hold generated positions, each cut into sub-blocks of --block-length columns.
+    A row shares the steps among the blocks it has tokens in, so that it decodes in a batch as it does alone."""
+    steps, columns = decoding.steps or int(masked.sum(1).max()), torch.arange(masked.shape[1], device=masked.device)
+    if block:  # a column's part: its model block, then its sub-block
+        width = min(decoding.block_length or block, block)
+        part = (columns // block * block + columns % block // width).expand_as(masked)
+    else:  # a column's part: its sub-block, counted from its row's start
+        width = decoding.block_length or int(masked.sum(1).max())
+        part = (columns - torch.tensor(starts, device=masked.device)[:, None]).div(width, rounding_mode="floor")
+    parts = [part == p for p in part[masked].unique().tolist()]
+    if not parts:  # nothing to generate
+        return []
+    counts = torch.stack([(masked & part).sum(1) for part in parts])  # (parts, B): each row's tokens in each
+    has, n = counts > 0, (counts > 0).sum(0)  # each row's blocks
+    if steps < int(n.max()):
+        raise UserError(f"--steps {steps} is fewer than the {int(n.max())} blocks it must decode (raise --steps)")
+    share = steps // n.clamp(min=1) + (has.cumsum(0) - 1 < steps % n.clamp(min=1))  # the first blocks get the rest
+    if block:  # enough steps: one token per step
+        share = torch.minimum(counts, torch.where(steps >= counts.sum(0), counts, share))
+    return list(zip(parts, torch.where(has, share, 0)))
+
+
+def pad_right(rows, device):
+    """Token lists -> (x (B, longest) padded on the right with 0, real (B, longest): where x holds a token)."""
+    lengths = torch.tensor([len(ids) for ids in rows], device=device)
+    x = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long, device=device)
+    for b, ids in enumerate(rows):
+        x[b, : len(ids)] = torch.tensor(ids)
+    return x, torch.arange(x.shape[1], device=device) < lengths[:, None]
+
+
+def span_mask(starts, length, width, device="cpu"):
+    """(B, width): True at each row's generated span, [start, start + length)."""
+    columns, starts = torch.arange(width, device=device), torch.tensor(starts, device=device)[:, None]
+    return (columns >= starts) & (columns < starts + length)
+
+
+def key_mask(real):
+    """Full attention to every real token and none to padding: a (B, 1, 1, L) mask, or "full" when nothing is padded."""
+    return "full" if real.all() else real[:, None, None]
+
+
+class Streams:
+    """Each row's own random numbers, from its generator (seeds[b]), drawn only while the row has work to do: a row
+    draws what it would alone, so it decodes in any batch as it does alone."""
+
+    def __init__(self, seeds, device, starts=(), length=0):
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.starts, self.length = starts, length
+
+    def uniforms(self, eligible):
+        """Uniforms (B, L) over each row's generated span, for the rows that still have eligible positions."""
+        u = torch.ones(eligible.shape, device=eligible.device)
+        for b, (start, g) in enumerate(zip(self.starts, self.generators)):
+            if eligible[b].any():
+                u[b, start : start + self.length] = torch.rand(self.length, generator=g, device=eligible.device)
+        return u
+
+    def tokens(self, logits, counts, sampling):
+        """sample_tokens for the (N, V) logits of several rows (counts[b] of them row b's), each from its stream."""
+        chunks = zip(logits.split(counts), self.generators)
+        pieces = [sample_tokens(chunk, sampling, g) for chunk, g in chunks if len(chunk)]
+        return torch.cat([t for t, _ in pieces]), torch.cat([p for _, p in pieces])
+
+
+def valid_logits(logits, mask_id, vocab):
+    """Never produce the mask token or ids beyond the tokenizer (vocabulary padding). Edits logits in place."""
+    logits = logits[:, :vocab] if vocab else logits
+    if mask_id < logits.shape[-1]:
+        logits[:, mask_id] = float("-inf")
+    return logits
+
+
+class Denoiser:
+    """The model's logits at the positions asked for, as cheaply as is exact (or, with cache=True, approximately).
+
+    Exact: a step in which nothing was revealed since the last forward pass reuses that pass (the
+    model has no time input, so its output would repeat).
+    cache (approximate): keys and values of every position are computed at the start of each block
+    (of the whole generation without blocks); later passes recompute only the block's masked
+    positions, the tokens revealed since the previous pass and the positions whose logits are needed,
+    and read every other position from the cache: prompt, suffix, other blocks (as Fast-dLLM's dual
+    cache) and tokens decoded earlier (as dKV-Cache).
+    """
+
+    def __init__(self, model, real, trained, cache):
+        self.model, self.trained, self.attn = model, trained, key_mask(real)
+        self.kv = model.make_cache(*real.shape) if cache else None
+        self.logits, self.fresh, self.forwards = None, True, 0
+        self.stale = torch.zeros_like(real)  # revealed since the last pass
+
+    def new_block(self, x, in_block):
+        self.fresh = True
+
+    def __call__(self, x, predict, eligible):
+        if self.logits is None:
+            where = predicting(predict, self.trained.shift)
+            if self.kv is None or self.fresh:
+                out = self.model(x, attn=self.attn, where=where, cache=self.kv)
+            else:
+                cols = (eligible | self.stale | where).any(0).nonzero().squeeze(1)
+                out = self.model(x[:, cols], attn=self.attn, where=where[:, cols], cache=self.kv, positions=cols)
+            self.logits = valid_logits(out, self.trained.mask_id, self.trained.vocab)
+            self.fresh, self.forwards, self.stale = False, self.forwards + 1, torch.zeros_like(self.stale)
+        return self.logits
+
+    def revealed(self, reveal):
+        self.stale |= reveal
+        if reveal.any():
+            self.logits = None
+
+
+class BlockCache:
+    """A block-diffusion model's logits at the positions asked for, exactly, over a KV cache.
+
+    The blocks before the current one are clean and in the cache, each written once with the attention it had in
+    training (a clean token sees the clean tokens of its own and the earlier blocks), so a step forwards only the
+    current block's columns, against the cache and the block. The first token of a block is predicted by the
+    logit of the clean column before it (the shift across a block boundary, as in training), kept from the pass
+    that wrote that column. exact_cache=False: the plain version, the tests' reference, which forwards the whole
+    sequence twice, [x ; x], under training's mask (model.allowed) at every step.
+    """
+
+    def __init__(self, model, real, block, trained, exact_cache=True):
+        self.model, self.real, self.block, self.trained = model, real, block, trained
+        self.kv = model.make_cache(*real.shape) if exact_cache else None
+        self.cached, self.edge, self.logits, self.forwards = 0, None, None, 0
+
+    def new_block(self, x, in_block):
+        """A block begins: [its first column, the end of its model block); the finished columns go into the cache."""
+        first = int(in_block.any(0).nonzero()[0])
+        lo = first - first % self.block
+        self.hi = min(lo + self.block, x.shape[1])
+        if self.kv is not None and lo > self.cached:  # clean blocks [cached, lo): one pass writes their keys and values
+            q, k = torch.arange(self.cached, lo, device=x.device), torch.arange(lo, device=x.device)
+            attn = (k // self.block <= q[:, None] // self.block) & self.real[:, None, None, :lo]  # (B, 1, T, lo)
+            last = torch.zeros(x.shape[0], lo - self.cached, dtype=torch.bool, device=x.device)
+            last[:, -1] = True
+            edge = self.model(x[:, self.cached : lo], attn=attn, where=last, cache=self.kv, positions=q)
+            self.edge, self.cached, self.forwards = edge[:, None], lo, self.forwards + 1
+        self.block_start, self.logits = lo, None
+
+    def __call__(self, x, predict, eligible):
+        if self.logits is None:
+            lo, hi, shift = self.block_start, self.hi, self.trained.shift
+            where = predicting(predict, shift)  # the logit that predicts each predicted position
+            first = predict[:, lo] & shift if lo > 0 else torch.zeros_like(predict[:, 0])  # from the clean column
+            inside = where[:, lo:hi].clone()
+            if self.kv is not None:
+                out, edge = torch.empty(0, self.model.cfg.vocab_size, device=x.device), self.edge  # edge[b]: (1, V)
+                if inside.any():  # (B = 1: a block's one token is predicted from the cache alone)
+                    attn = self.real[:, None, None, :hi]  # the cache up to the block's end, less padding
+                    positions = torch.arange(lo, hi, device=x.device)
+                    out = self.model(x[:, lo:hi], attn=attn, where=inside, cache=self.kv, positions=positions)
+                    self.forwards += 1
+            else:  # [x ; x] under training's mask: the noisy block reads its own columns and the clean ones before it
+                attn = key_mask(self.real)
+                inputs, both, attn, positions = with_clean_copy(x, x, where, attn, self.block, shift)
+                pieces = self.model(inputs, attn=attn, where=both, positions=positions).split(both.sum(1).tolist())
+                out = torch.cat([p[: len(p) - int(f)] for p, f in zip(pieces, first)])  # the block's own columns
+                edge = {b: p[-1:] for b, (p, f) in enumerate(zip(pieces, first)) if f}  # the clean column before it
+            pieces, rows = out.split(inside.sum(1).tolist()), []
+            for b, piece in enumerate(pieces):  # each row's predictions in column order: the block's first first
+                rows += [edge[b]] if first[b] else []
+                rows.append(piece)
+            self.logits = valid_logits(torch.cat(rows), self.trained.mask_id, self.trained.vocab)
+            self.forwards += self.kv is None
+        return self.logits
+
+    def revealed(self, reveal):
+        if reveal.any():
+            self.logits = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,48 +452,44 @@ def nucleus(probs, top_p):
 
 
 @torch.no_grad()
-def generate_ar(model, prefixes, length, *, seeds, mask_id, eos_id=None, sampling=Sampling(), vocab=None):
+def generate_ar(model, prefixes, length, trained, *, seeds, sampling=Sampling()):
     """AR sampling with a KV cache -> ([tokens of each row: its prefix + what it generated], forward passes).
 
-    Many prompts at once: they are right-padded for one prefill; then every row writes its next token at
-    its own position (model positions (B, 1)) and attends to its slots up to there, so the padding it
-    prefilled is overwritten before it is ever attended to. Row b draws from its own generator (seeds[b]).
-    Generation stops after `length` tokens, or once every row has produced eos_id."""
+    Many prompts at once: they are right-padded for one prefill; then every row writes its next token at its own
+    position and attends to its slots up to there, so the padding it prefilled is overwritten before it is ever
+    attended to. Row b draws from its own generator (seeds[b]). Generation stops after `length` tokens, or once
+    every row has produced trained.eos_id."""
     device, B = model.tok_emb.weight.device, len(prefixes)
     x, real = pad_right(prefixes, device)
-    lengths = real.sum(1)
-    cache = model.make_cache(B, x.shape[1] + length)
-    last = torch.arange(x.shape[1], device=device) == lengths[:, None] - 1
-    logits = model(x, attn="causal", where=last, cache=cache)  # prefill: (B, V), each row's last prompt token
-    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    slots = torch.arange(cache[0]["k"].shape[2], device=device)
-    out, done, position = [list(p) for p in prefixes], torch.zeros(B, dtype=torch.bool, device=device), lengths
+    position = real.sum(1) - 1  # each row's last prompt token
+    cache, slots = model.make_cache(B, x.shape[1] + length), torch.arange(x.shape[1] + length, device=device)
+    causal = slots[: x.shape[1], None] >= slots[: x.shape[1]]  # (P, P)
+    logits = model(x, attn=causal, where=slots[: x.shape[1]] == position[:, None], cache=cache)  # prefill: (B, V)
+    streams, out = Streams(seeds, device), [list(p) for p in prefixes]
+    done = torch.zeros(B, dtype=torch.bool, device=device)
     for i in range(length):
-        token, _ = sample_rows(valid_logits(logits, mask_id, vocab), [1] * B, sampling, generators)
+        token, _ = streams.tokens(valid_logits(logits, trained.mask_id, trained.vocab), [1] * B, sampling)
         for b, t in enumerate(token.tolist()):
             out[b].append(t)
-        done |= token == eos_id
+        done |= token == trained.eos_id
         if done.all() or i == length - 1:
             return out, i + 1
-        attn = (slots <= position[:, None])[:, None, None]  # (B, 1, 1, S): each row's slots up to its token
-        logits = model(token[:, None], attn=attn, cache=cache, start=position[:, None])[:, -1]
         position = position + 1
+        attn = (slots <= position[:, None])[:, None, None]  # (B, 1, 1, S): each row's slots up to its token
+        logits = model(token[:, None], attn=attn, cache=cache, positions=position[:, None])[:, -1]
     return out, length
 
 
-def decode(model, meta, rows, length, decoding, *, seeds, vocab=None, eos_id=None, ar=None, on_step=None):
+def decode(model, trained, rows, length, decoding, *, seeds, ar=None, on_step=None):
     """Decode as the checkpoint was trained -> ([the generated ids of each row], forward passes).
 
     AR sampling for an AR checkpoint (it continues the prefix: it cannot see a suffix), else diffusion
-    decoding with the checkpoint's shift; ar=True / False decodes the other way."""
-    prefixes, common = [p for p, _ in rows], dict(seeds=seeds, mask_id=meta["mask_token_id"], vocab=vocab)
-    if meta["objective"] == "ar" if ar is None else ar:
-        out, forwards = generate_ar(model, prefixes, length, eos_id=eos_id, sampling=decoding.sampling, **common)
+    decoding; ar=True / False decodes the other way."""
+    prefixes = [p for p, _ in rows]
+    if trained.objective == "ar" if ar is None else ar:
+        out, forwards = generate_ar(model, prefixes, length, trained, seeds=seeds, sampling=decoding.sampling)
         return [ids[len(p) :] for ids, p in zip(out, prefixes)], forwards
-    block, shift = meta.get("diffusion_block") or 0, meta.get("shift", True)
-    x, forwards = generate_batch(
-        model, rows, length, decoding, shift=shift, on_step=on_step, block=block, eos_id=eos_id, **common
-    )
+    x, forwards = generate_batch(model, rows, length, decoding, trained, seeds=seeds, on_step=on_step)
     return [row[len(p) : len(p) + length].tolist() for row, p in zip(x, prefixes)], forwards
 
 
@@ -617,33 +624,29 @@ def main(argv=None):
             sizes = f"prompt ({len(prefix)}) + length ({args.length}) + suffix ({len(suffix_tokens)}) = {total} tokens"
             raise UserError(f"{where}{sizes} exceeds the model's context of {model.cfg.block_size}")
         encoded.append((prefix, suffix_tokens))
-    block = 0 if args.ar else meta.get("diffusion_block") or 0  # a block-diffusion checkpoint's block size
+    sampling = Sampling(args.temperature, args.top_k, args.top_p, args.greedy)
+    decoding = Decoding(args.steps, args.strategy, sampling, args.threshold, args.block_length, args.cache)
+    trained = Trained.of(meta, tok.n_vocab, tok.eos_id)
+    block = 0 if args.ar else trained.block
     if block and (args.cache or any(suffix for _, suffix in encoded)):
         what = "--cache: its cache is exact, and always on" if args.cache else "suffix: its blocks see only the past"
         raise UserError(f"{args.ckpt} is a block-diffusion checkpoint (blocks of {block}), so no {what}")
-    if block:  # the model's blocks the span touches, each cut into sub-blocks of --block-length
-        width = min(args.block_length or block, block)
-        cuts = lambda start: len({(c // block, c % block // width) for c in range(start, start + args.length)})
-        blocks = max(cuts(len(prefix)) for prefix, _ in encoded)
-    else:
-        blocks = -(-args.length // args.block_length) if args.block_length else 1
-    if not args.ar and args.steps < blocks:
-        raise UserError(f"--steps {args.steps} is fewer than the {blocks} blocks it must decode (raise --steps)")
+    if not args.ar:  # too few steps for the blocks a span crosses: refused before any work, by the schedule itself
+        starts, width = [len(p) for p, _ in encoded], max(len(p) + args.length + len(s) for p, s in encoded)
+        schedule(span_mask(starts, args.length, width), starts, decoding, trained.blocks_in(width))
     if args.ar != (meta["objective"] == "ar"):
         how = "autoregressively" if args.ar else "by diffusion"
         print(f"note: {args.ckpt} was trained with the {meta['objective']} objective, decoding {how}", file=sys.stderr)
 
     # decode every sample of every prompt, in batches; row (i, s) is sample s of prompt i, from its own stream
-    sampling = Sampling(args.temperature, args.top_k, args.top_p, args.greedy)
-    decoding = Decoding(args.steps, args.strategy, sampling, args.threshold, args.block_length, args.cache)
     show = Show(tok, args.steps) if args.show else None
     rows = [(i, s) for i in range(len(encoded)) for s in range(args.num_samples)]
     generated, passes, total_passes, t0 = [], [], 0, time.perf_counter()  # passes: those of each row's batch
     for first in range(0, len(rows), args.batch_size):
         batch = rows[first : first + args.batch_size]
         seeds = [mix(args.seed, i, s) for i, s in batch]  # a sample draws the same in any batch
-        options = dict(seeds=seeds, vocab=tok.n_vocab, eos_id=tok.eos_id, ar=args.ar, on_step=show)
-        ids, forwards = decode(model, meta, [encoded[i] for i, _ in batch], args.length, decoding, **options)
+        options = dict(seeds=seeds, ar=args.ar, on_step=show)
+        ids, forwards = decode(model, trained, [encoded[i] for i, _ in batch], args.length, decoding, **options)
         generated += ids
         passes += [forwards] * len(batch)
         total_passes += forwards

@@ -365,6 +365,8 @@ def check_run(args):
     args.block_size = args.block_size or min(model_block, 1024)
     if args.diffusion_block is None:  # a block-diffusion checkpoint trains on with its blocks
         args.diffusion_block = init_meta.get("diffusion_block") or 0
+    if args.diffusion_block >= args.block_size:  # one block: the whole sequence, the paper
+        args.diffusion_block = 0
     check_data(args.data_dir, init_dir, init_meta, args.block_size, model_block)
     return init_dir, state
 
@@ -417,7 +419,7 @@ def describe(model, args, world, device, tokens_per_step, train_data):
     """The run in a line or two, before the first step."""
     if not HAVE_MATPLOTLIB:
         print("note: matplotlib is not installed: no loss.png (pip install matplotlib)", file=sys.stderr)
-    blocks = f", blocks of {args.diffusion_block}" if 0 < args.diffusion_block < args.block_size else ""
+    blocks = f", blocks of {args.diffusion_block}" if args.diffusion_block else ""
     method = (
         f", shift {not args.no_shift}, anneal {args.anneal_steps} steps{blocks}"
         if args.objective == "diffusion"
@@ -460,8 +462,8 @@ def train(args, init_dir, resumed):
     step, tokens, metrics = restore(resumed, model, optimizer, meta, args, master) if resumed else (0, 0, [])
     train_data, val_data = Data(args.data_dir, "train", args.block_size), Data(args.data_dir, "val", args.block_size)
     diffusion = args.objective == "diffusion"
-    blocks = -(-args.block_size // args.diffusion_block) if 0 < args.diffusion_block < args.block_size else 1
-    block = args.diffusion_block if blocks > 1 and diffusion else 0
+    block = args.diffusion_block if diffusion else 0  # 0: the whole sequence is one block (check_run)
+    blocks = -(-args.block_size // block) if block else 1
     objective = Objective(args.objective, meta["mask_token_id"], not args.no_shift, block, args.complementary_masks)
     accum = args.grad_accum // world  # micro-batches per process
     tokens_per_step = args.batch_size * args.block_size * args.grad_accum

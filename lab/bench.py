@@ -45,7 +45,7 @@ from checkpoint import (
 from convert import hf_twin
 from lab.common import run_script
 from model import AnnealFlex, ModelConfig, Transformer, UserError, ar_loss, attention_at, diffusion_loss
-from sample import STRATEGIES, Decoding, Sampling, generate, generate_ar, generate_batch
+from sample import STRATEGIES, Decoding, Sampling, Trained, generate, generate_ar, generate_batch
 from tokenizer import load_tokenizer
 
 SHAPES = {
@@ -230,20 +230,24 @@ def bench_decoding(shape, lengths, device, dtype, compile_model):
         hf = hf_twin(model).eval()
     except ImportError:
         hf = None
+    trained = Trained(MASK, vocab=VOCAB - 1)
     for L in lengths:
         for (setting, sampling), steps in [(s, L // 4) for s in SAMPLING.items()] + [(s, L) for s in SAMPLING.items()]:
-            ours = partial(generate, model, prefix, L, mask_id=MASK, vocab=VOCAB - 1)
+            ours = partial(generate, model, prefix, L)  # ours(decoding, trained)
             exact = Decoding(steps, sampling=sampling)
-            candidates = {f"ours {s} (exact)": partial(ours, replace(exact, strategy=s)) for s in STRATEGIES}
+            candidates = {f"ours {s} (exact)": partial(ours, replace(exact, strategy=s), trained) for s in STRATEGIES}
             approx = replace(exact, strategy="confidence", cache=True, threshold=0.9)
-            candidates["ours confidence + cache + threshold 0.9 (approx.)"] = partial(ours, approx)
+            candidates["ours confidence + cache + threshold 0.9 (approx.)"] = partial(ours, approx, trained)
             blocks = replace(approx, block_length=min(32, L))
-            candidates["ours confidence + cache + threshold 0.9 + blocks of 32 (approx.)"] = partial(ours, blocks)
+            candidates["ours confidence + cache + threshold 0.9 + blocks of 32 (approx.)"] = partial(
+                ours, blocks, trained
+            )
             for block in (4, 32) if steps == L else ():  # block diffusion: a block at a time over an exact cache
-                candidates[f"ours block diffusion, B = {block}, exact cache"] = partial(ours, exact, block=block)
+                in_blocks = replace(trained, block=block)
+                candidates[f"ours block diffusion, B = {block}, exact cache"] = partial(ours, exact, in_blocks)
                 fast = replace(exact, strategy="confidence", threshold=0.9)
                 candidates[f"ours block diffusion, B = {block}, exact cache + threshold 0.9"] = partial(
-                    ours, fast, block=block
+                    ours, fast, in_blocks
                 )
             if hf is not None:
                 g = torch.Generator(device=device).manual_seed(0)
@@ -264,7 +268,7 @@ def bench_decoding(shape, lengths, device, dtype, compile_model):
                     }
                 )
         sec = timed(
-            partial(generate_ar, model, [prefix], L, seeds=[0], mask_id=MASK, vocab=VOCAB - 1), 1, device, warmup=0
+            partial(generate_ar, model, [prefix], L, Trained(MASK, vocab=VOCAB - 1), seeds=[0]), 1, device, warmup=0
         )
         rows.append(
             {
@@ -287,19 +291,17 @@ def bench_checkpoint_decoding(path, length, device, dtype):
     several tokens (blocks add one pass per block, to write it into the cache)."""
     model, meta = load_checkpoint(path, device=device, dtype=dtype)
     tok = load_tokenizer(path, meta)
-    prefix, mask = tok.encode(PROMPT, bos=True, special=True), meta["mask_token_id"]
-    ours = partial(generate, model, prefix, length, mask_id=mask, vocab=tok.n_vocab, shift=meta.get("shift", True))
+    prefix, trained = tok.encode(PROMPT, bos=True, special=True), Trained.of(meta, vocab=tok.n_vocab)
+    ours = partial(generate, model, prefix, length)  # ours(decoding, trained)
     exact = Decoding(length, strategy="confidence", sampling=Sampling(greedy=True))
     engines = {
-        "AR with KV cache": partial(
-            generate_ar, model, [prefix], length, seeds=[0], mask_id=mask, sampling=exact.sampling, vocab=tok.n_vocab
-        )
+        "AR with KV cache": partial(generate_ar, model, [prefix], length, trained, seeds=[0], sampling=exact.sampling)
     }
     for block in (0, 32, 4):
         for threshold in (None, 0.9):
             name = f"{'whole sequence' if not block else f'blocks of {block}, exact cache'}"
             name += " + threshold 0.9" if threshold else ""
-            engines[name] = partial(ours, replace(exact, threshold=threshold), block=block)
+            engines[name] = partial(ours, replace(exact, threshold=threshold), replace(trained, block=block))
     engines["AR with KV cache"]()  # warm-up
     rows = []
     for name, fn in engines.items():
@@ -333,16 +335,16 @@ def bench_batched_decoding(shape, length, batch_sizes, device, dtype):
         for n in torch.randint(4, 65, (32,), generator=g)
     ]
     decoding = Decoding(length // 4, "confidence", SAMPLING["official defaults"])
-    kw = dict(mask_id=MASK, vocab=VOCAB - 1)
+    trained = Trained(MASK, vocab=VOCAB - 1)
     engines = {
         "batch 1 (a loop)": lambda: [
-            generate_batch(model, [(p, [])], length, decoding, seeds=[k], **kw) for k, p in enumerate(prompts)
+            generate_batch(model, [(p, [])], length, decoding, trained, seeds=[k]) for k, p in enumerate(prompts)
         ]
     }
     for b in batch_sizes:
         engines[f"batches of {b}"] = lambda b=b: [
             generate_batch(
-                model, [(p, []) for p in prompts[i : i + b]], length, decoding, seeds=[*range(i, i + b)], **kw
+                model, [(p, []) for p in prompts[i : i + b]], length, decoding, trained, seeds=[*range(i, i + b)]
             )
             for i in range(0, len(prompts), b)
         ]

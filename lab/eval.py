@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from checkpoint import (
@@ -50,8 +49,8 @@ from checkpoint import (
 )
 from data.corpus import texts
 from lab.common import sentences
-from model import UserError, ar_loss, diffusion_loss, mix, noise_levels, predicting, with_clean_copy
-from sample import STRATEGIES, Decoding, Sampling, decode, key_mask, pad_right, until_eos, valid_logits
+from model import UserError, ar_loss, diffusion_loss, mix, noise_levels, predicting, shifted, with_clean_copy
+from sample import STRATEGIES, Decoding, Sampling, Trained, decode, key_mask, pad_right, until_eos, valid_logits
 from tokenizer import load_tokenizer
 
 # ---------------------------------------------------------------------------------------------
@@ -109,7 +108,7 @@ def scores(model, meta, units, how, batch_size, desc):
     rows per pass, right-padded: no query attends to padding and nothing predicts it, so a unit scores
     what it scores alone (up to float rounding).
     """
-    ar, device = meta["objective"] == "ar", model.tok_emb.weight.device
+    ar, device, trained = meta["objective"] == "ar", model.tok_emb.weight.device, Trained.of(meta)
     rows = [(u, j) for u, unit in enumerate(units) for j in range(1 if ar else len(unit.levels))]
     levels = [[] for _ in units]  # (Σ CE/t, Σ CE, number masked) at each of a unit's noise levels
     for first in progress_bar(range(0, len(rows), batch_size), desc=desc):
@@ -125,9 +124,10 @@ def scores(model, meta, units, how, batch_size, desc):
             n = len(units[u].ids)
             noise[b, :n] = torch.rand(n, generator=torch.Generator().manual_seed(mix(units[u].seed, j)))
         t = torch.tensor([units[u].levels[j] for u, j in batch], device=device)
-        shift, mask_id, block = meta.get("shift", True), meta["mask_token_id"], meta.get("diffusion_block") or 0
-        noise = noise.to(device)
-        sums = diffusion_loss(model, x, maskable, t, noise, mask_id, key_mask(real), shift, per_row=True, block=block)
+        noise, block = noise.to(device), trained.blocks_in(x.shape[1])
+        sums = diffusion_loss(
+            model, x, maskable, t, noise, trained.mask_id, key_mask(real), trained.shift, per_row=True, block=block
+        )
         for b, (u, _) in enumerate(batch):
             levels[u].append(tuple(v[b].item() for v in sums))
     if ar:
@@ -175,7 +175,8 @@ def decode_many(model, meta, tok, jobs, batch_size, desc):
             for first in range(0, len(ks), batch_size):
                 batch = [jobs[k] for k in ks[first : first + batch_size]]
                 rows, seeds = [(job.prefix, job.suffix) for job in batch], [job.seed for job in batch]
-                generated, passes = decode(model, meta, rows, length, decoding, seeds=seeds, vocab=tok.n_vocab)
+                trained = Trained.of(meta, vocab=tok.n_vocab)
+                generated, passes = decode(model, trained, rows, length, decoding, seeds=seeds)
                 for k, ids in zip(ks[first : first + batch_size], generated):
                     out[k] = ids
                 forwards += passes
@@ -446,19 +447,18 @@ def task_genppl(model, meta, tok, args):
 def greedy_flags(model, meta, tok, units, batch_size):
     """Whether each unit's scored tokens (scores()) are the model's most probable: AR given the true
     prefix at every token; diffusion with all of them masked, in one pass. --batch-size units at a time."""
-    ar, mask_id, flags = meta["objective"] == "ar", meta["mask_token_id"], []
+    ar, trained, flags = meta["objective"] == "ar", Trained.of(meta), []
     for first in range(0, len(units), batch_size):
         batch = units[first : first + batch_size]
         x, real, maskable = padded(batch, model.tok_emb.weight.device)
-        inputs, shift = (x, True) if ar else (x.masked_fill(maskable, mask_id), meta.get("shift", True))
-        where, attn, start, targets = predicting(maskable, shift), "causal" if ar else key_mask(real), 0, x
-        if shift:
-            targets = F.pad(x[:, 1:], (0, 1))  # what the logit at each position predicts
-        if not ar and 0 < (block := meta.get("diffusion_block") or 0) < x.shape[1]:  # as the model was trained
-            inputs, where, attn, start = with_clean_copy(inputs, x, where, attn, block, shift)
+        inputs, shift = (x, True) if ar else (x.masked_fill(maskable, trained.mask_id), trained.shift)
+        where, attn, positions = predicting(maskable, shift), "causal" if ar else key_mask(real), None
+        targets = shifted(x) if shift else x  # what the logit at each position predicts
+        if not ar and (block := trained.blocks_in(x.shape[1])):  # as the model was trained
+            inputs, where, attn, positions = with_clean_copy(inputs, x, where, attn, block, shift)
             targets = torch.cat([targets, targets], 1)
-        logits = model(inputs, attn=attn, where=where, start=start)
-        hits = valid_logits(logits, mask_id, tok.n_vocab).argmax(-1) == targets[where]
+        logits = model(inputs, attn=attn, where=where, positions=positions)
+        hits = valid_logits(logits, trained.mask_id, tok.n_vocab).argmax(-1) == targets[where]
         flags += [bool(row.all()) for row in hits.split(where.sum(1).tolist())]
     return flags
 

@@ -54,7 +54,7 @@ from checkpoint import (
 from data.download import cache_dir, download_file
 from lab.common import run_script, sentences, stop_children_on_signals
 from model import UserError
-from sample import Decoding, Sampling, generate
+from sample import Decoding, Sampling, Trained, generate
 from tokenizer import load_tokenizer
 
 STORIES_URL = "https://huggingface.co/karpathy/tinyllamas/resolve/main/stories260K/"
@@ -415,9 +415,9 @@ def speed(ckpt, length, threshold=None, samples=8):
     model, meta = load_checkpoint(ckpt)
     decoding = Decoding(length, "confidence", Sampling(greedy=True), threshold)
     rows, seeds = [(load_tokenizer(ckpt, meta).encode("", bos=True), [])] * samples, list(range(samples))
-    decode(model, meta, rows[:1], 4, decoding, seeds=seeds[:1])  # warm-up
+    decode(model, Trained.of(meta), rows[:1], 4, decoding, seeds=seeds[:1])  # warm-up
     t0 = time.perf_counter()
-    out, passes = decode(model, meta, rows, length, decoding, seeds=seeds)
+    out, passes = decode(model, Trained.of(meta), rows, length, decoding, seeds=seeds)
     elapsed, tokens = time.perf_counter() - t0, sum(map(len, out))
     return {"tokens_per_s": tokens / elapsed, "passes_per_token": passes / (tokens / samples)}
 
@@ -578,7 +578,9 @@ def show_samples(ckpt, story):
         n = 24 if suffix else 48
         decoding = Decoding(n, "confidence", Sampling(top_p=0.9))
         prefix, suffix_ids = tok.encode(prompt, bos=True), tok.encode(suffix)
-        x, _ = generate(model, prefix, n, decoding, suffix=suffix_ids, mask_id=meta["mask_token_id"], vocab=tok.n_vocab)
+        x, _ = generate(
+            model, prefix, n, decoding, Trained(meta["mask_token_id"], vocab=tok.n_vocab), suffix=suffix_ids
+        )
         text = tok.decode([i for i in x[0].tolist() if i != tok.bos_id])
         samples.append({"prompt": prompt, "suffix": suffix, "text": text})
     return samples

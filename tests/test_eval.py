@@ -36,7 +36,7 @@ class AnswerOracle:
         self.tok_emb = torch.nn.Embedding(1, 1)
         self.cfg = argparse.Namespace(block_size=512)
 
-    def __call__(self, x, attn, where, cache=None, start=0):
+    def __call__(self, x, attn, where, cache=None, positions=None):
         logits = torch.full((*x.shape, self.vocab), -30.0)
         for b, row in enumerate(x.tolist()):
             for context, answer in self.answers.items():
@@ -129,14 +129,14 @@ def test_elbo_of_a_perfect_denoiser_is_zero_and_of_uniform_is_log_v():
         "P",
         (),
         {
-            "__call__": lambda self, xt, attn, where, start=0: (
+            "__call__": lambda self, xt, attn, where, positions=None: (
                 torch.nn.functional.one_hot(torch.nn.functional.pad(x[:, 1:], (0, 1)), 8).float().mul(60)[where]
             )
         },
     )
     assert elbo(perfect, x, maskable, 7, noise_levels(16), 0) < 1e-6
 
-    def uniform(xt, attn, where, start=0):
+    def uniform(xt, attn, where, positions=None):
         return torch.zeros(int(where.sum()), 8)
 
     # E_t[(1/t) · (number masked) · log V] = 3 log V exactly in expectation; a fine grid gets close
@@ -323,7 +323,7 @@ def test_official_choice_score_of_a_uniform_denoiser_is_log_v():
     maskable = torch.ones_like(x, dtype=torch.bool)
     maskable[:, 0] = False  # 400 answer tokens: every level masks some
 
-    def uniform(xt, attn, where, start=0):
+    def uniform(xt, attn, where, positions=None):
         return torch.zeros(int(where.sum()), 8)
 
     assert official_choice_score(uniform, x, maskable, 7, 32, 0) == pytest.approx(math.log(8), rel=1e-6)

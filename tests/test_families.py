@@ -169,7 +169,7 @@ def test_family_logits_and_greedy_text_match_transformers(tmp_path, family, tied
     import torch
 
     from checkpoint import load_checkpoint
-    from sample import Sampling, generate_ar
+    from sample import Sampling, Trained, generate_ar
 
     ref = tiny_family(tmp_path / "hf", family, tied)
     proc = run("convert.py", tmp_path / "hf", tmp_path / "ckpt", "--check")
@@ -184,7 +184,7 @@ def test_family_logits_and_greedy_text_match_transformers(tmp_path, family, tied
     tok = load_tokenizer(tmp_path / "ckpt")
     prompt = tok.encode("The capital of France is", bos=True)
     theirs = ref.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, min_new_tokens=16)
-    mine, _ = generate_ar(ours, [prompt], 16, seeds=[0], mask_id=meta["mask_token_id"], sampling=Sampling(greedy=True))
+    mine, _ = generate_ar(ours, [prompt], 16, Trained.of(meta), seeds=[0], sampling=Sampling(greedy=True))
     assert mine[0] == theirs[0].tolist()
 
 
@@ -341,14 +341,14 @@ def test_smollm2_converts_offline_answers_and_matches_transformers(tmp_path):
 
     pytest.importorskip("gguf")
     from checkpoint import load_checkpoint
-    from sample import Sampling, generate_ar, until_eos
+    from sample import Sampling, Trained, generate_ar, until_eos
 
     run("convert.py", SMOLLM2, tmp_path / "smollm2")
     model, meta = load_checkpoint(tmp_path / "smollm2")
     tok = load_tokenizer(tmp_path / "smollm2")
     prompt = tok.encode(CHAT, bos=True, special=True)
     out, _ = generate_ar(
-        model, [prompt], 16, seeds=[0], mask_id=meta["mask_token_id"], eos_id=tok.eos_id, sampling=Sampling(greedy=True)
+        model, [prompt], 16, Trained.of(meta, eos_id=tok.eos_id), seeds=[0], sampling=Sampling(greedy=True)
     )
     assert tok.decode(until_eos(out[0][len(prompt) :], tok.eos_id)) == "The capital of France is Paris."
     hf_tok = transformers.AutoTokenizer.from_pretrained(SMOLLM2.parent, gguf_file=SMOLLM2.name)

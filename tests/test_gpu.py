@@ -50,13 +50,13 @@ def test_bf16_compiled_training_step_runs():
 
 def test_decoding_on_cuda_matches_cpu_where_it_is_deterministic():
     """The sort-free nucleus and the scattered-position cache on the device: the same as on the CPU."""
-    from sample import Sampling, generate, nucleus
+    from sample import Decoding, Sampling, Trained, generate, nucleus
 
     probs = (torch.randn(16, 5000) * 2).softmax(-1)
     assert torch.equal(nucleus(probs.cuda(), 0.9).cpu(), nucleus(probs, 0.9))
     torch.manual_seed(0)
     model = Transformer(ModelConfig(arch="llama", vocab_size=64, block_size=64, n_layer=2, n_head=4, n_embd=32)).eval()
-    kw = dict(mask_id=63, steps=8, strategy="confidence", sampling=Sampling(greedy=True), cache=True, suffix=[5, 6])
-    cpu, _ = generate(model, [0, 3], 16, **kw)
-    cuda, _ = generate(model.cuda(), [0, 3], 16, **kw)
+    decoding = Decoding(8, "confidence", Sampling(greedy=True), cache=True)
+    cpu, _ = generate(model, [0, 3], 16, decoding, Trained(63), suffix=[5, 6])
+    cuda, _ = generate(model.cuda(), [0, 3], 16, decoding, Trained(63), suffix=[5, 6])
     assert torch.equal(cuda.cpu(), cpu)

@@ -66,12 +66,31 @@ def test_logits_at_chosen_positions(model):
     torch.testing.assert_close(model(idx, attn="full", where=where), model(idx, attn="full")[where])
 
 
+def causal(positions, slots):
+    return (positions[:, None] >= torch.arange(slots))[None, None]  # (1, 1, T, slots)
+
+
 def test_kv_cache_matches_full_recompute(model):
+    """AR decoding over the cache: a prompt, then a token at a time, each attending to the slots the mask shows."""
     idx = torch.randint(0, 97, (2, 12))
-    cache = model.make_cache(2, 12)
-    steps = [model(idx[:, :5], cache=cache, start=0)]
-    steps += [model(idx[:, t : t + 1], cache=cache, start=t) for t in range(5, 12)]
+    cache, at = model.make_cache(2, 12), torch.arange
+    steps = [model(idx[:, :5], attn=causal(at(5), 5), cache=cache, positions=at(5))]
+    steps += [
+        model(idx[:, t : t + 1], attn=causal(at(t, t + 1), 12), cache=cache, positions=at(t, t + 1))
+        for t in range(5, 12)
+    ]
     torch.testing.assert_close(torch.cat(steps, 1), model(idx, attn="causal"), atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_needs_no_rollback(model):
+    """A draft written past what was kept is hidden by the next pass's mask and overwritten by its writes: after
+    writing 0..11, positions 8..11 rewritten with other tokens read as a fresh pass over the new sequence."""
+    idx, other = torch.randint(0, 97, (2, 12)), torch.randint(0, 97, (2, 4))
+    cache, at = model.make_cache(2, 12), torch.arange
+    model(idx, attn=causal(at(12), 12), cache=cache, positions=at(12))
+    new = torch.cat([idx[:, :8], other], 1)
+    again = model(other, attn=causal(at(8, 12), 12), cache=cache, positions=at(8, 12))
+    torch.testing.assert_close(again, model(new, attn="causal")[:, 8:], atol=1e-5, rtol=1e-5)
 
 
 def test_flops_per_token_counts_matmuls():
@@ -108,10 +127,10 @@ def test_cache_window_matches_the_full_forward(model):
     cache = model.make_cache(2, 16)
     full = model(idx, attn="full", cache=cache)
     torch.testing.assert_close(full, model(idx, attn="full"))
-    window = model(idx[:, 5:11], attn="full", cache=cache, start=5)
+    window = model(idx[:, 5:11], attn="full", cache=cache, positions=torch.arange(5, 11))
     torch.testing.assert_close(window, full[:, 5:11], atol=1e-5, rtol=1e-5)
     cols = torch.tensor([0, 3, 4, 9, 15])  # scattered positions, each with its own embedding / RoPE angle
-    scattered = model(idx[:, cols], attn="full", cache=cache, start=cols)
+    scattered = model(idx[:, cols], attn="full", cache=cache, positions=cols)
     torch.testing.assert_close(scattered, full[:, cols], atol=1e-5, rtol=1e-5)
 
 

@@ -12,6 +12,7 @@ from sample import (
     STRATEGIES,
     Decoding,
     Sampling,
+    Trained,
     generate,
     generate_ar,
     generate_batch,
@@ -34,7 +35,7 @@ class Oracle:
         self.target, self.shift, self.calls, self.rows = target, shift, 0, 0
         self.tok_emb = torch.nn.Embedding(1, 1)
 
-    def __call__(self, x, attn, where, cache=None, start=0):
+    def __call__(self, x, attn, where, cache=None, positions=None):
         assert attn == "full"
         self.calls += 1
         self.rows += int(where.sum())
@@ -42,7 +43,7 @@ class Oracle:
         assert (predicted[where] == MASK).all(), "logits requested for a position that is not masked"
         nxt = torch.nn.functional.pad(self.target[1:], (0, 1)) if self.shift else self.target
         logits = torch.full((*x.shape, V), -30.0)
-        at = start if isinstance(start, torch.Tensor) else slice(start, start + x.shape[1])
+        at = slice(0, x.shape[1]) if positions is None else positions
         logits.scatter_(-1, nxt[at].expand(x.shape[0], -1)[..., None], 30.0)
         return logits[where]
 
@@ -71,7 +72,7 @@ def test_oracle_is_reproduced_exactly(case, strategy, threshold, block, cache):
     steps = 6
     decoding = Decoding(steps, strategy, threshold=threshold, block_length=block, cache=cache)
     prefix, suffix = target[:P].tolist(), target[P + N :].tolist()
-    x, forwards = generate(oracle, prefix, N, decoding, mask_id=MASK, suffix=suffix, num_samples=3, seed=1)
+    x, forwards = generate(oracle, prefix, N, decoding, Trained(MASK), suffix=suffix, num_samples=3, seed=1)
     assert torch.equal(x, target.expand(3, -1))  # prompt and suffix unchanged, every mask replaced correctly
     assert forwards == oracle.calls <= steps
 
@@ -79,7 +80,7 @@ def test_oracle_is_reproduced_exactly(case, strategy, threshold, block, cache):
 def test_no_shift_checkpoints_decode_unshifted():
     target = torch.randint(1, MASK, (10,))
     target[0] = BOS
-    x, _ = generate(Oracle(target, shift=False), [BOS], 9, Decoding(9, "confidence"), mask_id=MASK, shift=False)
+    x, _ = generate(Oracle(target, shift=False), [BOS], 9, Decoding(9, "confidence"), Trained(MASK, shift=False))
     assert torch.equal(x[0], target)
 
 
@@ -88,7 +89,7 @@ def test_no_forward_pass_when_nothing_was_revealed():
     target = torch.randint(1, MASK, (9,))
     target[0] = BOS
     oracle = Oracle(target)
-    x, forwards = generate(oracle, [BOS], 8, Decoding(200, "random"), mask_id=MASK)
+    x, forwards = generate(oracle, [BOS], 8, Decoding(200, "random"), Trained(MASK))
     assert torch.equal(x[0], target) and forwards == oracle.calls <= 8
     assert oracle.rows == 8  # the random order predicts only the tokens it reveals: each position once
 
@@ -97,7 +98,7 @@ def test_threshold_decodes_in_fewer_passes():
     target = torch.randint(1, MASK, (33,))
     target[0] = BOS
     oracle = Oracle(target)
-    generate(oracle, [BOS], 32, Decoding(32, "confidence", threshold=0.9), mask_id=MASK)
+    generate(oracle, [BOS], 32, Decoding(32, "confidence", threshold=0.9), Trained(MASK))
     assert oracle.calls == 1  # the oracle is sure of everything at once
 
 
@@ -110,10 +111,10 @@ def tiny_model():
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_real_model_same_seed_same_text(tiny_model, strategy):
     decoding = Decoding(5, strategy, Sampling(top_p=0.9, temperature=0.8))
-    kw = dict(mask_id=MASK, num_samples=2, suffix=[5, 6])
-    a, _ = generate(tiny_model, [BOS, 3, 4], 10, decoding, seed=7, **kw)
-    b, _ = generate(tiny_model, [BOS, 3, 4], 10, decoding, seed=7, **kw)
-    c, _ = generate(tiny_model, [BOS, 3, 4], 10, decoding, seed=8, **kw)
+    kw = dict(num_samples=2, suffix=[5, 6])
+    a, _ = generate(tiny_model, [BOS, 3, 4], 10, decoding, Trained(MASK), seed=7, **kw)
+    b, _ = generate(tiny_model, [BOS, 3, 4], 10, decoding, Trained(MASK), seed=7, **kw)
+    c, _ = generate(tiny_model, [BOS, 3, 4], 10, decoding, Trained(MASK), seed=8, **kw)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert (
         not (a == MASK).any()
@@ -135,7 +136,7 @@ def test_ar_cache_equals_no_cache(tiny_model):
     for greedy, seed in [(True, 0), (False, 3)]:
         sampling = Sampling(greedy=greedy)
         cached, _ = generate_ar(
-            tiny_model, [[BOS, 7], [BOS, 7]], 20, seeds=[seed, seed + 1], mask_id=MASK, sampling=sampling
+            tiny_model, [[BOS, 7], [BOS, 7]], 20, Trained(MASK), seeds=[seed, seed + 1], sampling=sampling
         )
         assert cached == [ar_without_cache(tiny_model, [BOS, 7], 20, s, sampling) for s in (seed, seed + 1)]
         assert MASK not in cached[0] + cached[1]
@@ -161,8 +162,8 @@ def test_cli_samples_infill_and_show(stories_ckpt):
 def test_cache_with_one_step_per_block_is_exact(tiny_model):
     """Every block decoded in its first step starts from a fresh cache: the same tokens as without it."""
     decoding = Decoding(4, "confidence", Sampling(greedy=True), block_length=3)
-    exact, _ = generate(tiny_model, [BOS, 3], 12, decoding, mask_id=MASK, suffix=[5, 6])
-    cached, _ = generate(tiny_model, [BOS, 3], 12, replace(decoding, cache=True), mask_id=MASK, suffix=[5, 6])
+    exact, _ = generate(tiny_model, [BOS, 3], 12, decoding, Trained(MASK), suffix=[5, 6])
+    cached, _ = generate(tiny_model, [BOS, 3], 12, replace(decoding, cache=True), Trained(MASK), suffix=[5, 6])
     assert torch.equal(exact, cached)
 
 
@@ -262,9 +263,9 @@ def test_a_batch_decodes_each_prompt_as_it_decodes_alone(arch):
     for strategy in STRATEGIES:
         for block_length in (0, 4):
             decoding = Decoding(8, strategy, Sampling(greedy=True), block_length=block_length)
-            batch, _ = generate_batch(model, rows, 16, decoding, seeds=seeds, mask_id=MASK)
+            batch, _ = generate_batch(model, rows, 16, decoding, Trained(MASK), seeds=seeds)
             for b, (row, seed) in enumerate(zip(rows, seeds)):
-                alone, _ = generate_batch(model, [row], 16, decoding, seeds=[seed], mask_id=MASK)
+                alone, _ = generate_batch(model, [row], 16, decoding, Trained(MASK), seeds=[seed])
                 n = alone.shape[1]
                 assert torch.equal(batch[b, :n], alone[0]), (strategy, block_length, b)
 
@@ -317,10 +318,10 @@ def test_an_ar_batch_decodes_each_prompt_as_it_decodes_alone(arch):
     prefixes = [
         [BOS, *torch.randint(3, V - 2, (n - 1,), generator=g).tolist()] for n in [1, 2, 7, 30, 64, 111, 170, 200]
     ]
-    kw = dict(mask_id=MASK, sampling=Sampling(greedy=True), eos_id=V - 2)
-    batch, _ = generate_ar(model, prefixes, 24, seeds=list(range(8)), **kw)
+    kw = dict(sampling=Sampling(greedy=True))
+    batch, _ = generate_ar(model, prefixes, 24, Trained(MASK, eos_id=V - 2), seeds=list(range(8)), **kw)
     for k, (prefix, row) in enumerate(zip(prefixes, batch)):
-        (alone,), _ = generate_ar(model, [prefix], 24, seeds=[k], **kw)
+        (alone,), _ = generate_ar(model, [prefix], 24, Trained(MASK, eos_id=V - 2), seeds=[k], **kw)
         assert until_eos(row, V - 2) == until_eos(alone, V - 2)
         if k in (0, 3, 7):  # and the plain loop's, for the shortest, a middle and the longest prompt
             assert until_eos(alone, V - 2) == until_eos(ar_without_cache(model, prefix, 24, k, kw["sampling"]), V - 2)

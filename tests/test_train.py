@@ -38,7 +38,7 @@ class TableModel:
     def __init__(self, logits):
         self.logits = logits
 
-    def __call__(self, xt, attn, where, start=0):
+    def __call__(self, xt, attn, where, positions=None):
         self.xt, self.attn, self.where = xt, attn, where
         return self.logits.expand(xt.shape[0], -1, -1)[where]
 
