@@ -108,86 +108,6 @@ def build_parser():
     return p
 
 
-# Options a resumed run may change: where and how it runs, not what it computes.
-RESUME_MAY_CHANGE = {"data_dir", "eval_interval", "device", "dtype", "compile", "fsdp", "activation_checkpointing"}
-NOT_READ_BACK = {"config", "init_from", "out_dir", "extend_schedule"}
-
-
-def parse_args(argv=None):
-    """Defaults < the run's own options (on resume) < the --config preset < the command line.
-
-    The run's options and the preset are read as words of the command line that come before the
-    user's, so every value passes the same checks (argparse's type=)."""
-    p, argv = build_parser(), sys.argv[1:] if argv is None else [str(a) for a in argv]
-    given, known = given_options(p, argv), {action.dest for action in p._actions}
-    preset = read_preset(given["config"], known) if given.get("config") else {}
-    given = {**preset, **given}
-    saved, done = {}, 0
-    if given.get("init_from") == "resume" and given.get("out_dir"):
-        saved, done = saved_run(given["out_dir"])
-        saved = {k: v for k, v in saved.items() if k in known and k not in NOT_READ_BACK}
-    args = p.parse_args(as_argv(saved) + as_argv(preset) + argv)
-    if args.data_dir is None:
-        p.error("the following arguments are required: --data-dir")
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    args.grad_accum = args.grad_accum or world  # the global batch of one process, on any number of them
-    if args.grad_accum % world:
-        raise UserError(f"--grad-accum {args.grad_accum} is not a multiple of the {world} processes")
-    pick_device(args.device)  # a device this machine lacks: refused before any work
-    if saved:
-        check_resume(args, saved, done, given)
-    return args
-
-
-def as_argv(options):
-    """{name: value} -> the command-line words that say it: --name value, a bare --name for True."""
-    words = []
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        words += [] if value is None or value is False else [flag] if value is True else [flag, str(value)]
-    return words
-
-
-def read_preset(path, known):
-    try:
-        preset = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read --config {path}: {e}") from None
-    if not isinstance(preset, dict):
-        raise UserError(f"--config {path} must hold a JSON object of options, not {type(preset).__name__}")
-    preset = {k.replace("-", "_"): v for k, v in preset.items() if not k.startswith("_")}
-    if set(preset) - known:
-        raise UserError(f"{path}: unknown options {sorted(set(preset) - known)}")
-    return preset
-
-
-def saved_run(out_dir):
-    """-> (the options, the step) of the train.py run in out_dir, from its config.json."""
-    training = read_meta(out_dir).get("training")
-    if not isinstance(training, dict) or not isinstance(training.get("args"), dict):
-        raise UserError(f"{out_dir} is not a train.py output: its config.json records no training run")
-    return training["args"], training["step"]
-
-
-def check_resume(args, saved, done, given):
-    """A resumed run is the same run: an option that contradicts it is refused; --max-iters may grow."""
-    for name, value in given.items():
-        old = saved.get(name)
-        if name in saved and name not in RESUME_MAY_CHANGE | {"max_iters"} and str(value) != str(old):
-            flag = "--" + name.replace("_", "-")
-            raise UserError(f"{flag} {value} contradicts the run in {args.out_dir}, which used {flag} {old}")
-    if args.max_iters < done:
-        raise UserError(f"--max-iters {args.max_iters} is below the {done} steps {args.out_dir} has done already")
-    if args.max_iters == done:
-        raise UserError(f"{args.out_dir} has done its {done} steps; pass a larger --max-iters to train further")
-    before = argparse.Namespace(**{**vars(args), "max_iters": saved["max_iters"]})
-    if lr_at(done, before) != lr_at(done, args) and not args.extend_schedule:
-        raise UserError(
-            f"--max-iters {saved['max_iters']} -> {args.max_iters} changes the cosine schedule (lr at step {done}: "
-            f"{lr_at(done, before):.3g} -> {lr_at(done, args):.3g}); pass --extend-schedule to accept that"
-        )
-
-
 def lr_at(step, args):
     """Linear warm-up, then cosine decay to lr × min_lr_ratio at max_iters (or constant)."""
     if step < args.warmup_iters:
@@ -199,248 +119,7 @@ def lr_at(step, args):
 
 
 # ---------------------------------------------------------------------------------------------
-# Setup: processes, model, optimizer
-
-
-def setup_distributed(device_arg):
-    """-> (rank, world, device). torchrun sets RANK / WORLD_SIZE / LOCAL_RANK."""
-    if "RANK" not in os.environ:
-        return 0, 1, pick_device(device_arg)
-    backend = "nccl" if torch.cuda.is_available() and device_arg in ("auto", "cuda") else "gloo"
-    dist.init_process_group(backend)
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if backend == "nccl" else torch.device("cpu")
-    if backend == "nccl":
-        torch.cuda.set_device(device)
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def wrap(model, args, device, world):
-    """FSDP2 (each block, then the root) or DDP when there are several processes; then compile."""
-    model.checkpointing = args.activation_checkpointing
-    if args.fsdp:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        bf16 = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        policy = bf16 if args.dtype == "bfloat16" else MixedPrecisionPolicy()
-        for block in model.layers:
-            fully_shard(block, mp_policy=policy)
-        model = fully_shard(model, mp_policy=policy)
-    elif world > 1:
-        device_ids = [device.index] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    return torch.compile(model) if args.compile else model
-
-
-def make_optimizer(model, args, device):
-    """AdamW, weight decay on matrices only; fused on a GPU (FSDP's DTensors take the default kernel)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = device.type == "cuda" and not args.fsdp
-    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, args.beta2), eps=1e-8, fused=fused)
-
-
-@dataclass
-class Objective:
-    """What a step minimises: model.py's diffusion loss, or the AR loss (the baseline)."""
-
-    name: str  # "diffusion" | "ar"
-    mask_id: int
-    shift: bool
-
-    block: int = 0  # block diffusion's block size (0: the whole sequence)
-    complementary: bool = False  # each row again with the complementary mask
-
-    def loss_sums(self, model, x, maskable, t, noise, attn, complementary=None):
-        """-> (Σ loss, Σ CE, number of targets): the loss is the first over the third. attn: diffusion only."""
-        if self.name == "diffusion":
-            pair = self.complementary if complementary is None else complementary
-            return diffusion_loss(
-                model, x, maskable, t, noise, self.mask_id, attn, self.shift, block=self.block, complementary=pair
-            )
-        ce = ar_loss(model, x)
-        return ce.sum(), ce.sum(), torch.tensor(ce.numel(), device=x.device)
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation and checkpoints
-
-
-@torch.no_grad()
-def evaluate(model, objective, val_data, args, autocast, rank, world, device):
-    """Validation at fixed windows and a fixed grid of t (diffusion: full attention, the final model)."""
-    model.eval()
-    count = args.eval_iters * args.batch_size
-    indices, ts, seeds = val_data.eval_examples(count)
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # Σ CE/t, Σ CE, n masked, n maskable
-    n_batches = -(-count // args.batch_size)
-    for j in range(rank, -(-n_batches // world) * world, world):  # every rank runs as many forwards (FSDP)
-        rows = slice(j * args.batch_size, (j + 1) * args.batch_size) if j < n_batches else slice(0, args.batch_size)
-        x, maskable, t, noise = val_data.batch(indices[rows], ts[rows], seeds[rows], device)
-        with autocast:
-            weighted, ce, n = objective.loss_sums(model, x, maskable, t, noise, "full", complementary=False)
-        n_targets = maskable.sum() if objective.name == "diffusion" else n  # every maskable token is some target
-        sums += torch.stack([weighted, ce, n, n_targets]).double() * (j < n_batches)
-    if world > 1:
-        dist.all_reduce(sums)
-    model.train()
-    w, ce, n, n_all = sums.tolist()
-    # Σ CE/t over all maskable positions estimates the ELBO: an upper bound on NLL in nats/token.
-    return {"val_loss": w / n, "val_loss_unweighted": ce / n, "val_nll_bound": w / n_all}
-
-
-def save(model, optimizer, meta, args, objective, step, tokens, metrics, init_dir, master):
-    """Write --out-dir atomically: the weights, config.json, train_state.pt, metrics.jsonl, loss.png."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-    # a NaN never replaces a good checkpoint: every rank checks its weights (FSDP: its shards), all agree
-    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
-    ok = torch.stack([p.isfinite().all() for p in local]).all().float()  # one sync, not one per tensor
-    if dist.is_initialized():
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    if not ok.item():
-        raise Diverged(f"non-finite weights at step {step}", args.out_dir)
-    # full (unsharded) state on the CPU, keyed by parameter name: a collective under DDP / FSDP
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model_state, optim_state = get_state_dict(model, optimizer, options=options)
-    if not master:
-        return
-    run_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    shift, training = objective.shift or objective.name == "ar", {"step": step, "tokens": tokens, "args": run_args}
-    out_meta = {k: v for k, v in meta.items() if k not in ("model", "training")}
-    out_meta |= {"objective": objective.name, "shift": shift, "training": training, "model": meta["model"]}
-    if objective.name == "diffusion":
-        out_meta["diffusion_block"] = objective.block or None  # None: the whole sequence is one block
-    writers = {
-        "train_state.pt": lambda f: torch.save({"step": step, "tokens": tokens, "optimizer": optim_state}, f),
-        "metrics.jsonl": lambda f: f.write_text("".join(json.dumps(m) + "\n" for m in metrics)),
-    }
-    if HAVE_MATPLOTLIB:
-        evals = [m for m in metrics if "val_loss" in m]  # not the notes
-        curves = {label: ([m["tokens"] for m in evals], [m[key] for m in evals]) for key, label in CURVES.items()}
-        writers["loss.png"] = lambda f: plot_curves(curves, f, "nats")
-    save_checkpoint(args.out_dir, model_state, out_meta, tokenizer_from=init_dir, overwrite=True, extra=writers)
-
-
-class Diverged(UserError):
-    def __init__(self, what, out_dir):
-        super().__init__(f"{what}: the run diverged and stopped; the last checkpoint in {out_dir} is kept")
-
-
-CURVES = {  # loss.png: metric -> label
-    "val_loss": "val loss (CE/t, the paper's)",
-    "val_loss_unweighted": "val masked CE",
-    "val_nll_bound": "val NLL bound (nats/token)",
-}
-
-
-def read_train_state(run_dir):
-    """-> {"step", "tokens", "optimizer", "metrics"} of the run in run_dir, checked before any work (the
-    optimizer state is memory-mapped: reading it here costs nothing until it is used)."""
-    file = run_dir / "train_state.pt"
-    if not file.is_file():
-        raise UserError(f"{run_dir} has no train_state.pt: not a train.py output to resume")
-    state = load_torch_file(file)
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        state["metrics"] = [json.loads(line) for line in lines if line]
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {run_dir / 'metrics.jsonl'}: {e}") from None
-    return state
-
-
-# ---------------------------------------------------------------------------------------------
-# The run
-
-
-def check_run(args):
-    """Every check that needs no model -> (the checkpoint to start from, the resumed run's state or None)."""
-    resume = args.init_from == "resume"
-    init_dir = args.out_dir if resume else Path(args.init_from)
-    if not resume and args.out_dir.exists():
-        raise UserError(f"--out-dir {args.out_dir} already exists: pass --init-from resume to continue it, or another")
-    init_meta = read_meta(init_dir)
-    state = read_train_state(init_dir) if resume else None
-    model_block = init_meta["model"]["block_size"]
-    args.block_size = args.block_size or min(model_block, 1024)
-    if args.diffusion_block is None:  # a block-diffusion checkpoint trains on with its blocks
-        args.diffusion_block = init_meta.get("diffusion_block") or 0
-    if args.diffusion_block >= args.block_size:  # one block: the whole sequence, the paper
-        args.diffusion_block = 0
-    check_data(args.data_dir, init_dir, init_meta, args.block_size, model_block)
-    return init_dir, state
-
-
-def precision(args, device):
-    """-> (dtype, autocast context): --dtype, or bf16 where the GPU has it and fp32 elsewhere."""
-    dtype = pick_dtype(args.dtype, device)
-    args.dtype = str(dtype).removeprefix("torch.")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    return dtype, torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-
-
-class StopRequest:
-    """SIGINT / SIGTERM set a flag: the loop finishes its step, saves and exits with 128 + the signal."""
-
-    def __init__(self):
-        self.signal = None
-        for stop in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(stop, lambda signum, frame: setattr(self, "signal", signum))
-
-
-def load_model(init_dir, args, resumed, device):
-    """The checkpoint's weights (on resume: those of the last save), or fresh ones with --reinit."""
-    model, meta = load_checkpoint(init_dir, device="cpu")
-    if args.reinit and not resumed:
-        torch.manual_seed(args.seed)
-        model = type(model)(model.cfg)
-    return model.to(device).train(), meta
-
-
-def restore(state, model, optimizer, meta, args, master):
-    """A resumed run: the optimizer state, and where the run stands -> (step, tokens, metrics)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
-    step, tokens, metrics = state["step"], state["tokens"], state["metrics"]
-    run = meta["training"]["args"]
-    args.init_from = run["init_from"]  # the run's origin, not "resume"
-    if args.max_iters != run["max_iters"]:  # --extend-schedule: say where the schedule changed
-        note = f"max_iters {run['max_iters']} -> {args.max_iters} at step {step}"
-        note += ": the cosine schedule is recomputed from here" if args.lr_schedule == "cosine" else ""
-        metrics.append({"iter": step, "tokens": tokens, "note": note})
-        if master:
-            print(note, file=sys.stderr)
-    return step, tokens, metrics
-
-
-def describe(model, args, world, device, tokens_per_step, train_data):
-    """The run in a line or two, before the first step."""
-    if not HAVE_MATPLOTLIB:
-        print("note: matplotlib is not installed: no loss.png (pip install matplotlib)", file=sys.stderr)
-    blocks = f", blocks of {args.diffusion_block}" if args.diffusion_block else ""
-    method = (
-        f", shift {not args.no_shift}, anneal {args.anneal_steps} steps{blocks}"
-        if args.objective == "diffusion"
-        else ""
-    )
-    where = f"{world} process(es) on {device.type}, {args.dtype}, {tokens_per_step:,} tokens/step"
-    print(f"{model.num_params() / 1e6:.2f}M parameters, {where}, objective {args.objective}{method}", file=sys.stderr)
-    if note := train_data.repetition_note(args.max_iters * tokens_per_step, args.data_dir):
-        print(note, file=sys.stderr)
-
-
-def evaluated(model, objective, val_data, args, autocast, rank, world, device, master, step, tokens, logged=None):
-    """Evaluate, and say so -> the metrics lines to append (none off rank 0)."""
-    result, logged = evaluate(model, objective, val_data, args, autocast, rank, world, device), logged or {}
-    if not all(math.isfinite(v) for v in result.values()):  # the same numbers on every rank: all stop
-        raise Diverged(f"validation loss {result['val_loss']} at step {step}", args.out_dir)
-    if master:
-        train = f"train loss {logged['train_loss']:.4f}, " if logged else ""
-        val = f"val loss {result['val_loss']:.4f} (unweighted {result['val_loss_unweighted']:.4f}, "
-        tqdm.write(f"step {step}: {train}{val}nll bound {result['val_nll_bound']:.4f})", file=sys.stderr)
-    return [{"iter": step, "tokens": tokens, **logged, **result}] if master else []
+# The run: every check first, then the loop
 
 
 def main(argv=None):
@@ -553,6 +232,331 @@ def train(args, init_dir, resumed):
     if step < args.max_iters:  # stopped by a signal (here or on another rank) and saved: the shell's convention
         sys.exit(128 + (stop.signal or signal.SIGTERM))
     return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# What the loop calls: the objective, evaluation, saving, stopping
+
+
+@dataclass
+class Objective:
+    """What a step minimises: model.py's diffusion loss, or the AR loss (the baseline)."""
+
+    name: str  # "diffusion" | "ar"
+    mask_id: int
+    shift: bool
+
+    block: int = 0  # block diffusion's block size (0: the whole sequence)
+    complementary: bool = False  # each row again with the complementary mask
+
+    def loss_sums(self, model, x, maskable, t, noise, attn, complementary=None):
+        """-> (Σ loss, Σ CE, number of targets): the loss is the first over the third. attn: diffusion only."""
+        if self.name == "diffusion":
+            pair = self.complementary if complementary is None else complementary
+            return diffusion_loss(
+                model, x, maskable, t, noise, self.mask_id, attn, self.shift, block=self.block, complementary=pair
+            )
+        ce = ar_loss(model, x)
+        return ce.sum(), ce.sum(), torch.tensor(ce.numel(), device=x.device)
+
+
+@torch.no_grad()
+def evaluate(model, objective, val_data, args, autocast, rank, world, device):
+    """Validation at fixed windows and a fixed grid of t (diffusion: full attention, the final model)."""
+    model.eval()
+    count = args.eval_iters * args.batch_size
+    indices, ts, seeds = val_data.eval_examples(count)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # Σ CE/t, Σ CE, n masked, n maskable
+    n_batches = -(-count // args.batch_size)
+    for j in range(rank, -(-n_batches // world) * world, world):  # every rank runs as many forwards (FSDP)
+        rows = slice(j * args.batch_size, (j + 1) * args.batch_size) if j < n_batches else slice(0, args.batch_size)
+        x, maskable, t, noise = val_data.batch(indices[rows], ts[rows], seeds[rows], device)
+        with autocast:
+            weighted, ce, n = objective.loss_sums(model, x, maskable, t, noise, "full", complementary=False)
+        n_targets = maskable.sum() if objective.name == "diffusion" else n  # every maskable token is some target
+        sums += torch.stack([weighted, ce, n, n_targets]).double() * (j < n_batches)
+    if world > 1:
+        dist.all_reduce(sums)
+    model.train()
+    w, ce, n, n_all = sums.tolist()
+    # Σ CE/t over all maskable positions estimates the ELBO: an upper bound on NLL in nats/token.
+    return {"val_loss": w / n, "val_loss_unweighted": ce / n, "val_nll_bound": w / n_all}
+
+
+def evaluated(model, objective, val_data, args, autocast, rank, world, device, master, step, tokens, logged=None):
+    """Evaluate, and say so -> the metrics lines to append (none off rank 0)."""
+    result, logged = evaluate(model, objective, val_data, args, autocast, rank, world, device), logged or {}
+    if not all(math.isfinite(v) for v in result.values()):  # the same numbers on every rank: all stop
+        raise Diverged(f"validation loss {result['val_loss']} at step {step}", args.out_dir)
+    if master:
+        train = f"train loss {logged['train_loss']:.4f}, " if logged else ""
+        val = f"val loss {result['val_loss']:.4f} (unweighted {result['val_loss_unweighted']:.4f}, "
+        tqdm.write(f"step {step}: {train}{val}nll bound {result['val_nll_bound']:.4f})", file=sys.stderr)
+    return [{"iter": step, "tokens": tokens, **logged, **result}] if master else []
+
+
+def save(model, optimizer, meta, args, objective, step, tokens, metrics, init_dir, master):
+    """Write --out-dir atomically: the weights, config.json, train_state.pt, metrics.jsonl, loss.png."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    # a NaN never replaces a good checkpoint: every rank checks its weights (FSDP: its shards), all agree
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    ok = torch.stack([p.isfinite().all() for p in local]).all().float()  # one sync, not one per tensor
+    if dist.is_initialized():
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    if not ok.item():
+        raise Diverged(f"non-finite weights at step {step}", args.out_dir)
+    # full (unsharded) state on the CPU, keyed by parameter name: a collective under DDP / FSDP
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state, optim_state = get_state_dict(model, optimizer, options=options)
+    if not master:
+        return
+    run_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    shift, training = objective.shift or objective.name == "ar", {"step": step, "tokens": tokens, "args": run_args}
+    out_meta = {k: v for k, v in meta.items() if k not in ("model", "training")}
+    out_meta |= {"objective": objective.name, "shift": shift, "training": training, "model": meta["model"]}
+    if objective.name == "diffusion":
+        out_meta["diffusion_block"] = objective.block or None  # None: the whole sequence is one block
+    writers = {
+        "train_state.pt": lambda f: torch.save({"step": step, "tokens": tokens, "optimizer": optim_state}, f),
+        "metrics.jsonl": lambda f: f.write_text("".join(json.dumps(m) + "\n" for m in metrics)),
+    }
+    if HAVE_MATPLOTLIB:
+        evals = [m for m in metrics if "val_loss" in m]  # not the notes
+        curves = {label: ([m["tokens"] for m in evals], [m[key] for m in evals]) for key, label in CURVES.items()}
+        writers["loss.png"] = lambda f: plot_curves(curves, f, "nats")
+    save_checkpoint(args.out_dir, model_state, out_meta, tokenizer_from=init_dir, overwrite=True, extra=writers)
+
+
+CURVES = {  # loss.png: metric -> label
+    "val_loss": "val loss (CE/t, the paper's)",
+    "val_loss_unweighted": "val masked CE",
+    "val_nll_bound": "val NLL bound (nats/token)",
+}
+
+
+class Diverged(UserError):
+    def __init__(self, what, out_dir):
+        super().__init__(f"{what}: the run diverged and stopped; the last checkpoint in {out_dir} is kept")
+
+
+class StopRequest:
+    """SIGINT / SIGTERM set a flag: the loop finishes its step, saves and exits with 128 + the signal."""
+
+    def __init__(self):
+        self.signal = None
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop, lambda signum, frame: setattr(self, "signal", signum))
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup: processes, precision, model, optimizer
+
+
+def setup_distributed(device_arg):
+    """-> (rank, world, device). torchrun sets RANK / WORLD_SIZE / LOCAL_RANK."""
+    if "RANK" not in os.environ:
+        return 0, 1, pick_device(device_arg)
+    backend = "nccl" if torch.cuda.is_available() and device_arg in ("auto", "cuda") else "gloo"
+    dist.init_process_group(backend)
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if backend == "nccl" else torch.device("cpu")
+    if backend == "nccl":
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def precision(args, device):
+    """-> (dtype, autocast context): --dtype, or bf16 where the GPU has it and fp32 elsewhere."""
+    dtype = pick_dtype(args.dtype, device)
+    args.dtype = str(dtype).removeprefix("torch.")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return dtype, torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
+
+def load_model(init_dir, args, resumed, device):
+    """The checkpoint's weights (on resume: those of the last save), or fresh ones with --reinit."""
+    model, meta = load_checkpoint(init_dir, device="cpu")
+    if args.reinit and not resumed:
+        torch.manual_seed(args.seed)
+        model = type(model)(model.cfg)
+    return model.to(device).train(), meta
+
+
+def wrap(model, args, device, world):
+    """FSDP2 (each block, then the root) or DDP when there are several processes; then compile."""
+    model.checkpointing = args.activation_checkpointing
+    if args.fsdp:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        bf16 = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        policy = bf16 if args.dtype == "bfloat16" else MixedPrecisionPolicy()
+        for block in model.layers:
+            fully_shard(block, mp_policy=policy)
+        model = fully_shard(model, mp_policy=policy)
+    elif world > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return torch.compile(model) if args.compile else model
+
+
+def make_optimizer(model, args, device):
+    """AdamW, weight decay on matrices only; fused on a GPU (FSDP's DTensors take the default kernel)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type == "cuda" and not args.fsdp
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, args.beta2), eps=1e-8, fused=fused)
+
+
+def restore(state, model, optimizer, meta, args, master):
+    """A resumed run: the optimizer state, and where the run stands -> (step, tokens, metrics)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    step, tokens, metrics = state["step"], state["tokens"], state["metrics"]
+    run = meta["training"]["args"]
+    args.init_from = run["init_from"]  # the run's origin, not "resume"
+    if args.max_iters != run["max_iters"]:  # --extend-schedule: say where the schedule changed
+        note = f"max_iters {run['max_iters']} -> {args.max_iters} at step {step}"
+        note += ": the cosine schedule is recomputed from here" if args.lr_schedule == "cosine" else ""
+        metrics.append({"iter": step, "tokens": tokens, "note": note})
+        if master:
+            print(note, file=sys.stderr)
+    return step, tokens, metrics
+
+
+def describe(model, args, world, device, tokens_per_step, train_data):
+    """The run in a line or two, before the first step."""
+    if not HAVE_MATPLOTLIB:
+        print("note: matplotlib is not installed: no loss.png (pip install matplotlib)", file=sys.stderr)
+    blocks = f", blocks of {args.diffusion_block}" if args.diffusion_block else ""
+    method = (
+        f", shift {not args.no_shift}, anneal {args.anneal_steps} steps{blocks}"
+        if args.objective == "diffusion"
+        else ""
+    )
+    where = f"{world} process(es) on {device.type}, {args.dtype}, {tokens_per_step:,} tokens/step"
+    print(f"{model.num_params() / 1e6:.2f}M parameters, {where}, objective {args.objective}{method}", file=sys.stderr)
+    if note := train_data.repetition_note(args.max_iters * tokens_per_step, args.data_dir):
+        print(note, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks before any work: options, presets, resuming (skip these on a first reading)
+
+
+# Options a resumed run may change: where and how it runs, not what it computes.
+RESUME_MAY_CHANGE = {"data_dir", "eval_interval", "device", "dtype", "compile", "fsdp", "activation_checkpointing"}
+NOT_READ_BACK = {"config", "init_from", "out_dir", "extend_schedule"}
+
+
+def parse_args(argv=None):
+    """Defaults < the run's own options (on resume) < the --config preset < the command line.
+
+    The run's options and the preset are read as words of the command line that come before the
+    user's, so every value passes the same checks (argparse's type=)."""
+    p, argv = build_parser(), sys.argv[1:] if argv is None else [str(a) for a in argv]
+    given, known = given_options(p, argv), {action.dest for action in p._actions}
+    preset = read_preset(given["config"], known) if given.get("config") else {}
+    given = {**preset, **given}
+    saved, done = {}, 0
+    if given.get("init_from") == "resume" and given.get("out_dir"):
+        saved, done = saved_run(given["out_dir"])
+        saved = {k: v for k, v in saved.items() if k in known and k not in NOT_READ_BACK}
+    args = p.parse_args(as_argv(saved) + as_argv(preset) + argv)
+    if args.data_dir is None:
+        p.error("the following arguments are required: --data-dir")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    args.grad_accum = args.grad_accum or world  # the global batch of one process, on any number of them
+    if args.grad_accum % world:
+        raise UserError(f"--grad-accum {args.grad_accum} is not a multiple of the {world} processes")
+    pick_device(args.device)  # a device this machine lacks: refused before any work
+    if saved:
+        check_resume(args, saved, done, given)
+    return args
+
+
+def as_argv(options):
+    """{name: value} -> the command-line words that say it: --name value, a bare --name for True."""
+    words = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        words += [] if value is None or value is False else [flag] if value is True else [flag, str(value)]
+    return words
+
+
+def read_preset(path, known):
+    try:
+        preset = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read --config {path}: {e}") from None
+    if not isinstance(preset, dict):
+        raise UserError(f"--config {path} must hold a JSON object of options, not {type(preset).__name__}")
+    preset = {k.replace("-", "_"): v for k, v in preset.items() if not k.startswith("_")}
+    if set(preset) - known:
+        raise UserError(f"{path}: unknown options {sorted(set(preset) - known)}")
+    return preset
+
+
+def saved_run(out_dir):
+    """-> (the options, the step) of the train.py run in out_dir, from its config.json."""
+    training = read_meta(out_dir).get("training")
+    if not isinstance(training, dict) or not isinstance(training.get("args"), dict):
+        raise UserError(f"{out_dir} is not a train.py output: its config.json records no training run")
+    return training["args"], training["step"]
+
+
+def check_resume(args, saved, done, given):
+    """A resumed run is the same run: an option that contradicts it is refused; --max-iters may grow."""
+    for name, value in given.items():
+        old = saved.get(name)
+        if name in saved and name not in RESUME_MAY_CHANGE | {"max_iters"} and str(value) != str(old):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} {value} contradicts the run in {args.out_dir}, which used {flag} {old}")
+    if args.max_iters < done:
+        raise UserError(f"--max-iters {args.max_iters} is below the {done} steps {args.out_dir} has done already")
+    if args.max_iters == done:
+        raise UserError(f"{args.out_dir} has done its {done} steps; pass a larger --max-iters to train further")
+    before = argparse.Namespace(**{**vars(args), "max_iters": saved["max_iters"]})
+    if lr_at(done, before) != lr_at(done, args) and not args.extend_schedule:
+        raise UserError(
+            f"--max-iters {saved['max_iters']} -> {args.max_iters} changes the cosine schedule (lr at step {done}: "
+            f"{lr_at(done, before):.3g} -> {lr_at(done, args):.3g}); pass --extend-schedule to accept that"
+        )
+
+
+def check_run(args):
+    """Every check that needs no model -> (the checkpoint to start from, the resumed run's state or None)."""
+    resume = args.init_from == "resume"
+    init_dir = args.out_dir if resume else Path(args.init_from)
+    if not resume and args.out_dir.exists():
+        raise UserError(f"--out-dir {args.out_dir} already exists: pass --init-from resume to continue it, or another")
+    init_meta = read_meta(init_dir)
+    state = read_train_state(init_dir) if resume else None
+    model_block = init_meta["model"]["block_size"]
+    args.block_size = args.block_size or min(model_block, 1024)
+    if args.diffusion_block is None:  # a block-diffusion checkpoint trains on with its blocks
+        args.diffusion_block = init_meta.get("diffusion_block") or 0
+    if args.diffusion_block >= args.block_size:  # one block: the whole sequence, the paper
+        args.diffusion_block = 0
+    check_data(args.data_dir, init_dir, init_meta, args.block_size, model_block)
+    return init_dir, state
+
+
+def read_train_state(run_dir):
+    """-> {"step", "tokens", "optimizer", "metrics"} of the run in run_dir, checked before any work (the
+    optimizer state is memory-mapped: reading it here costs nothing until it is used)."""
+    file = run_dir / "train_state.pt"
+    if not file.is_file():
+        raise UserError(f"{run_dir} has no train_state.pt: not a train.py output to resume")
+    state = load_torch_file(file)
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        state["metrics"] = [json.loads(line) for line in lines if line]
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {run_dir / 'metrics.jsonl'}: {e}") from None
+    return state
 
 
 if __name__ == "__main__":

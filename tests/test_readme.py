@@ -31,7 +31,11 @@ TINY = {
     "--mc 2 --gen-steps 2,4 --gen-samples 2 --gen-length 8 --test-stories 4",
 }
 HUB_TASKS = "--lm-eval hellaswag,winogrande,piqa"  # lm-eval's tasks download their data: a local task instead
-SOURCES = {"fineweb": "--source web.jsonl", "diffullama": "--source slimpajama=web.jsonl --source starcoder=code.jsonl"}
+SOURCES = {
+    "tinystories": "--source stories.txt",
+    "fineweb": "--source web.jsonl",
+    "diffullama": "--source slimpajama=web.jsonl --source starcoder=code.jsonl",
+}
 
 
 def readme_commands():
@@ -178,6 +182,12 @@ def test_every_readme_command_runs(sandbox):
                 assert "lm-eval" in (ROOT / "requirements-dev.txt").read_text()  # installed with the tests
                 continue
             cmd = cmd.split("&&", 1)[1].strip()
+        if cmd.startswith("curl "):  # the sandbox holds the files; the URL is the one lab/miniature.py fetches
+            from lab.miniature import STORIES_URL
+
+            url = cmd.split()[-1]
+            assert url.startswith(STORIES_URL) and (tmp_path / url.rsplit("/", 1)[1]).is_file()
+            continue
         if cmd == "python -m pytest -q":
             continue  # that is this suite
         if cmd == "python lab/bench.py --suite tiny":
@@ -189,3 +199,55 @@ def test_every_readme_command_runs(sandbox):
         )
         ran += 1
     assert ran >= 20
+
+
+FILE_KINDS = (".model", ".safetensors", ".json", ".jsonl", ".pt", ".png", ".bin", ".txt", ".gguf", ".md")
+MODULES = ("model", "train", "sample", "convert", "checkpoint", "tokenizer", "formats", "support", "data", "lab")
+
+
+def named_in_readmes():
+    """The spans in backticks of README.md and lab/README.md, with where each is."""
+    for readme in ("README.md", "lab/README.md"):
+        for span in re.findall(r"`([^`\n]+)`", (ROOT / readme).read_text()):
+            yield readme, span
+
+
+def test_every_name_the_readmes_give_exists():
+    """Every option, file, function and class the READMEs name in backticks is in the code: a rename or a move
+    that forgets the README fails here."""
+    import importlib
+
+    sources = [p for d in ("", "data/", "lab/", "formats/", "support/") for p in ROOT.glob(f"{d}*.py")]
+    code = "\n".join(p.read_text() for p in sources)
+    words = set(re.findall(r"[A-Za-z_]\w*", code))
+    missing = []
+    for readme, span in named_in_readmes():
+        if span.startswith("--"):  # an option of one of the scripts
+            flag = re.match(r"--[a-z0-9-]+", span)[0]
+            if f'"{flag}"' not in code and f"'{flag}'" not in code and flag != "--help":
+                missing.append((readme, span))
+        elif re.fullmatch(r"(\w+/)+\w+\.py|\w+\.py", span):  # a file of the project
+            if not (ROOT / span).is_file() and not list(ROOT.glob(f"*/{span}")):
+                missing.append((readme, span))
+        elif (
+            re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", span)
+            and span.split(".")[0] in MODULES
+            and "." + span.split(".")[-1] not in FILE_KINDS
+        ):
+            parts = span.split(".")  # module.name: imported, and each attribute looked up
+            for n in range(len(parts) - 1, 0, -1):
+                try:
+                    obj = importlib.import_module(".".join(parts[:n]))
+                except ImportError:
+                    continue
+                for attr in parts[n:]:
+                    obj = getattr(obj, attr, None)
+                if obj is None:
+                    missing.append((readme, span))
+                break
+            else:
+                missing.append((readme, span))
+        elif re.fullmatch(r"[a-z_]+_[a-z_]+|[A-Z][a-z]+[A-Z]\w*", span):  # a function's or a class's name
+            if span not in words:
+                missing.append((readme, span))
+    assert not missing, "\n".join(f"{readme}: `{span}`" for readme, span in missing)
