@@ -1,4 +1,4 @@
-"""The golden run: a seeded pass through the whole pipeline, recorded, so that a refactor can prove it changed no result.
+"""The golden run: a seeded pass through the whole pipeline, recorded, so a refactor can show that it changed no result.
 
     python lab/golden.py --assets ../shared/assets --out /tmp/golden-before
     ... refactor ...
@@ -79,8 +79,14 @@ def tiny_hf_models(out):
         (
             "qwen2",
             transformers.Qwen2Config(
-                vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
+                vocab_size=512,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=64,
+                tie_word_embeddings=False,
             ),
             transformers.Qwen2ForCausalLM,
         ),
@@ -103,15 +109,56 @@ def pipeline(run, assets):
     run.script("convert.py", assets / "smollm2-135m" / "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2")
     run.checkpoint("convert/smollm2", "smollm2")
     # prepare
-    run.script("data/prepare.py", assets / "text" / "tinystories_val.txt", "--tokenizer", "base", "--out", "data",
-               "--val-fraction", 0.05, "--val-tokens", 20000, "--shard-tokens", 100000)
+    run.script(
+        "data/prepare.py",
+        assets / "text" / "tinystories_val.txt",
+        "--tokenizer",
+        "base",
+        "--out",
+        "data",
+        "--val-fraction",
+        0.05,
+        "--val-tokens",
+        20000,
+        "--shard-tokens",
+        100000,
+    )
     run.record["prepare/shards"] = {p.name: sha(p) for p in sorted((run.out / "data").iterdir()) if p.is_file()}
     # train: the paper's recipe (annealing), block diffusion (complementary masks), the AR baseline
-    common = ["--init-from", "base", "--data-dir", "data", "--batch-size", 4, "--block-size", 64, "--lr", 1e-3,
-              "--eval-interval", 10, "--eval-iters", 2, "--warmup-iters", 2, "--seed", 1]
+    common = [
+        "--init-from",
+        "base",
+        "--data-dir",
+        "data",
+        "--batch-size",
+        4,
+        "--block-size",
+        64,
+        "--lr",
+        1e-3,
+        "--eval-interval",
+        10,
+        "--eval-iters",
+        2,
+        "--warmup-iters",
+        2,
+        "--seed",
+        1,
+    ]
     run.script("train.py", *common, "--out-dir", "diffusion", "--max-iters", 20, "--anneal-steps", 10)
-    run.script("train.py", *common, "--out-dir", "blocks", "--max-iters", 20, "--diffusion-block", 4,
-               "--anneal-steps", 5, "--complementary-masks")
+    run.script(
+        "train.py",
+        *common,
+        "--out-dir",
+        "blocks",
+        "--max-iters",
+        20,
+        "--diffusion-block",
+        4,
+        "--anneal-steps",
+        5,
+        "--complementary-masks",
+    )
     run.script("train.py", *common, "--out-dir", "ar", "--max-iters", 10, "--objective", "ar")
     run.script("train.py", "--init-from", "resume", "--out-dir", "ar", "--max-iters", 20, "--extend-schedule")
     for key in ("diffusion", "blocks", "ar"):
@@ -145,13 +192,24 @@ def pipeline(run, assets):
         run.eval(f"{ckpt}/nll", ckpt, "--task", "nll", "--data", text, "--limit", 4, "--mc", 4, "--block-size", 64)
         run.eval(f"{ckpt}/choice", ckpt, "--task", "choice", "--data", "choices.jsonl", "--mc", 4)
         run.eval(f"{ckpt}/lambada", ckpt, "--task", "lambada", "--data", lambada, "--limit", 8, "--greedy")
-    run.eval("diffusion/choice-elbo", "diffusion", "--task", "choice", "--data", "choices.jsonl", "--mc", 4,
-             "--score", "elbo")
+    run.eval(
+        "diffusion/choice-elbo",
+        "diffusion",
+        "--task",
+        "choice",
+        "--data",
+        "choices.jsonl",
+        "--mc",
+        4,
+        "--score",
+        "elbo",
+    )
     run.eval("diffusion/nll-grid", "diffusion", "--task", "nll", "--data", text, "--limit", 2, "--t-grid", "--mc", 4)
     run.eval("diffusion/infill", "diffusion", "--task", "infill", "--data", text, "--limit", 3)
     for ckpt in ("diffusion", "blocks"):
-        run.eval(f"{ckpt}/genppl", ckpt, "--task", "genppl", "--judge", "base", "--limit", 3, "--length", 16,
-                 "--steps", 8)
+        run.eval(
+            f"{ckpt}/genppl", ckpt, "--task", "genppl", "--judge", "base", "--limit", 3, "--length", 16, "--steps", 8
+        )
 
 
 def differences(old, new, path=""):
