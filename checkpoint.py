@@ -25,7 +25,7 @@ import time
 import warnings
 import zipfile
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -227,6 +227,36 @@ def save_checkpoint(path, model, meta, tokenizer_from, overwrite=False, extra=No
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def model_config(d):
+    """config.json's "model" -> ModelConfig. JSON has no types of ours: a "5" or a null must not reach the layers."""
+    if not isinstance(d, dict):
+        raise UserError(f"model config must be a JSON object, not {d!r}")
+    unknown = set(d) - {f.name for f in fields(ModelConfig)}
+    if unknown:
+        raise UserError(f"unknown model config keys: {sorted(unknown)}")
+    for f in fields(ModelConfig):
+        value, want = d.get(f.name, f.default), type(f.default)
+        allowed = (int, float) if want is float else want
+        if isinstance(value, bool) != (want is bool) or not isinstance(value, allowed):
+            raise UserError(f"model config: {f.name} is {value!r}, not {want.__name__}")
+    if d.get("arch", "gpt2") not in ("gpt2", "llama"):
+        raise UserError(f"unknown arch {d['arch']!r} (expected 'gpt2' or 'llama')")
+    cfg = ModelConfig(**d)
+    if cfg.n_head % cfg.n_kv_head:
+        raise UserError(f"n_head={cfg.n_head} is not a multiple of n_kv_head={cfg.n_kv_head}")
+    return cfg
+
+
+is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # JSON's true is no token id
+FACTS = {  # config.json's own keys: (rule, what it must be); "shift" and "diffusion_block" may be absent
+    "objective": (lambda v: v in ("ar", "diffusion"), "'ar' or 'diffusion'"),
+    "mask_token_id": (is_int, "an int"),
+    "eos_token_id": (lambda v: v is None or is_int(v), "an int or null"),
+    "shift": (lambda v: isinstance(v, bool), "true or false"),
+    "diffusion_block": (lambda v: v is None or is_int(v) and v >= 0, "null or an int >= 0"),
+}
+
+
 def read_meta(path):
     """Parse and check a checkpoint's config.json, with a one-line error for each problem."""
     path = Path(path)
@@ -244,10 +274,13 @@ def read_meta(path):
     for key in ("model", "objective", "mask_token_id", "eos_token_id", "tokenizer"):
         if key not in meta:
             raise UserError(f"{path / CONFIG_FILE} lacks {key!r}: not a checkpoint written by convert.py or train.py")
-    ModelConfig.from_dict(meta["model"])  # its types, before anything is built from it
+    model_config(meta["model"])  # its types, before anything is built from it
     for key in ("arch", "vocab_size", "block_size", "n_layer", "n_head", "n_embd"):  # no silent defaults
         if key not in meta["model"]:
             raise UserError(f"{path / CONFIG_FILE}: the model config lacks {key!r}")
+    for key, (ok, want) in FACTS.items():
+        if key in meta and not ok(meta[key]):
+            raise UserError(f"{path / CONFIG_FILE}: {key} is {meta[key]!r}, not {want}")
     if not 0 <= meta["mask_token_id"] < meta["model"]["vocab_size"]:
         raise UserError(f"{path / CONFIG_FILE}: mask_token_id {meta['mask_token_id']} is outside the vocabulary")
     for name in meta["tokenizer"].get("files", []):
@@ -292,7 +325,7 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32):
     from safetensors.torch import load_file
 
     meta = read_meta(path)
-    cfg = ModelConfig.from_dict(meta["model"])
+    cfg = model_config(meta["model"])
     file = Path(path) / WEIGHTS_FILE
     if not file.is_file():
         raise UserError(f"checkpoint {path} has no {WEIGHTS_FILE}")

@@ -22,7 +22,15 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import HelpFormatter, check_shapes, load_checkpoint, load_torch_file, save_checkpoint, sole_writer
+from checkpoint import (
+    HelpFormatter,
+    check_shapes,
+    load_checkpoint,
+    load_torch_file,
+    model_config,
+    save_checkpoint,
+    sole_writer,
+)
 from data.download import WEIGHT_FILES, download_model
 from model import ModelConfig, UserError
 from tokenizer import GPT2_FILES, GPT2_PATTERN, HF_TOKENIZER_FILES, SENTENCEPIECE_FILES, read_tokenizer_json
@@ -100,8 +108,9 @@ def read_llama2c(path):
         n = torch.Size(shape).numel()
         w[name] = flat[offset : offset + n].view(shape)
         offset += n
-    sizes = dict(vocab_size=vocab, block_size=seq_len, n_layer=n_layers, n_head=n_heads, n_kv_head=n_kv, n_embd=dim)
-    cfg = ModelConfig(arch="llama", **sizes, ffn_dim=hidden, norm_eps=1e-5, rope_theta=10000.0, tie_embeddings=shared)
+    fields = dict(arch="llama", vocab_size=vocab, block_size=seq_len, n_layer=n_layers, n_head=n_heads, n_kv_head=n_kv)
+    fields |= dict(n_embd=dim, ffn_dim=hidden, norm_eps=1e-5, rope_theta=10000.0, tie_embeddings=shared)
+    cfg = model_config(fields)
     state = {"tok_emb.weight": w["tok_emb"], "norm.weight": w["rms_final"]}
     if not shared:
         state["lm_head.weight"] = w["wcls"]
@@ -175,19 +184,21 @@ def read_gguf(path, scratch):
     tokens = field("tokenizer.ggml.tokens") or []
     n_head, n_embd = field("llama.attention.head_count"), field("llama.embedding_length")
     n_kv_head = field("llama.attention.head_count_kv", n_head)
-    cfg = ModelConfig(
-        arch="llama",
-        vocab_size=len(tokens) or field("llama.vocab_size"),
-        block_size=field("llama.context_length"),
-        n_layer=field("llama.block_count"),
-        n_head=n_head,
-        n_kv_head=n_kv_head,
-        n_embd=n_embd,
-        head_dim=field("llama.rope.dimension_count", n_embd // n_head),
-        ffn_dim=field("llama.feed_forward_length"),
-        norm_eps=field("llama.attention.layer_norm_rms_epsilon"),
-        rope_theta=field("llama.rope.freq_base", 10000.0),
-        tie_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
+    cfg = model_config(
+        dict(
+            arch="llama",
+            vocab_size=len(tokens) or field("llama.vocab_size"),
+            block_size=field("llama.context_length"),
+            n_layer=field("llama.block_count"),
+            n_head=n_head,
+            n_kv_head=n_kv_head,
+            n_embd=n_embd,
+            head_dim=field("llama.rope.dimension_count", n_embd // n_head),
+            ffn_dim=field("llama.feed_forward_length"),
+            norm_eps=field("llama.attention.layer_norm_rms_epsilon"),
+            rope_theta=field("llama.rope.freq_base", 10000.0),
+            tie_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
+        )
     )
 
     def tensors():
@@ -299,7 +310,7 @@ def config_from_hf(arch, hf, vocab_size, where):
         if value is None and theirs not in HF_DEFAULTS:
             raise UserError(f"{where} lacks {theirs!r}")
         fields[ours] = HF_DEFAULTS[theirs] if value is None else value
-    return ModelConfig(arch=arch, vocab_size=vocab_size, qkv_bias=hf.get("model_type") == "qwen2", **fields)
+    return model_config(dict(arch=arch, vocab_size=vocab_size, qkv_bias=hf.get("model_type") == "qwen2", **fields))
 
 
 HF_NAMES = {  # HF module name -> ours; inside layer i, "h.{i}." / "layers.{i}." is stripped first
