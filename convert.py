@@ -22,17 +22,11 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import (
-    HelpFormatter,
-    check_shapes,
-    load_checkpoint,
-    load_torch_file,
-    model_config,
-    save_checkpoint,
-    sole_writer,
-)
+from checkpoint import check_shapes, load_checkpoint, load_torch_file, model_config, save_checkpoint
 from data.download import WEIGHT_FILES, download_model
-from model import ModelConfig, UserError
+from model import ModelConfig
+from support.cli import HelpFormatter, UserError
+from support.files import sole_writer
 from tokenizer import GPT2_FILES, GPT2_PATTERN, HF_TOKENIZER_FILES, SENTENCEPIECE_FILES, read_tokenizer_json
 
 DIFFUGPT_S_MASK, DIFFUGPT_M_MASK = 10541, 50257  # the mask tokens of the released DiffuGPT-S and -M

@@ -25,10 +25,6 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 
-class UserError(Exception):
-    """A problem with the user's input; scripts print it as one line and exit non-zero."""
-
-
 @dataclass
 class ModelConfig:
     arch: str = "gpt2"  # "gpt2": learned positions, LayerNorm, GELU, biases | "llama": RoPE, RMSNorm, SwiGLU

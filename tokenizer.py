@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from checkpoint import read_meta
-from model import UserError
+from support.cli import UserError
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_FILES = ["encoder.json", "vocab.bpe"]

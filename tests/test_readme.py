@@ -84,6 +84,7 @@ def sandbox(tmp_path, monkeypatch):
         "model.py",
         "checkpoint.py",
         "tokenizer.py",
+        "support",
         "convert.py",
         "train.py",
         "sample.py",
