@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from checkpoint import load_checkpoint, read_meta
-from convert import hf_twin
+from formats.hf import hf_twin
 from lab.common import run_script
 from model import AnnealFlex, ModelConfig, Transformer, ar_loss, attention_at, diffusion_loss
 from sample import STRATEGIES, Decoding, Sampling, generate, generate_ar, generate_batch

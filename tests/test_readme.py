@@ -85,6 +85,7 @@ def sandbox(tmp_path, monkeypatch):
         "checkpoint.py",
         "tokenizer.py",
         "support",
+        "formats",
         "convert.py",
         "train.py",
         "sample.py",
