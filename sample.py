@@ -32,21 +32,22 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import (
+from checkpoint import load_checkpoint
+from data.corpus import read_text
+from model import mix, predicting, with_clean_copy
+from support.cli import (
     COUNT,
     NON_NEGATIVE,
     POSITIVE,
     PROBABILITY,
     HelpFormatter,
+    UserError,
     add_device_options,
-    atomic_write,
-    load_checkpoint,
     output_file,
     pick_device,
     pick_dtype,
 )
-from data.corpus import read_text
-from model import UserError, mix, predicting, with_clean_copy
+from support.files import atomic_write
 from tokenizer import MASK_GLYPH, load_tokenizer
 
 STRATEGIES = ("random", "confidence", "margin", "entropy")

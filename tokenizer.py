@@ -12,6 +12,9 @@ written in a chat template.
 Text never encodes to the mask token. Released checkpoints sometimes reuse an ordinary
 token as the mask (DiffuGPT-S: 10541 = "------------", DiffuLLaMA: 811 = "ти"); where text
 would produce it, we spell the same bytes with smaller tokens instead.
+
+find_tokenizer and read_vocabulary find a model directory's tokenizer files and read their vocabulary
+(convert.py), before any checkpoint exists.
 """
 
 import hashlib
@@ -19,7 +22,7 @@ import json
 from pathlib import Path
 
 from checkpoint import read_meta
-from model import UserError
+from support.cli import UserError
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_FILES = ["encoder.json", "vocab.bpe"]
@@ -173,3 +176,77 @@ def fingerprint(path, meta):
     for name in sorted(meta["tokenizer"]["files"]):
         h.update((Path(path) / name).read_bytes())
     return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding a model directory's tokenizer files (convert.py)
+
+
+def find_tokenizer(path, gpt2=False):
+    """-> (meta["tokenizer"], {name in checkpoint: source file}) or None if path holds none.
+
+    A tokenizer.json holds the whole definition (Qwen2's and LLaMA-3's own pre-tokenizer rules), so it wins
+    over the vocab.json + merges.txt beside it, which would be read with GPT-2's rules; except for GPT-2
+    itself (gpt2=True), whose own files tiktoken reads. LLaMA-2's tokenizer.model wins over its tokenizer.json.
+    """
+    path = Path(path)
+    if path.is_file():
+        return {"type": "sentencepiece", "files": SENTENCEPIECE_FILES}, {"tokenizer.model": path}
+    found = {}
+    for enc, bpe in (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt")):  # the same data, two names
+        if (path / enc).is_file() and (path / bpe).is_file():
+            found["gpt2-bpe"] = {"encoder.json": path / enc, "vocab.bpe": path / bpe}
+            break
+    for name, kind in (("tokenizer.model", "sentencepiece"), ("tokenizer.json", "tokenizer.json")):
+        if (path / name).is_file():
+            found[kind] = {name: path / name}
+    order = ["gpt2-bpe"] * gpt2 + ["sentencepiece", "tokenizer.json", "gpt2-bpe"]
+    kind = next((k for k in order if k in found), None)
+    files = {"gpt2-bpe": GPT2_FILES, "sentencepiece": SENTENCEPIECE_FILES, "tokenizer.json": HF_TOKENIZER_FILES}
+    return ({"type": kind, "files": files[kind]}, found[kind]) if kind else None
+
+
+def read_vocabulary(spec, files):
+    """(vocabulary size, bos, eos, id_of(token text) -> id or None), read from the tokenizer files themselves."""
+    if spec["type"] == "gpt2-bpe":
+        try:
+            encoder = json.loads(Path(files["encoder.json"]).read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {files['encoder.json']}: {e}") from None
+        eot = encoder.get("<|endoftext|>")
+        return len(encoder), eot, eot, encoder.get
+    if spec["type"] == "tokenizer.json":
+        return hf_vocabulary(Path(files["tokenizer.json"]))
+    import sentencepiece
+
+    try:
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(files["tokenizer.model"]))
+    except (OSError, RuntimeError) as e:
+        raise UserError(
+            f"cannot load SentencePiece model {files['tokenizer.model']}: {str(e).splitlines()[0]}"
+        ) from None
+    id_of = lambda piece: sp.piece_to_id(piece) if sp.id_to_piece(sp.piece_to_id(piece)) == piece else None
+    return sp.get_piece_size(), sp.bos_id(), sp.eos_id(), id_of
+
+
+def hf_vocabulary(file):
+    """read_vocabulary of a tokenizer.json. BOS: the token its post-processor puts first, if any (LLaMA-3 does,
+    Qwen2.5 and SmolLM2 do not), as transformers encodes. EOS: tokenizer_config.json's eos_token, else
+    config.json's eos_token_id (the first, where it lists several)."""
+    tok = read_tokenizer_json(file)
+    plain, framed = tok.encode("a", add_special_tokens=False).ids, tok.encode("a", add_special_tokens=True).ids
+    bos = framed[0] if len(framed) > len(plain) and framed[1:][: len(plain)] == plain else None
+    configs = {}
+    for name in ("tokenizer_config.json", "config.json"):
+        try:
+            configs[name] = json.loads((file.parent / name).read_text())
+        except (OSError, ValueError):
+            configs[name] = {}
+    eos = configs["tokenizer_config.json"].get("eos_token")
+    eos = tok.token_to_id(eos.get("content") if isinstance(eos, dict) else eos) if eos else None
+    if eos is None:
+        eos = configs["config.json"].get("eos_token_id")
+        eos = eos[0] if isinstance(eos, list) and eos else eos
+    if not isinstance(eos, int):
+        raise UserError(f"{file}: no EOS token in tokenizer_config.json or config.json")
+    return tok.get_vocab_size(with_added_tokens=True), bos, eos, tok.token_to_id

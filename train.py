@@ -27,28 +27,24 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from checkpoint import (
+from checkpoint import load_checkpoint, load_torch_file, read_meta, save_checkpoint
+from data.shards import Data, check_data
+from model import AnnealFlex, ar_loss, attention_at, diffusion_loss
+from support.cli import (
     COUNT,
-    HAVE_MATPLOTLIB,
     NON_NEGATIVE,
     POSITIVE,
     HelpFormatter,
+    UserError,
     add_device_options,
     checked,
     given_options,
-    load_checkpoint,
-    load_torch_file,
-    peak_flops,
     pick_device,
     pick_dtype,
-    plot_curves,
     progress_bar,
-    read_meta,
-    save_checkpoint,
-    sole_writer,
 )
-from data.shards import Data, check_data
-from model import AnnealFlex, UserError, ar_loss, attention_at, diffusion_loss
+from support.files import sole_writer
+from support.report import HAVE_MATPLOTLIB, peak_flops, plot_curves
 
 # ---------------------------------------------------------------------------------------------
 # Options

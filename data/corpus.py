@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from model import UserError
+from support.cli import UserError
 
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".jsonl.zst")
 PIECE_CHARS = 10_000  # a text that is one long line is cut into documents of this many characters

@@ -13,8 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from checkpoint import atomic_write
-from model import UserError
+from support.cli import UserError
+from support.files import atomic_write
 
 # A Hugging Face model's weights: (an index of shards, or a single file), safetensors first
 WEIGHT_FILES = [

@@ -44,21 +44,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from checkpoint import (
-    COUNT,
-    HelpFormatter,
-    atomic_write,
-    checked,
-    clear_leftovers,
-    die_with_parent,
-    progress_bar,
-    read_meta,
-    replace_dir,
-    sole_writer,
-)
+from checkpoint import read_meta
 from data.corpus import SUFFIXES, check_file, files_of, natural_key, pair_of, records, text_of
 from data.download import download_dataset_file, download_url, hub_dataset_files
-from model import UserError
+from support.cli import COUNT, HelpFormatter, UserError, checked, progress_bar
+from support.files import atomic_write, clear_leftovers, die_with_parent, replace_dir, sole_writer
 from tokenizer import fingerprint, load_tokenizer
 
 # The public corpora. A hub corpus names the folders that can be listed, each with the tokens its

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import EPS, UserError, mix, noise_levels
+from model import EPS, mix, noise_levels
+from support.cli import UserError
 from tokenizer import fingerprint
 
 EVAL_SEED = 1234  # evaluation noise is the same in every run, so numbers compare across runs

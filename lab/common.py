@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from checkpoint import die_with_parent
+from support.files import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 running = None  # the script that run_script waits for now

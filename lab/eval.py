@@ -32,25 +32,26 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from checkpoint import (
+from checkpoint import load_checkpoint
+from data.corpus import texts
+from lab.common import sentences
+from model import ar_loss, diffusion_loss, mix, noise_levels, predicting, shifted, with_clean_copy
+from sample import STRATEGIES, Decoding, Sampling, Trained, decode, key_mask, pad_right, until_eos, valid_logits
+from support.cli import (
     COUNT,
     NON_NEGATIVE,
     POSITIVE,
     PROBABILITY,
     HelpFormatter,
+    UserError,
     add_device_options,
-    atomic_write,
     checked,
-    load_checkpoint,
     output_file,
     pick_device,
     pick_dtype,
     progress_bar,
 )
-from data.corpus import texts
-from lab.common import sentences
-from model import UserError, ar_loss, diffusion_loss, mix, noise_levels, predicting, shifted, with_clean_copy
-from sample import STRATEGIES, Decoding, Sampling, Trained, decode, key_mask, pad_right, until_eos, valid_logits
+from support.files import atomic_write
 from tokenizer import load_tokenizer
 
 # ---------------------------------------------------------------------------------------------

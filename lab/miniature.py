@@ -37,24 +37,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from checkpoint import (
-    COUNT,
-    HAVE_MATPLOTLIB,
-    NON_NEGATIVE,
-    POSITIVE,
-    PROBABILITY,
-    HelpFormatter,
-    atomic_write,
-    given_options,
-    load_checkpoint,
-    plot_curves,
-    read_meta,
-    sole_writer,
-)
+from checkpoint import load_checkpoint, read_meta
 from data.download import cache_dir, download_file
 from lab.common import run_script, sentences, stop_children_on_signals
-from model import UserError
 from sample import Decoding, Sampling, Trained, generate
+from support.cli import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, HelpFormatter, UserError, given_options
+from support.files import atomic_write, sole_writer
+from support.report import HAVE_MATPLOTLIB, plot_curves
 from tokenizer import load_tokenizer
 
 STORIES_URL = "https://huggingface.co/karpathy/tinyllamas/resolve/main/stories260K/"

@@ -22,19 +22,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from checkpoint import (
-    COUNT,
-    NON_NEGATIVE,
-    POSITIVE,
-    HelpFormatter,
-    add_device_options,
-    atomic_write,
-    pick_device,
-    read_meta,
-    sole_writer,
-)
+from checkpoint import read_meta
 from lab.common import run_script, stop_children_on_signals
-from model import UserError
+from support.cli import COUNT, NON_NEGATIVE, POSITIVE, HelpFormatter, UserError, add_device_options, pick_device
+from support.files import atomic_write, sole_writer
 
 GGUF = "smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -74,6 +74,15 @@ def w(stories_ckpt, tmp_path_factory):
         lambda c: edit_json(c / "config.json", lambda m: m.update(objective="diffusion", diffusion_block=8)),
     )
     ns.ckpt_nan = edited_copy(ns.ckpt, d / "nan_weights", lambda c: poison(c / "model.safetensors"))
+    ns.ckpt_objective = edited_copy(
+        ns.ckpt, d / "objective", lambda c: edit_json(c / "config.json", lambda m: m.update(objective="mlm"))
+    )
+    ns.ckpt_block_bool = edited_copy(
+        ns.ckpt, d / "block_bool", lambda c: edit_json(c / "config.json", lambda m: m.update(diffusion_block=True))
+    )
+    ns.ckpt_mask_str = edited_copy(
+        ns.ckpt, d / "mask_str", lambda c: edit_json(c / "config.json", lambda m: m.update(mask_token_id="3"))
+    )
 
     # broken runs (resume)
     ns.run_truncated_state = edited_copy(ns.run, d / "run_trunc", lambda r: truncate(r / "train_state.pt"))
@@ -298,6 +307,9 @@ ROWS = [
     (lambda w: ["sample.py", "--ckpt", w.ckpt_no_vocab], 1, ["vocab_size"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt_config_list], 1, ["config.json", "object"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt_truncated], 1, ["corrupted or truncated"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_objective], 1, ["config.json", "objective", "'mlm'"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_block_bool], 1, ["diffusion_block", "True"]),
+    (lambda w: train(w, init=w.ckpt_mask_str), 1, ["mask_token_id", "'3'"]),
     # eval.py
     *[
         (lambda w, f=f, task=task: ["lab/eval.py", "--ckpt", w.ckpt, "--task", task, "--data", w.d / f], 1, words)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import run
-from convert import hf_twin
+from formats.hf import hf_twin
 from lab.bench import QUALITY_VARIANTS
 from model import ModelConfig, Transformer
 

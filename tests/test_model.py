@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint, read_meta, save_checkpoint
-from model import ModelConfig, Transformer, UserError
+from model import ModelConfig, Transformer
+from support.cli import UserError
 
 META = {  # config.json beyond the model: an AR checkpoint whose tokenizer has no files
     "objective": "ar",
@@ -157,8 +158,8 @@ def test_crash_leftovers_are_cleared_and_the_newest_whole_version_restored(tmp_p
 
 
 def test_one_device_rule_for_every_script(monkeypatch):
-    from checkpoint import pick_device, pick_dtype
     from sample import parse_args
+    from support.cli import pick_device, pick_dtype
 
     args = parse_args(["--ckpt", "x"])  # sample.py's defaults on this machine: the CPU in fp32
     assert args.device == torch.device("cpu") and args.dtype == torch.float32

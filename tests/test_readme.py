@@ -88,6 +88,8 @@ def sandbox(tmp_path, monkeypatch):
         "model.py",
         "checkpoint.py",
         "tokenizer.py",
+        "support",
+        "formats",
         "convert.py",
         "train.py",
         "sample.py",

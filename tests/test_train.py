@@ -362,7 +362,7 @@ def test_an_lr_that_diverges_in_two_steps_stops_before_the_next_save(stories_ckp
 def test_one_writer_per_output(stories_ckpt, tmp_path):
     """convert.py, data/prepare.py, train.py and lab/miniature.py refuse an output that another writer holds,
     naming its PID, before any work; a lock file left by a dead process blocks nothing."""
-    from checkpoint import sole_writer
+    from support.files import sole_writer
 
     (tmp_path / "t.txt").write_text(STORIES_TXT.read_text()[:100_000])
     data = tmp_path / "data"

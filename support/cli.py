@@ -1,0 +1,129 @@
+"""What every script's command line shares: the one-line error, --help's format, value checks, --device / --dtype,
+and progress on long work.
+
+A script raises UserError for a problem with its input and prints it, at its top, as one line `error: ...`; a bad
+option value is refused before any work by its argparse type= (checked, COUNT, ...).
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+
+class UserError(Exception):
+    """A problem with the user's input; scripts print it as one line and exit non-zero."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """The scripts' --help: each option's default, unless it is empty (None, False, "", [])."""
+
+    def _get_help_string(self, action):
+        empty = action.default is None or action.default is False or action.default in ("", [])
+        said = "default" in (action.help or "")
+        return action.help if empty or said else super()._get_help_string(action)
+
+
+def checked(kind, ok, what):
+    """An argparse type= that refuses a bad value in one line: checked(float, lambda v: v > 0, "positive")."""
+
+    def parse(text):
+        value = kind(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value: 'x'"
+    return parse
+
+
+COUNT = checked(int, lambda v: v >= 1, "at least 1")
+
+NON_NEGATIVE = checked(int, lambda v: v >= 0, "at least 0")
+
+POSITIVE = checked(float, lambda v: v > 0, "positive")
+
+PROBABILITY = checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
+
+
+def output_file(text):
+    """An argparse type for --output / --json: refused before any work unless it can be written."""
+    path = Path(text)
+    if path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: not a file in a writable folder")
+    return path
+
+
+def given_options(parser, argv):
+    """{dest: value} of the options argv names, told apart from defaults: argparse fills in a default only
+    where the namespace has no value yet, so every option starts out as a marker."""
+    unset = object()
+    names = argparse.Namespace(**{action.dest: unset for action in parser._actions})
+    return {k: v for k, v in vars(parser.parse_args(argv, names)).items() if v is not unset}
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def add_device_options(parser):
+    """--device and --dtype: one rule in every script (pick_device, pick_dtype)."""
+    parser.add_argument("--device", default="auto", help="auto: CUDA when present, else the CPU; or cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="auto: bf16 on a GPU, else fp32")
+
+
+def pick_device(name):
+    """--device: 'auto' is CUDA when present, else the CPU; a device this machine lacks is a one-line error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"--device {name}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: this machine has no CUDA device (use --device cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available on this machine")
+    return device
+
+
+def pick_dtype(name, device):
+    """--dtype: 'auto' is bf16 on a GPU that has it, fp32 elsewhere (CPUs without bf16 units are ~100x slower)."""
+    if name != "auto":
+        return DTYPES[name]
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def progress_bar(*args, **kwargs):
+    """tqdm on standard error: a live bar on a terminal; off one (a log file, a pipe), a plain line at most
+    once a minute, so that a long run in the background still says how far it is."""
+    if sys.stderr.isatty():
+        return tqdm(*args, file=sys.stderr, dynamic_ncols=True, **kwargs)
+    return LogLines(*args, file=sys.stderr, **kwargs)
+
+
+class LogLines(tqdm):
+    """tqdm's status line, written whole when it changes, at most once a minute (tqdm itself would redraw one
+    line with carriage returns, or print nothing off a terminal)."""
+
+    def __init__(self, *args, **kwargs):
+        self.shown = None
+        super().__init__(*args, mininterval=60, miniters=1, **kwargs)
+
+    def clear(self, *args, **kwargs):  # tqdm.write() clears bars before it writes: a line needs no clearing
+        pass
+
+    def close(self):
+        if self.total is None or self.n < self.total:  # unfinished (an error may be the next line): no last word
+            self.shown = self.n
+        super().close()
+
+    def display(self, msg=None, pos=None):
+        if self.n != self.shown:
+            self.shown = self.n
+            self.fp.write(f"{self}\n")
+            self.fp.flush()
