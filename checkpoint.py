@@ -6,10 +6,13 @@ A checkpoint is a directory:
                         "training"?}
     model.safetensors  the weights in our names (a tied head is stored once, as tok_emb.weight)
     tokenizer files    encoder.json + vocab.bpe (GPT-2 BPE), tokenizer.model (SentencePiece) or tokenizer.json
+    train_state.pt, metrics.jsonl, loss.png    a train.py run's (read_train_state; read_run and check_resume: the
+                       run's options, read back to resume it as the same run)
 It is written atomically (support/files.py): a crash leaves the old directory (or none), never a half-written one.
 Reading it checks what the scripts rely on, JSON's types included, with a one-line error for each problem.
 """
 
+import argparse
 import json
 import pickle
 import shutil
@@ -176,3 +179,52 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32):
     if cfg.tie_embeddings:  # assign=True replaced the shared Parameter: tie again
         model.lm_head.weight = model.tok_emb.weight
     return model.to(device=device, dtype=dtype).eval(), meta
+
+
+# train.py: the options a resumed run may change (where and how it runs, not what it computes), and those not
+# read back from the run
+RESUME_MAY_CHANGE = {"data_dir", "eval_interval", "device", "dtype", "compile", "fsdp", "activation_checkpointing"}
+NOT_READ_BACK = {"config", "init_from", "out_dir", "extend_schedule"}
+
+
+def read_run(out_dir):
+    """-> (the options, the step) of the train.py run in out_dir, from its config.json."""
+    training = read_meta(out_dir).get("training")
+    if not isinstance(training, dict) or not isinstance(training.get("args"), dict):
+        raise UserError(f"{out_dir} is not a train.py output: its config.json records no training run")
+    return training["args"], training["step"]
+
+
+def read_train_state(run_dir):
+    """-> {"step", "tokens", "optimizer", "metrics"} of the run in run_dir, checked before any work (the
+    optimizer state is memory-mapped: reading it here costs nothing until it is used)."""
+    file = run_dir / "train_state.pt"
+    if not file.is_file():
+        raise UserError(f"{run_dir} has no train_state.pt: not a train.py output to resume")
+    state = load_torch_file(file)
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        state["metrics"] = [json.loads(line) for line in lines if line]
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {run_dir / 'metrics.jsonl'}: {e}") from None
+    return state
+
+
+def check_resume(args, saved, done, given, lr_at):
+    """A resumed run is the same run: an option (given) that contradicts the saved ones is refused; --max-iters may
+    grow, and a schedule it changes (lr_at(step, args): train.py's) must be accepted with --extend-schedule."""
+    for name, value in given.items():
+        old = saved.get(name)
+        if name in saved and name not in RESUME_MAY_CHANGE | {"max_iters"} and str(value) != str(old):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} {value} contradicts the run in {args.out_dir}, which used {flag} {old}")
+    if args.max_iters < done:
+        raise UserError(f"--max-iters {args.max_iters} is below the {done} steps {args.out_dir} has done already")
+    if args.max_iters == done:
+        raise UserError(f"{args.out_dir} has done its {done} steps; pass a larger --max-iters to train further")
+    before = argparse.Namespace(**{**vars(args), "max_iters": saved["max_iters"]})
+    if lr_at(done, before) != lr_at(done, args) and not args.extend_schedule:
+        raise UserError(
+            f"--max-iters {saved['max_iters']} -> {args.max_iters} changes the cosine schedule (lr at step {done}: "
+            f"{lr_at(done, before):.3g} -> {lr_at(done, args):.3g}); pass --extend-schedule to accept that"
+        )

@@ -13,9 +13,11 @@ Read top to bottom, this is Section 3 and Algorithm 1 of Gong et al. (ICLR 2025)
     it is. Loss: cross-entropy where the target was masked, weighted by 1/t, divided by the number
     of masked targets; its expectation over t bounds the NLL (the ELBO).
  3. Attention annealing. At step s a query may attend to its causal past plus every other position
-    with probability min(1, (s+1)/A); after A steps, full attention.
+    with probability min(1, (s+1)/A); after A steps, full attention. Block diffusion (a block of B tokens at a
+    time, the earlier ones clean) is the same method under one more mask rule, `allowed`.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -200,15 +202,12 @@ class Transformer(nn.Module):
     def forward(self, idx, attn="causal", where=None, cache=None, positions=None):
         """idx (B, L) token ids -> float logits (B, L, vocab).
 
-        attn: "causal", "full", a boolean allowed-mask (True = may attend: (L, L) while annealing, (B, 1, 1, L) for
-            a padded batch) or a FlexAttention BlockMask.
-        where: optional boolean (B, L); logits are then computed only there and returned as (N, vocab) in row-major
-            order. The vocabulary projection is a large share of the FLOPs, and training and decoding need logits
-            only at masked targets.
-        positions: idx's positions, (L,) or each row's own (B, L); default 0..L-1. Block diffusion's [x_t ; x_0]
-            puts both halves at 0..L-1.
-        cache: a KV cache (make_cache): idx's keys and values are written at `positions`, and the queries attend
-            to the cache's first S slots, S the width of the boolean mask attn (all of them for "full").
+        attn: "causal", "full", a boolean allowed-mask (True = may attend) or a FlexAttention BlockMask.
+        where: optional boolean (B, L): logits only there, as (N, vocab) in row-major order (the head is a large
+            share of the FLOPs, and training and decoding need logits only at masked targets).
+        positions: (L,) or each row's own (B, L); default 0..L-1 ([x_t ; x_0] puts both halves at 0..L-1).
+        cache: make_cache's: idx's keys and values are written at `positions`, and the queries attend to the
+            cache's first S slots, S the width of the boolean mask attn (all of them for "full").
         """
         B, L = idx.shape
         if positions is None:
@@ -240,25 +239,6 @@ class Transformer(nn.Module):
         cfg, like = self.cfg, self.tok_emb.weight
         return [KVCache(batch_size, cfg.n_kv_head, max_len, cfg.head_dim, like) for _ in self.layers]
 
-    def num_params(self, embeddings=True):
-        n = sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
-        if not embeddings:
-            n -= self.tok_emb.weight.numel() + (self.pos_emb.weight.numel() if self.pos_emb is not None else 0)
-        return n
-
-    def flops_per_token(self, seq_len, logit_fraction=1.0):
-        """Training FLOPs (forward + backward = 3 × forward) per token at sequence length seq_len.
-
-        Matmuls cost 2 FLOPs per weight per token; attention scores and values add
-        2 × 2 × n_layer × seq_len × n_head × head_dim. logit_fraction is the share of positions
-        whose logits are computed (training computes them only at masked targets).
-        """
-        cfg = self.cfg
-        head = cfg.vocab_size * cfg.n_embd
-        body = self.num_params(embeddings=False) - (0 if cfg.tie_embeddings else head)
-        attention = 2 * cfg.n_layer * seq_len * cfg.n_head * cfg.head_dim
-        return 3 * (2 * body + 2 * head * logit_fraction + 2 * attention)
-
 
 # ---------------------------------------------------------------------------------------------
 # 2. The objective: noising, shift, 1/t-weighted loss (Algorithm 1); the AR loss beside it
@@ -282,12 +262,11 @@ def diffusion_loss(
 ):
     """Masked-diffusion loss sums for one batch -> (Σ CE/t, Σ CE, number of masked targets).
 
-    x, maskable, noise: (B, L); t: (B,), or (B, blocks) with one level per block. Token (b, i) is masked
-    where maskable and noise < its level: passing the uniforms in, rather than drawing them here, makes
-    every run reproducible. The paper's loss is Σ CE/t / n; Σ CE / n is the unweighted masked cross-entropy.
-    block: block diffusion's block size, below L (0: the whole sequence is one block, the paper).
-        With blocks the model reads [x_t ; x_0] under block_attention's mask (attn: "full" or an
-        annealing mask from attention_at(..., block=block)), and the loss is on the noisy half.
+    x, maskable, noise: (B, L); t: (B,), or (B, blocks) with one level per block. Token (b, i) is masked where
+    maskable and noise < its level (the uniforms passed in: every run reproducible). The paper's loss is
+    Σ CE/t / n; Σ CE / n is the unweighted masked cross-entropy.
+    block: block diffusion's block size, below L (0: the whole sequence, the paper): the model reads [x_t ; x_0]
+        under block_attention(attn), and the loss is on the noisy half.
     per_row: the three sums of each row, (B,) each (scoring many sequences in one batch).
     complementary: each row twice, the second masked where the first is not, at level 1 - t (Fast-dLLM v2,
         LLaDA 2.0): every maskable token is a target once per pair. The rows come out as 2B.
@@ -295,12 +274,8 @@ def diffusion_loss(
     B, L = x.shape
     level = t.repeat_interleave(block or L, dim=1)[:, :L] if t.dim() == 2 else t[:, None].expand(B, L)  # each token's t
     if complementary:  # 1 - u < 1 - t exactly where u > t: the complement (u = t has probability 0)
-        x, maskable, noise, level = (
-            x.repeat(2, 1),
-            maskable.repeat(2, 1),
-            torch.cat([noise, 1 - noise]),
-            torch.cat([level, 1 - level]),
-        )
+        x, maskable = x.repeat(2, 1), maskable.repeat(2, 1)
+        noise, level = torch.cat([noise, 1 - noise]), torch.cat([level, 1 - level])
     # noising: x -> x_t, each maskable token replaced by the mask token with probability t
     masked = maskable & (noise < level)  # (B, L)
     xt = x.masked_fill(masked, mask_id)
@@ -455,17 +430,13 @@ class AnnealFlex:
         return self.create(self.mask_mod, None, None, self.size, self.size, device=self.device)
 
 
-_compiled_flex_attention = None
-
-
 def flex_attention(q, k, v, block_mask, enable_gqa):
     """FlexAttention, compiled: inside a torch.compile'd model as part of its graph, else compiled once
     on its own (eager FlexAttention is a slow reference)."""
-    global _compiled_flex_attention
-    from torch.nn.attention import flex_attention as fa
+    from torch.nn.attention.flex_attention import flex_attention as eager
 
-    if torch.compiler.is_compiling() or not q.is_cuda:
-        return fa.flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
-    if _compiled_flex_attention is None:
-        _compiled_flex_attention = torch.compile(fa.flex_attention)
-    return _compiled_flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+    run = eager if torch.compiler.is_compiling() or not q.is_cuda else compiled(eager)
+    return run(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+
+
+compiled = functools.cache(torch.compile)  # each function compiled once

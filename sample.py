@@ -1,30 +1,21 @@
-"""Iterative diffusion decoding (and plain AR sampling for comparison): this project's generate.py.
+"""Diffusion decoding, the paper's Algorithm 2 (and AR sampling beside it): this project's generate.py.
 
     python sample.py --ckpt DIR --prompt "Once upon a time" --length 64 --steps 64 --show
     python sample.py --ckpt DIR --prompt "Lily went to the park." --suffix "She was happy." --length 24
     python sample.py --ckpt DIR --ar --greedy
 
-Every generated position starts as the mask token; prompt and suffix are kept. Each of at most
-T steps predicts the still-masked positions and reveals some of them:
-    random      each masked token with probability 1/k when k steps are left (the paper's sampler)
-    confidence  the most probable tokens first (the official top-k variant)
-    margin      largest gap between the two most probable tokens first (Dream)
-    entropy     lowest predictive entropy first (Dream)
---threshold X also reveals every token whose probability exceeds X (Fast-dLLM), and
---block-length B decodes B tokens at a time left to right (LLaDA's semi-autoregressive blocks).
-As in training, the logit at position i predicts token i+1 (shift), and position 0 is BOS.
-
-Exact speed-ups: logits only at still-masked positions, and for the random order only at the
-positions it chose to reveal (the choice does not depend on the model, so it is made first); no
-forward pass in a step where nothing was revealed since the last one (the model has no time input:
-its output would repeat); top-p without sorting the vocabulary (nucleus()).
-Two approximate ones, measured in lab/bench.py: --cache and --threshold.
-Standard output carries only the samples; progress, speed and --show go to standard error.
+Every generated position starts as the mask token; prompt and suffix are kept. Each of at most T steps predicts
+the masked positions and reveals some of them: each with probability 1/k when k steps are left (random, the
+paper's), or the most confident first (confidence, margin, entropy); --threshold X also reveals every token more
+probable than X (Fast-dLLM), --block-length B decodes B tokens at a time left to right (LLaDA). A block-diffusion
+checkpoint is decoded a block at a time over an exact KV cache. The logit at i predicts token i+1 (the shift).
+Exact speed-ups: logits only where needed, no pass when nothing was revealed since the last, top-p without sorting
+(nucleus); approximate ones, measured in lab/bench.py: --cache and --threshold. Standard output carries only the
+samples; progress, speed and --show go to standard error.
 """
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -33,22 +24,13 @@ from pathlib import Path
 import torch
 
 from checkpoint import load_checkpoint
-from data.corpus import read_text
+from data.corpus import read_prompts, read_text
 from model import mix, predicting, with_clean_copy
-from support.cli import (
-    COUNT,
-    NON_NEGATIVE,
-    POSITIVE,
-    PROBABILITY,
-    HelpFormatter,
-    UserError,
-    add_device_options,
-    output_file,
-    pick_device,
-    pick_dtype,
-)
+from support import cli
+from support.cli import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, HelpFormatter, UserError, output_file
 from support.files import atomic_write
-from tokenizer import MASK_GLYPH, load_tokenizer
+from support.report import Show
+from tokenizer import load_tokenizer, until_eos
 
 STRATEGIES = ("random", "confidence", "margin", "entropy")
 
@@ -117,13 +99,11 @@ def generate(model, prefix, length, decoding, trained, *, suffix=(), num_samples
 def generate_batch(model, rows, length, decoding, trained, *, seeds, on_step=None, plain=False):
     """Diffusion decoding of many prompts at once -> (tokens (B, longest row), forward passes).
 
-    rows: [(prefix ids, suffix ids)], each decoded into prefix + `length` tokens + suffix, the shorter ones padded
-    on the right. Padding changes no result: no query attends to it, nothing predicts it, and row b draws every
-    random number from its own generator (seeds[b]), so a row decodes to what it decodes to alone (up to float
-    rounding; --cache: approximately, see Denoiser). on_step(tokens, step): called after every step (--show).
-    A block-diffusion checkpoint's blocks (columns [jB, (j+1)B), the same for every row) are decoded one after
-    another, each over the exact cache of the finished ones (BlockCache), and decoding stops after a block once
-    every row has produced EOS. plain: BlockCache's plain version (no cache), the tests' reference.
+    rows: [(prefix ids, suffix ids)], each decoded into prefix + `length` tokens + suffix, right-padded. A row
+    decodes as it would alone (up to float rounding; --cache: approximately): nothing attends to or predicts the
+    padding, and row b draws from its own generator (seeds[b]). A block-diffusion checkpoint's blocks (columns
+    [jB, (j+1)B)) are decoded in turn over the exact cache of the finished ones (BlockCache; plain: its plain
+    version, the tests' reference), until every row has produced EOS. on_step(tokens, step): --show.
     """
     device = model.tok_emb.weight.device
     starts = [len(p) for p, _ in rows]  # where each row's generated span begins
@@ -285,13 +265,11 @@ def valid_logits(logits, mask_id, vocab):
 class Denoiser:
     """The model's logits at the positions asked for, as cheaply as is exact (or, with cache=True, approximately).
 
-    Exact: a step in which nothing was revealed since the last forward pass reuses that pass (the
-    model has no time input, so its output would repeat).
-    cache (approximate): keys and values of every position are computed at the start of each block
-    (of the whole generation without blocks); later passes recompute only the block's masked
-    positions, the tokens revealed since the previous pass and the positions whose logits are needed,
-    and read every other position from the cache: prompt, suffix, other blocks (as Fast-dLLM's dual
-    cache) and tokens decoded earlier (as dKV-Cache).
+    Exact: a step with nothing revealed since the last pass reuses it (no time input: the output would repeat).
+    cache (approximate): every position's keys and values are computed at the start of each block; later passes
+    recompute only the block's masked positions, the tokens revealed since the last pass and those whose logits
+    are needed, and read the rest from the cache: prompt, suffix, other blocks (Fast-dLLM's dual cache) and
+    tokens decoded earlier (dKV-Cache).
     """
 
     def __init__(self, model, real, trained, cache):
@@ -456,10 +434,9 @@ def nucleus(probs, top_p):
 def generate_ar(model, prefixes, length, trained, *, seeds, sampling=Sampling()):
     """AR sampling with a KV cache -> ([tokens of each row: its prefix + what it generated], forward passes).
 
-    Many prompts at once: they are right-padded for one prefill; then every row writes its next token at its own
-    position and attends to its slots up to there, so the padding it prefilled is overwritten before it is ever
-    attended to. Row b draws from its own generator (seeds[b]). Generation stops after `length` tokens, or once
-    every row has produced trained.eos_id."""
+    One prefill of the right-padded prompts; then each row writes its next token at its own position and attends
+    to its slots up to there (its padding is overwritten before it is attended to). Row b draws from seeds[b].
+    Stops after `length` tokens, or once every row has produced trained.eos_id."""
     device, B = model.tok_emb.weight.device, len(prefixes)
     x, real = pad_right(prefixes, device)
     position = real.sum(1) - 1  # each row's last prompt token
@@ -498,50 +475,6 @@ def decode(model, trained, rows, length, decoding, *, seeds, ar=None, on_step=No
 # Command line
 
 
-def suffix_ids(tok, prompt, suffix):
-    """A suffix that starts with a space, as it follows text (SentencePiece would put a stray "▁" before
-    it on its own); one that does not, on its own, as a new word. Never at the cost of the prompt's ids."""
-    if suffix[:1].isspace():
-        head, ids = tok.encode_continuation(prompt, suffix)
-        if head == tok.encode(prompt):
-            return ids
-    return tok.encode(suffix)
-
-
-def render(tok, prefix, generated, suffix, eos_id):
-    """Text of one sample: prompt, generated part up to its first EOS, suffix, decoded in one pass
-    (SentencePiece drops a piece's leading space at the start of a decode: decoded apart, words glue)."""
-    prompt = [i for i in prefix if i != tok.bos_id]
-    return tok.decode(prompt + until_eos(generated, eos_id) + list(suffix))
-
-
-def until_eos(generated, eos_id):
-    """The generated ids before the first EOS (the rest is dropped: the model ended the text there)."""
-    return generated[: generated.index(eos_id)] if eos_id in generated else generated
-
-
-class Show:
-    """Draw the first sample at every step, masks as a glyph: in place on a terminal, line by line when piped."""
-
-    def __init__(self, tok, total_steps):
-        self.tok, self.total, self.lines = tok, total_steps, 0
-        self.tty = sys.stderr.isatty()
-
-    def __call__(self, x, step):
-        ids = [i for i in x[0].tolist() if i != self.tok.bos_id]
-        text = self.tok.decode(ids, mask_glyph=MASK_GLYPH)
-        if not self.tty:
-            print(f"[step {step}/{self.total}] {text}", file=sys.stderr)
-            return
-        if self.lines:  # move up over the previous frame and clear it
-            sys.stderr.write(f"\x1b[{self.lines}F\x1b[J")
-        frame = f"[step {step}/{self.total}]\n{text}"
-        width = shutil.get_terminal_size().columns
-        self.lines = sum(max(1, -(-len(line) // width)) for line in frame.split("\n"))
-        sys.stderr.write(frame + "\n")
-        sys.stderr.flush()
-
-
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument
@@ -570,7 +503,7 @@ def parse_args(argv):
     a("--ar", action="store_true", help="plain autoregressive sampling with a KV cache")
     # output and system
     a("--show", action="store_true", help="draw the denoising as it happens (standard error)")
-    add_device_options(p)
+    cli.add_device_options(p)
     a("--compile", action="store_true", help="torch.compile the model (GPU; worth it for long or many decodes)")
     args = p.parse_args(argv)
     args.steps = min(args.steps, args.length)  # more steps than tokens: the extra ones would reveal nothing
@@ -581,33 +514,9 @@ def parse_args(argv):
     if args.prompts and (args.prompt or args.prompt_file or args.suffix):
         raise UserError("--prompts gives the prompts (and suffixes): drop --prompt, --prompt-file and --suffix")
     args.items = read_prompts(args.prompts) if args.prompts else [(args.prompt, args.suffix, None)]
-    args.device = pick_device(args.device)
-    args.dtype = pick_dtype(args.dtype, args.device)
+    args.device = cli.pick_device(args.device)
+    args.dtype = cli.pick_dtype(args.dtype, args.device)
     return args
-
-
-def read_prompts(path):
-    """--prompts -> [(prompt, suffix, line number)]. Told by each line's content, whatever the file's name: a JSON
-    object is {"prompt", "suffix"?}, any other line is a prompt as written (in a .jsonl, every line must be JSON)."""
-    items = []
-    for n, line in enumerate(read_text(path, "--prompts").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict):
-            if path.suffix == ".jsonl":
-                raise UserError(f"{path}:{n} is not a JSON object")
-            items.append((line, "", n))
-        elif not isinstance(record.get("prompt"), str) or not isinstance(record.get("suffix", ""), str):
-            raise UserError(f'{path}:{n} needs a "prompt" string (and a "suffix", if any, that is a string)')
-        else:
-            items.append((record["prompt"], record.get("suffix", ""), n))
-    if not items:
-        raise UserError(f"--prompts {path} holds no prompt")
-    return items
 
 
 def main(argv=None):
@@ -618,7 +527,7 @@ def main(argv=None):
     tok = load_tokenizer(args.ckpt, meta)
     encoded = []  # (prefix ids, suffix ids) of each prompt
     for prompt, suffix, line in args.items:
-        prefix, suffix_tokens = tok.encode(prompt, bos=True, special=True), suffix_ids(tok, prompt, suffix)
+        prefix, suffix_tokens = tok.encode(prompt, bos=True, special=True), tok.encode_suffix(prompt, suffix)
         total = len(prefix) + args.length + len(suffix_tokens)
         if total > model.cfg.block_size:
             where = f"{args.prompts}:{line}: " if line else ""
@@ -646,15 +555,15 @@ def main(argv=None):
     for first in range(0, len(rows), args.batch_size):
         batch = rows[first : first + args.batch_size]
         seeds = [mix(args.seed, i, s) for i, s in batch]  # a sample draws the same in any batch
-        options = dict(seeds=seeds, ar=args.ar, on_step=show)
-        ids, forwards = decode(model, trained, [encoded[i] for i, _ in batch], args.length, decoding, **options)
+        prompts = [encoded[i] for i, _ in batch]
+        ids, forwards = decode(model, trained, prompts, args.length, decoding, seeds=seeds, ar=args.ar, on_step=show)
         generated += ids
         passes += [forwards] * len(batch)
         total_passes += forwards
     elapsed = time.perf_counter() - t0
 
     # output: the texts on standard output, or one JSON line per sample in --output
-    texts = [render(tok, encoded[i][0], ids, encoded[i][1], tok.eos_id) for (i, _), ids in zip(rows, generated)]
+    texts = [tok.render(encoded[i][0], ids, encoded[i][1]) for (i, _), ids in zip(rows, generated)]
     if args.output:
         records = [
             {"prompt": args.items[i][0], "suffix": args.items[i][1], "text": text}

@@ -125,24 +125,40 @@ class Tokenizer:
             n += 1
         return whole[:n], whole[n:]
 
+    def encode_suffix(self, prompt, suffix):
+        """A suffix that starts with a space, as it follows text (SentencePiece would put a stray "▁" before
+        it on its own); one that does not, on its own, as a new word. Never at the cost of the prompt's ids."""
+        if suffix[:1].isspace():
+            head, ids = self.encode_continuation(prompt, suffix)
+            if head == self.encode(prompt):
+                return ids
+        return self.encode(suffix)
+
     def encode_document(self, text):
         """A document as stored for training: [BOS] tokens [EOS], or tokens [EOS] where BOS is EOS (GPT-2)."""
         head = [self.bos_id] if self.bos_id is not None and self.bos_id != self.eos_id else []
         return head + self.encode(text) + [self.eos_id]
 
-    def decode(self, ids, mask_glyph=""):
-        """Token ids -> text. The mask token is drawn as mask_glyph; ids the tokenizer lacks are dropped."""
+    def decode(self, ids, show_masks=False):
+        """Token ids -> text. The mask token is drawn as MASK_GLYPH (show_masks) or not at all; ids the tokenizer
+        lacks are dropped."""
         text, run = [], []
         for i in ids:
             if i == self.mask_id or not 0 <= i < self.n_vocab:
                 text.append(self._decode_run(run))
                 run = []
-                if i == self.mask_id:
-                    text.append(mask_glyph)
+                if i == self.mask_id and show_masks:
+                    text.append(MASK_GLYPH)
             else:
                 run.append(i)
         text.append(self._decode_run(run))
         return "".join(text)
+
+    def render(self, prefix, generated, suffix=()):
+        """Text of one sample: prompt, generated part up to its first EOS, suffix, decoded in one pass
+        (SentencePiece drops a piece's leading space at the start of a decode: decoded apart, words glue)."""
+        prompt = [i for i in prefix if i != self.bos_id]
+        return self.decode(prompt + until_eos(generated, self.eos_id) + list(suffix))
 
     def _decode_run(self, ids):
         if not ids:
@@ -152,6 +168,11 @@ class Tokenizer:
         if self.kind == "tokenizer.json":
             return self.hf.decode(ids, skip_special_tokens=False)
         return self.sp.decode(ids)
+
+
+def until_eos(generated, eos_id):
+    """The generated ids before the first EOS (the rest is dropped: the model ended the text there)."""
+    return generated[: generated.index(eos_id)] if eos_id in generated else generated
 
 
 def read_tokenizer_json(file):

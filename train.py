@@ -27,24 +27,21 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint, load_torch_file, read_meta, save_checkpoint
+from checkpoint import (
+    NOT_READ_BACK,
+    check_resume,
+    load_checkpoint,
+    read_meta,
+    read_run,
+    read_train_state,
+    save_checkpoint,
+)
 from data.shards import Data, check_data
 from model import AnnealFlex, ar_loss, attention_at, diffusion_loss
-from support.cli import (
-    COUNT,
-    NON_NEGATIVE,
-    POSITIVE,
-    HelpFormatter,
-    UserError,
-    add_device_options,
-    checked,
-    given_options,
-    pick_device,
-    pick_dtype,
-    progress_bar,
-)
+from support import cli
+from support.cli import COUNT, NON_NEGATIVE, POSITIVE, HelpFormatter, UserError, checked
 from support.files import sole_writer
-from support.report import HAVE_MATPLOTLIB, peak_flops, plot_curves
+from support.report import HAVE_MATPLOTLIB, flops_per_token, peak_flops, plot_curves
 
 # ---------------------------------------------------------------------------------------------
 # Options
@@ -95,7 +92,7 @@ def build_parser():
     a("--eval-interval", type=COUNT, default=100, help="steps between evaluations (and saves)")
     a("--eval-iters", type=COUNT, default=10, help="evaluation batches")
     # system
-    add_device_options(p)  # under torchrun: one GPU per process
+    cli.add_device_options(p)  # under torchrun: one GPU per process
     on_off = argparse.BooleanOptionalAction
     a("--compile", action=on_off, default=False, help="torch.compile the model")
     a("--fsdp", action=on_off, default=False, help="shard parameters, gradients and optimizer state (FSDP2)")
@@ -130,29 +127,32 @@ def train(args, init_dir, resumed):
     # setup: processes, precision, model, optimizer, data
     rank, world, device = setup_distributed(args.device)
     master = rank == 0
-    dtype, autocast = precision(args, device)
+    dtype, autocast = cli.precision(args.dtype, device)
+    args.dtype = str(dtype).removeprefix("torch.")
     raw_model, meta = load_model(init_dir, args, resumed, device)
     model = wrap(raw_model, args, device, world)
     optimizer = make_optimizer(model, args, device)
     step, tokens, metrics = restore(resumed, model, optimizer, meta, args, master) if resumed else (0, 0, [])
-    train_data, val_data = Data(args.data_dir, "train", args.block_size), Data(args.data_dir, "val", args.block_size)
+    B, L = args.batch_size, args.block_size  # sequences per micro-batch, and their length
+    train_data, val_data = Data(args.data_dir, "train", L), Data(args.data_dir, "val", L)
     diffusion = args.objective == "diffusion"
     block = args.diffusion_block if diffusion else 0  # 0: the whole sequence is one block (check_run)
-    blocks = -(-args.block_size // block) if block else 1
+    blocks = -(-L // block) if block else 1
+    strata = args.grad_accum * B if args.t_sampling == "stratified" else 0  # MDLM's t: one per stratum
     objective = Objective(args.objective, meta["mask_token_id"], not args.no_shift, block, args.complementary_masks)
     accum = args.grad_accum // world  # micro-batches per process
-    tokens_per_step = args.batch_size * args.block_size * args.grad_accum
-    flops_per_step = raw_model.flops_per_token(args.block_size, 0.5 if diffusion else 1.0) * tokens_per_step
+    tokens_per_step = B * L * args.grad_accum
+    flops_per_step = flops_per_token(raw_model, L, 0.5 if diffusion else 1.0) * tokens_per_step
     peak = peak_flops(device, dtype) * world
     masked_on_gpu = device.type == "cuda" and diffusion and (step < args.anneal_steps or block)
-    flex = AnnealFlex(args.block_size, device, block) if masked_on_gpu else None  # a FlexAttention BlockMask, not L×L
-    stop = StopRequest()
+    flex = AnnealFlex(L, device, block) if masked_on_gpu else None  # a FlexAttention BlockMask, not L×L
+    stop = cli.StopRequest()
     if master:
         describe(raw_model, args, world, device, tokens_per_step, train_data)
-    measure = functools.partial(evaluated, model, objective, val_data, args, autocast, rank, world, device, master)
+    measure = functools.partial(evaluate, model, objective, val_data, args, autocast, rank, world, device)
     metrics += measure(0, 0) if step == 0 else []
 
-    bar = progress_bar(total=args.max_iters, initial=step, disable=not master)
+    bar = cli.progress_bar(total=args.max_iters, initial=step, disable=not master)
     t_last, steps_timed = time.perf_counter(), 0
     while step < args.max_iters:
         # determine the learning rate of this step
@@ -161,11 +161,7 @@ def train(args, init_dir, resumed):
             group["lr"] = lr
 
         # this step's attention: causal OR Bernoulli(min(1, (step+1)/A)), then full (model.attention_at)
-        attn = (
-            attention_at(step, args.anneal_steps, args.block_size, args.seed, device, flex, block)
-            if diffusion
-            else None
-        )
+        attn = attention_at(step, args.anneal_steps, L, args.seed, device, flex, block) if diffusion else None
 
         # forward and backward, accumulating gradients over micro-batches (synchronised on the last one)
         running = torch.zeros(4, dtype=torch.float64, device=device)  # loss, unweighted CE, gradient norm, stop
@@ -174,10 +170,7 @@ def train(args, init_dir, resumed):
             if args.fsdp:
                 model.set_requires_gradient_sync(last)
             with contextlib.nullcontext() if last or world == 1 or args.fsdp else model.no_sync():
-                strata = args.grad_accum * args.batch_size if args.t_sampling == "stratified" else 0
-                batch = train_data.train_batch(
-                    args.seed, step, micro * world + rank, args.batch_size, device, strata, blocks
-                )
+                batch = train_data.train_batch(args.seed, step, micro * world + rank, B, device, strata, blocks)
                 with autocast:
                     weighted, ce, n = objective.loss_sums(model, *batch, attn)
                 loss = weighted / n.clamp(min=1)
@@ -218,9 +211,7 @@ def train(args, init_dir, resumed):
             t_last, steps_timed = time.perf_counter(), 0
         if interrupted:
             if master:
-                bar.write(
-                    f"stopped by signal at step {step}; saved {args.out_dir} (resume: --init-from resume)", sys.stderr
-                )
+                bar.write(f"stopped by signal at step {step}; saved {args.out_dir} (--init-from resume)", sys.stderr)
             break
     bar.close()
     if world > 1:
@@ -257,8 +248,9 @@ class Objective:
 
 
 @torch.no_grad()
-def evaluate(model, objective, val_data, args, autocast, rank, world, device):
-    """Validation at fixed windows and a fixed grid of t (diffusion: full attention, the final model)."""
+def evaluate(model, objective, val_data, args, autocast, rank, world, device, step, tokens, logged=None):
+    """Validation at fixed windows and a fixed grid of t (diffusion: full attention, the final model), said on rank 0
+    -> the metrics lines to append (none off rank 0)."""
     model.eval()
     count = args.eval_iters * args.batch_size
     indices, ts, seeds = val_data.eval_examples(count)
@@ -276,19 +268,14 @@ def evaluate(model, objective, val_data, args, autocast, rank, world, device):
     model.train()
     w, ce, n, n_all = sums.tolist()
     # Σ CE/t over all maskable positions estimates the ELBO: an upper bound on NLL in nats/token.
-    return {"val_loss": w / n, "val_loss_unweighted": ce / n, "val_nll_bound": w / n_all}
-
-
-def evaluated(model, objective, val_data, args, autocast, rank, world, device, master, step, tokens, logged=None):
-    """Evaluate, and say so -> the metrics lines to append (none off rank 0)."""
-    result, logged = evaluate(model, objective, val_data, args, autocast, rank, world, device), logged or {}
+    result, logged = {"val_loss": w / n, "val_loss_unweighted": ce / n, "val_nll_bound": w / n_all}, logged or {}
     if not all(math.isfinite(v) for v in result.values()):  # the same numbers on every rank: all stop
         raise Diverged(f"validation loss {result['val_loss']} at step {step}", args.out_dir)
-    if master:
+    if rank == 0:
         train = f"train loss {logged['train_loss']:.4f}, " if logged else ""
         val = f"val loss {result['val_loss']:.4f} (unweighted {result['val_loss_unweighted']:.4f}, "
         tqdm.write(f"step {step}: {train}{val}nll bound {result['val_nll_bound']:.4f})", file=sys.stderr)
-    return [{"iter": step, "tokens": tokens, **logged, **result}] if master else []
+    return [{"iter": step, "tokens": tokens, **logged, **result}] if rank == 0 else []
 
 
 def save(model, optimizer, meta, args, objective, step, tokens, metrics, init_dir, master):
@@ -336,15 +323,6 @@ class Diverged(UserError):
         super().__init__(f"{what}: the run diverged and stopped; the last checkpoint in {out_dir} is kept")
 
 
-class StopRequest:
-    """SIGINT / SIGTERM set a flag: the loop finishes its step, saves and exits with 128 + the signal."""
-
-    def __init__(self):
-        self.signal = None
-        for stop in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(stop, lambda signum, frame: setattr(self, "signal", signum))
-
-
 # ---------------------------------------------------------------------------------------------
 # Setup: processes, precision, model, optimizer
 
@@ -352,22 +330,13 @@ class StopRequest:
 def setup_distributed(device_arg):
     """-> (rank, world, device). torchrun sets RANK / WORLD_SIZE / LOCAL_RANK."""
     if "RANK" not in os.environ:
-        return 0, 1, pick_device(device_arg)
+        return 0, 1, cli.pick_device(device_arg)
     backend = "nccl" if torch.cuda.is_available() and device_arg in ("auto", "cuda") else "gloo"
     dist.init_process_group(backend)
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if backend == "nccl" else torch.device("cpu")
     if backend == "nccl":
         torch.cuda.set_device(device)
     return dist.get_rank(), dist.get_world_size(), device
-
-
-def precision(args, device):
-    """-> (dtype, autocast context): --dtype, or bf16 where the GPU has it and fp32 elsewhere."""
-    dtype = pick_dtype(args.dtype, device)
-    args.dtype = str(dtype).removeprefix("torch.")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    return dtype, torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
 
 
 def load_model(init_dir, args, resumed, device):
@@ -433,7 +402,8 @@ def describe(model, args, world, device, tokens_per_step, train_data):
         else ""
     )
     where = f"{world} process(es) on {device.type}, {args.dtype}, {tokens_per_step:,} tokens/step"
-    print(f"{model.num_params() / 1e6:.2f}M parameters, {where}, objective {args.objective}{method}", file=sys.stderr)
+    params = sum(p.numel() for p in model.parameters())  # a tied weight once
+    print(f"{params / 1e6:.2f}M parameters, {where}, objective {args.objective}{method}", file=sys.stderr)
     if note := train_data.repetition_note(args.max_iters * tokens_per_step, args.data_dir):
         print(note, file=sys.stderr)
 
@@ -442,84 +412,30 @@ def describe(model, args, world, device, tokens_per_step, train_data):
 # Checks before any work: options, presets, resuming (skip these on a first reading)
 
 
-# Options a resumed run may change: where and how it runs, not what it computes.
-RESUME_MAY_CHANGE = {"data_dir", "eval_interval", "device", "dtype", "compile", "fsdp", "activation_checkpointing"}
-NOT_READ_BACK = {"config", "init_from", "out_dir", "extend_schedule"}
-
-
 def parse_args(argv=None):
     """Defaults < the run's own options (on resume) < the --config preset < the command line.
 
     The run's options and the preset are read as words of the command line that come before the
     user's, so every value passes the same checks (argparse's type=)."""
     p, argv = build_parser(), sys.argv[1:] if argv is None else [str(a) for a in argv]
-    given, known = given_options(p, argv), {action.dest for action in p._actions}
-    preset = read_preset(given["config"], known) if given.get("config") else {}
+    given, known = cli.given_options(p, argv), {action.dest for action in p._actions}
+    preset = cli.read_preset(given["config"], known) if given.get("config") else {}
     given = {**preset, **given}
     saved, done = {}, 0
     if given.get("init_from") == "resume" and given.get("out_dir"):
-        saved, done = saved_run(given["out_dir"])
+        saved, done = read_run(given["out_dir"])
         saved = {k: v for k, v in saved.items() if k in known and k not in NOT_READ_BACK}
-    args = p.parse_args(as_argv(saved) + as_argv(preset) + argv)
+    args = p.parse_args(cli.as_argv(saved) + cli.as_argv(preset) + argv)
     if args.data_dir is None:
         p.error("the following arguments are required: --data-dir")
     world = int(os.environ.get("WORLD_SIZE", 1))
     args.grad_accum = args.grad_accum or world  # the global batch of one process, on any number of them
     if args.grad_accum % world:
         raise UserError(f"--grad-accum {args.grad_accum} is not a multiple of the {world} processes")
-    pick_device(args.device)  # a device this machine lacks: refused before any work
+    cli.pick_device(args.device)  # a device this machine lacks: refused before any work
     if saved:
-        check_resume(args, saved, done, given)
+        check_resume(args, saved, done, given, lr_at)
     return args
-
-
-def as_argv(options):
-    """{name: value} -> the command-line words that say it: --name value, a bare --name for True."""
-    words = []
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        words += [] if value is None or value is False else [flag] if value is True else [flag, str(value)]
-    return words
-
-
-def read_preset(path, known):
-    try:
-        preset = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read --config {path}: {e}") from None
-    if not isinstance(preset, dict):
-        raise UserError(f"--config {path} must hold a JSON object of options, not {type(preset).__name__}")
-    preset = {k.replace("-", "_"): v for k, v in preset.items() if not k.startswith("_")}
-    if set(preset) - known:
-        raise UserError(f"{path}: unknown options {sorted(set(preset) - known)}")
-    return preset
-
-
-def saved_run(out_dir):
-    """-> (the options, the step) of the train.py run in out_dir, from its config.json."""
-    training = read_meta(out_dir).get("training")
-    if not isinstance(training, dict) or not isinstance(training.get("args"), dict):
-        raise UserError(f"{out_dir} is not a train.py output: its config.json records no training run")
-    return training["args"], training["step"]
-
-
-def check_resume(args, saved, done, given):
-    """A resumed run is the same run: an option that contradicts it is refused; --max-iters may grow."""
-    for name, value in given.items():
-        old = saved.get(name)
-        if name in saved and name not in RESUME_MAY_CHANGE | {"max_iters"} and str(value) != str(old):
-            flag = "--" + name.replace("_", "-")
-            raise UserError(f"{flag} {value} contradicts the run in {args.out_dir}, which used {flag} {old}")
-    if args.max_iters < done:
-        raise UserError(f"--max-iters {args.max_iters} is below the {done} steps {args.out_dir} has done already")
-    if args.max_iters == done:
-        raise UserError(f"{args.out_dir} has done its {done} steps; pass a larger --max-iters to train further")
-    before = argparse.Namespace(**{**vars(args), "max_iters": saved["max_iters"]})
-    if lr_at(done, before) != lr_at(done, args) and not args.extend_schedule:
-        raise UserError(
-            f"--max-iters {saved['max_iters']} -> {args.max_iters} changes the cosine schedule (lr at step {done}: "
-            f"{lr_at(done, before):.3g} -> {lr_at(done, args):.3g}); pass --extend-schedule to accept that"
-        )
 
 
 def check_run(args):
@@ -538,21 +454,6 @@ def check_run(args):
         args.diffusion_block = 0
     check_data(args.data_dir, init_dir, init_meta, args.block_size, model_block)
     return init_dir, state
-
-
-def read_train_state(run_dir):
-    """-> {"step", "tokens", "optimizer", "metrics"} of the run in run_dir, checked before any work (the
-    optimizer state is memory-mapped: reading it here costs nothing until it is used)."""
-    file = run_dir / "train_state.pt"
-    if not file.is_file():
-        raise UserError(f"{run_dir} has no train_state.pt: not a train.py output to resume")
-    state = load_torch_file(file)
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        state["metrics"] = [json.loads(line) for line in lines if line]
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {run_dir / 'metrics.jsonl'}: {e}") from None
-    return state
 
 
 if __name__ == "__main__":

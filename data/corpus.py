@@ -219,3 +219,27 @@ def pairs(inputs):
     for path in inputs:
         for n, record in enumerate(records(path)):
             yield pair_of(record, f"{path}: record {n}")
+
+
+def read_prompts(path):
+    """--prompts -> [(prompt, suffix, line number)]. Told by each line's content, whatever the file's name: a JSON
+    object is {"prompt", "suffix"?}, any other line is a prompt as written (in a .jsonl, every line must be JSON)."""
+    items = []
+    for n, line in enumerate(read_text(path, "--prompts").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            if path.suffix == ".jsonl":
+                raise UserError(f"{path}:{n} is not a JSON object")
+            items.append((line, "", n))
+        elif not isinstance(record.get("prompt"), str) or not isinstance(record.get("suffix", ""), str):
+            raise UserError(f'{path}:{n} needs a "prompt" string (and a "suffix", if any, that is a string)')
+        else:
+            items.append((record["prompt"], record.get("suffix", ""), n))
+    if not items:
+        raise UserError(f"--prompts {path} holds no prompt")
+    return items

@@ -37,7 +37,7 @@ from lab.common import run_script
 from model import AnnealFlex, ModelConfig, Transformer, ar_loss, attention_at, diffusion_loss
 from sample import STRATEGIES, Decoding, Sampling, Trained, generate, generate_ar, generate_batch
 from support.cli import COUNT, HelpFormatter, UserError, add_device_options, output_file, pick_device, pick_dtype
-from support.report import matmul_peak
+from support.report import flops_per_token, matmul_peak
 from tokenizer import load_tokenizer
 
 SHAPES = {
@@ -162,7 +162,7 @@ def bench_training(shape, B, L, device, dtype, iters, peak, compile_model):
     rows = []
     for (engine, mode), sec in interleaved(steps, iters, device).items():
         # MFU counts the useful work: logits at the masked half of the positions (diffusion), all (AR)
-        flops = model.flops_per_token(L, logit_fraction=1.0 if mode == "ar" else 0.5) * B * L
+        flops = flops_per_token(model, L, logit_fraction=1.0 if mode == "ar" else 0.5) * B * L
         rows.append(
             {
                 "bench": "train",

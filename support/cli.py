@@ -6,7 +6,10 @@ option value is refused before any work by its argparse type= (checked, COUNT, .
 """
 
 import argparse
+import contextlib
+import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -127,3 +130,43 @@ class LogLines(tqdm):
             self.shown = self.n
             self.fp.write(f"{self}\n")
             self.fp.flush()
+
+
+def as_argv(options):
+    """{name: value} -> the command-line words that say it: --name value, a bare --name for True."""
+    words = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        words += [] if value is None or value is False else [flag] if value is True else [flag, str(value)]
+    return words
+
+
+def read_preset(path, known):
+    """A --config file: a JSON object of options (keys as the options' names; "_"-prefixed keys are comments)."""
+    try:
+        preset = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read --config {path}: {e}") from None
+    if not isinstance(preset, dict):
+        raise UserError(f"--config {path} must hold a JSON object of options, not {type(preset).__name__}")
+    preset = {k.replace("-", "_"): v for k, v in preset.items() if not k.startswith("_")}
+    if set(preset) - known:
+        raise UserError(f"{path}: unknown options {sorted(set(preset) - known)}")
+    return preset
+
+
+class StopRequest:
+    """SIGINT / SIGTERM set a flag: a long loop finishes its step, saves and exits with 128 + the signal (train.py)."""
+
+    def __init__(self):
+        self.signal = None
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop, lambda signum, frame: setattr(self, "signal", signum))
+
+
+def precision(name, device):
+    """--dtype -> (dtype, autocast context): bf16 where the GPU has it and fp32 elsewhere, by pick_dtype's rule."""
+    dtype = pick_dtype(name, device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return dtype, torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()

@@ -1,8 +1,10 @@
 """How a run reports itself beyond the progress bar: its curves as a PNG (train.py's loss.png, the lab's plots),
-and the peak FLOP/s that its MFU is measured against.
+the FLOPs and peak FLOP/s of its MFU, and sample.py's --show.
 """
 
 import importlib.util
+import shutil
+import sys
 import time
 
 import torch
@@ -51,3 +53,39 @@ def peak_flops(device, dtype):
             if key in name:
                 return peak
     return matmul_peak(device, dtype)
+
+
+def flops_per_token(model, seq_len, logit_fraction=1.0):
+    """Training FLOPs (forward + backward = 3 × forward) per token of a Transformer at sequence length seq_len.
+
+    Matmuls cost 2 FLOPs per weight per token; attention scores and values add
+    2 × 2 × n_layer × seq_len × n_head × head_dim. logit_fraction is the share of positions
+    whose logits are computed (training computes them only at masked targets).
+    """
+    cfg, pos_emb = model.cfg, model.pos_emb
+    embeddings = model.tok_emb.weight.numel() + (pos_emb.weight.numel() if pos_emb is not None else 0)
+    head = cfg.vocab_size * cfg.n_embd
+    body = sum(p.numel() for p in model.parameters()) - embeddings - (0 if cfg.tie_embeddings else head)
+    attention = 2 * cfg.n_layer * seq_len * cfg.n_head * cfg.head_dim
+    return 3 * (2 * body + 2 * head * logit_fraction + 2 * attention)
+
+
+class Show:
+    """sample.py --show: the first sample at each step, masks drawn: in place on a terminal, line by line when piped."""
+
+    def __init__(self, tok, total_steps):
+        self.tok, self.total, self.lines = tok, total_steps, 0
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, x, step):
+        text = self.tok.decode([i for i in x[0].tolist() if i != self.tok.bos_id], show_masks=True)
+        if not self.tty:
+            print(f"[step {step}/{self.total}] {text}", file=sys.stderr)
+            return
+        if self.lines:  # move up over the previous frame and clear it
+            sys.stderr.write(f"\x1b[{self.lines}F\x1b[J")
+        frame = f"[step {step}/{self.total}]\n{text}"
+        width = shutil.get_terminal_size().columns
+        self.lines = sum(max(1, -(-len(line) // width)) for line in frame.split("\n"))
+        sys.stderr.write(frame + "\n")
+        sys.stderr.flush()

@@ -170,7 +170,7 @@ def test_text_never_encodes_to_a_reused_mask_token(tmp_path):
     assert 10541 in tok.enc.encode_ordinary(text)
     ids = tok.encode(text)
     assert 10541 not in ids and tok.decode(ids) == text
-    assert tok.decode([64, 10541, 65], mask_glyph="_") == "a_b"
+    assert tok.decode([64, 10541, 65], show_masks=True) == "a█b"
 
 
 def test_sentencepiece_reused_mask_is_respelled(tmp_path):

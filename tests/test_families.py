@@ -341,7 +341,8 @@ def test_smollm2_converts_offline_answers_and_matches_transformers(tmp_path):
 
     pytest.importorskip("gguf")
     from checkpoint import load_checkpoint
-    from sample import Sampling, Trained, generate_ar, until_eos
+    from sample import Sampling, Trained, generate_ar
+    from tokenizer import until_eos
 
     run("convert.py", SMOLLM2, tmp_path / "smollm2")
     model, meta = load_checkpoint(tmp_path / "smollm2")

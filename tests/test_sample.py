@@ -17,10 +17,9 @@ from sample import (
     generate_ar,
     generate_batch,
     sample_tokens,
-    until_eos,
     valid_logits,
 )
-from tokenizer import load_tokenizer
+from tokenizer import load_tokenizer, until_eos
 
 V, MASK, BOS = 50, 49, 0
 
@@ -200,7 +199,6 @@ def test_sampling_follows_the_distribution():
 
 def test_prompt_generated_text_and_suffix_are_decoded_as_written(stories_ckpt):
     """One decode for the whole sample: decoded apart, SentencePiece glued words ("day,Mat", "onthe")."""
-    from sample import render
     from tokenizer import Tokenizer
 
     spm, bpe = {"type": "sentencepiece", "files": []}, {"type": "gpt2-bpe", "files": []}
@@ -215,7 +213,7 @@ def test_prompt_generated_text_and_suffix_are_decoded_as_written(stories_ckpt):
     for tok in tokenizers:
         ids = tok.encode(text, bos=True)
         for start, end in [(3, 9), (5, 12), (2, len(ids))]:
-            assert render(tok, ids[:start], ids[start:end], ids[end:], tok.eos_id) == text, (tok.kind, start, end)
+            assert tok.render(ids[:start], ids[start:end], ids[end:]) == text, (tok.kind, start, end)
     proc = run(
         "sample.py", "--ckpt", stories_ckpt, "--ar", "--greedy", "--prompt", "Once upon a time,", "--length", "12"
     )
@@ -223,7 +221,6 @@ def test_prompt_generated_text_and_suffix_are_decoded_as_written(stories_ckpt):
 
 
 def test_suffix_ids_keep_the_prompt_and_lose_the_stray_piece():
-    from sample import suffix_ids
     from tokenizer import Tokenizer
 
     spm, bpe = {"type": "sentencepiece", "files": []}, {"type": "gpt2-bpe", "files": []}
@@ -235,12 +232,12 @@ def test_suffix_ids_keep_the_prompt_and_lose_the_stray_piece():
     )
     prompt = "Lily went to the park."
     assert (
-        suffix_ids(llama, prompt, " She was happy.")
+        llama.encode_suffix(prompt, " She was happy.")
         == llama.encode(prompt + " She was happy.")[len(llama.encode(prompt)) :]
     )
-    assert 29871 not in suffix_ids(llama, prompt, " She was happy.")  # no stray "▁"
-    assert suffix_ids(llama, prompt, "She was happy.") == llama.encode("She was happy.")  # a new word, as written
-    assert suffix_ids(gpt2, "He said:", '"Yes."') == gpt2.encode('"Yes."')  # the prompt's ":" stays the prompt's
+    assert 29871 not in llama.encode_suffix(prompt, " She was happy.")  # no stray "▁"
+    assert llama.encode_suffix(prompt, "She was happy.") == llama.encode("She was happy.")  # a new word, as written
+    assert gpt2.encode_suffix("He said:", '"Yes."') == gpt2.encode('"Yes."')  # the prompt's ":" stays the prompt's
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
