@@ -253,3 +253,14 @@ def test_every_name_the_readmes_give_exists():
             if span not in words:
                 missing.append((readme, span))
     assert not missing, "\n".join(f"{readme}: `{span}`" for readme, span in missing)
+
+
+def test_the_readme_gives_the_files_sizes_as_they_are():
+    """The front page's line counts of the six reference files are within 10% of the files'."""
+    text = (ROOT / "README.md").read_text()
+    said = {f: int(n) for f, n in re.findall(r"\| `(\w+\.py)` \| (\d+) \|", text)}
+    said |= {f: int(n) for f, n in re.findall(r"`(\w+\.py)` \((\d+)[ :]", text)}
+    assert set(said) == {"model.py", "train.py", "sample.py", "convert.py", "checkpoint.py", "tokenizer.py"}
+    for name, n in said.items():
+        lines = len((ROOT / name).read_text().splitlines())
+        assert abs(lines - n) <= 0.1 * lines, (name, n, lines)
