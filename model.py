@@ -327,7 +327,7 @@ def attention_at(step, anneal_steps, seq_len, seed, device, flex=None, block=0):
     """The attention of one training step: causal OR Bernoulli(ratio), the same draw for batch and heads.
 
     'full' once annealing is over (the fast SDPA path). During annealing a boolean (L, L) mask, or,
-    given flex = AnnealFlex(...), a FlexAttention BlockMask computed from the same hash on the GPU.
+    given flex = support.flex.AnnealFlex(...), a FlexAttention BlockMask computed from the same hash on the GPU.
     block: block diffusion's block size, below seq_len (diffusion_loss's): the (2L, 2L) mask of `allowed`, annealed
     inside each block. 0: the whole sequence.
     """
@@ -405,29 +405,6 @@ def mix(*ints):
         h = ((h ^ (i & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
         h ^= h >> 31
     return h & 0x7FFFFFFFFFFFFFFF
-
-
-class AnnealFlex:
-    """Annealing BlockMasks for FlexAttention (of block diffusion too: `allowed`'s rule). The seed and threshold
-    live in tensors that the mask_mod reads, so a new step changes their values, not the function: nothing
-    recompiles."""
-
-    def __init__(self, seq_len, device, block=0):
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        self.create, self.size, self.device = create_block_mask, 2 * seq_len if block else seq_len, device
-        self.seed = torch.zeros((), dtype=torch.long, device=device)
-        self.threshold = torch.zeros((), dtype=torch.long, device=device)
-
-        def mask_mod(b, h, q, k):
-            return allowed(q, k, seq_len, block or seq_len, self.seed, self.threshold)
-
-        self.mask_mod = mask_mod
-
-    def __call__(self, step_seed, threshold):
-        self.seed.fill_(step_seed)
-        self.threshold.fill_(threshold)
-        return self.create(self.mask_mod, None, None, self.size, self.size, device=self.device)
 
 
 def flex_attention(q, k, v, block_mask, enable_gqa):

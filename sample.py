@@ -30,6 +30,7 @@ from support import cli
 from support.cli import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, HelpFormatter, UserError, output_file
 from support.files import atomic_write
 from support.report import Show
+from support.rows import key_mask, pad_right, span_mask
 from tokenizer import load_tokenizer, until_eos
 
 STRATEGIES = ("random", "confidence", "margin", "entropy")
@@ -209,26 +210,6 @@ def schedule(masked, starts, decoding, block):
     if block:  # enough steps: one token per step
         share = torch.minimum(counts, torch.where(steps >= counts.sum(0), counts, share))
     return list(zip(parts, torch.where(has, share, 0)))
-
-
-def pad_right(rows, device):
-    """Token lists -> (x (B, longest) padded on the right with 0, real (B, longest): where x holds a token)."""
-    lengths = torch.tensor([len(ids) for ids in rows], device=device)
-    x = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long, device=device)
-    for b, ids in enumerate(rows):
-        x[b, : len(ids)] = torch.tensor(ids)
-    return x, torch.arange(x.shape[1], device=device) < lengths[:, None]
-
-
-def span_mask(starts, length, width, device="cpu"):
-    """(B, width): True at each row's generated span, [start, start + length)."""
-    columns, starts = torch.arange(width, device=device), torch.tensor(starts, device=device)[:, None]
-    return (columns >= starts) & (columns < starts + length)
-
-
-def key_mask(real):
-    """Full attention to every real token and none to padding: a (B, 1, 1, L) mask, or "full" when nothing is padded."""
-    return "full" if real.all() else real[:, None, None]
 
 
 class Streams:

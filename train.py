@@ -37,10 +37,11 @@ from checkpoint import (
     save_checkpoint,
 )
 from data.shards import Data, check_data
-from model import AnnealFlex, ar_loss, attention_at, diffusion_loss
+from model import ar_loss, attention_at, diffusion_loss
 from support import cli
 from support.cli import COUNT, NON_NEGATIVE, POSITIVE, HelpFormatter, UserError, checked
 from support.files import sole_writer
+from support.flex import AnnealFlex
 from support.report import HAVE_MATPLOTLIB, flops_per_token, peak_flops, plot_curves
 
 # ---------------------------------------------------------------------------------------------

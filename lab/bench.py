@@ -34,9 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from checkpoint import load_checkpoint, read_meta
 from formats.hf import hf_twin
 from lab.common import run_script
-from model import AnnealFlex, ModelConfig, Transformer, ar_loss, attention_at, diffusion_loss
+from model import ModelConfig, Transformer, ar_loss, attention_at, diffusion_loss
 from sample import STRATEGIES, Decoding, Sampling, Trained, generate, generate_ar, generate_batch
 from support.cli import COUNT, HelpFormatter, UserError, add_device_options, output_file, pick_device, pick_dtype
+from support.flex import AnnealFlex
 from support.report import flops_per_token, matmul_peak
 from tokenizer import load_tokenizer
 

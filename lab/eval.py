@@ -36,7 +36,7 @@ from checkpoint import load_checkpoint
 from data.corpus import texts
 from lab.common import sentences
 from model import ar_loss, diffusion_loss, mix, noise_levels, predicting, shifted, with_clean_copy
-from sample import STRATEGIES, Decoding, Sampling, Trained, decode, key_mask, pad_right, valid_logits
+from sample import STRATEGIES, Decoding, Sampling, Trained, decode, valid_logits
 from support.cli import (
     COUNT,
     NON_NEGATIVE,
@@ -52,6 +52,7 @@ from support.cli import (
     progress_bar,
 )
 from support.files import atomic_write
+from support.rows import key_mask, pad_right
 from tokenizer import load_tokenizer, until_eos
 
 # ---------------------------------------------------------------------------------------------

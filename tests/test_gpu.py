@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from model import AnnealFlex, ModelConfig, Transformer, attention_at, diffusion_loss
+from model import ModelConfig, Transformer, attention_at, diffusion_loss
+from support.flex import AnnealFlex
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

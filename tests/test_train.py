@@ -525,7 +525,8 @@ def test_flex_attention_mask_equals_the_boolean_mask():
     """On GPU the annealing mask is a FlexAttention BlockMask from the same hash; check it here (forward, CPU)."""
     import warnings
 
-    from model import AnnealFlex, ModelConfig, Transformer
+    from model import ModelConfig, Transformer
+    from support.flex import AnnealFlex
 
     warnings.simplefilter("ignore")  # eager FlexAttention warns that it is a slow reference
     L = 128
