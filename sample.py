@@ -192,12 +192,13 @@ def schedule(masked, starts, decoding, block):
     semi-autoregressive blocks of --block-length, counted from each row's start (LLaDA). With them: the model's
     blocks of `block` columns that hold generated positions, each cut into sub-blocks of --block-length columns.
     A row shares the steps among the blocks it has tokens in, so that it decodes in a batch as it does alone."""
-    steps, columns = decoding.steps or int(masked.sum(1).max()), torch.arange(masked.shape[1], device=masked.device)
+    length = int(masked.sum(1).max())  # the generated span (every row's)
+    steps, columns = decoding.steps or length, torch.arange(masked.shape[1], device=masked.device)
     if block:  # a column's part: its model block, then its sub-block
         width = min(decoding.block_length or block, block)
         part = (columns // block * block + columns % block // width).expand_as(masked)
     else:  # a column's part: its sub-block, counted from its row's start
-        width = decoding.block_length or int(masked.sum(1).max())
+        width = decoding.block_length or length
         part = (columns - torch.tensor(starts, device=masked.device)[:, None]).div(width, rounding_mode="floor")
     parts = [part == p for p in part[masked].unique().tolist()]
     if not parts:  # nothing to generate
@@ -420,10 +421,10 @@ def generate_ar(model, prefixes, length, trained, *, seeds, sampling=Sampling())
     Stops after `length` tokens, or once every row has produced trained.eos_id."""
     device, B = model.tok_emb.weight.device, len(prefixes)
     x, real = pad_right(prefixes, device)
-    position = real.sum(1) - 1  # each row's last prompt token
-    cache, slots = model.make_cache(B, x.shape[1] + length), torch.arange(x.shape[1] + length, device=device)
-    causal = slots[: x.shape[1], None] >= slots[: x.shape[1]]  # (P, P)
-    logits = model(x, attn=causal, where=slots[: x.shape[1]] == position[:, None], cache=cache)  # prefill: (B, V)
+    position, P = real.sum(1) - 1, x.shape[1]  # each row's last prompt token; the longest prompt
+    cache, slots = model.make_cache(B, P + length), torch.arange(P + length, device=device)
+    prompt = slots[:P]
+    logits = model(x, attn=prompt[:, None] >= prompt, where=prompt == position[:, None], cache=cache)  # prefill: (B, V)
     streams, out = Streams(seeds, device), [list(p) for p in prefixes]
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for i in range(length):
