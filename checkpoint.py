@@ -82,12 +82,13 @@ def model_config(d):
 
 is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # JSON's true is no token id
 
-FACTS = {  # config.json's own keys: (rule, what it must be); "shift" and "diffusion_block" may be absent
+FACTS = {  # config.json's own keys: (rule, what it must be); "shift", "diffusion_block", "ar_weight" may be absent
     "objective": (lambda v: v in ("ar", "diffusion"), "'ar' or 'diffusion'"),
     "mask_token_id": (is_int, "an int"),
     "eos_token_id": (lambda v: v is None or is_int(v), "an int or null"),
     "shift": (lambda v: isinstance(v, bool), "true or false"),
     "diffusion_block": (lambda v: v is None or is_int(v) and v >= 0, "null or an int >= 0"),
+    "ar_weight": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e9, "a number >= 0"),
 }
 
 

@@ -258,7 +258,18 @@ def predicting(targets, shift=True):
 
 
 def diffusion_loss(
-    model, x, maskable, t, noise, mask_id, attn="full", shift=True, per_row=False, block=0, complementary=False
+    model,
+    x,
+    maskable,
+    t,
+    noise,
+    mask_id,
+    attn="full",
+    shift=True,
+    per_row=False,
+    block=0,
+    complementary=False,
+    ar=False,
 ):
     """Masked-diffusion loss sums for one batch -> (Σ CE/t, Σ CE, number of masked targets).
 
@@ -267,6 +278,8 @@ def diffusion_loss(
     Σ CE/t / n; Σ CE / n is the unweighted masked cross-entropy.
     block: block diffusion's block size, below L (0: the whole sequence, the paper): the model reads [x_t ; x_0]
         under block_attention(attn), and the loss is on the noisy half.
+    ar: the clean half is also the AR model (self-speculative checkpoints, train.py --ar-weight): it attends
+        token-causally, and two more sums follow, its next-token CE at the maskable tokens and their number.
     per_row: the three sums of each row, (B,) each (scoring many sequences in one batch).
     complementary: each row twice, the second masked where the first is not, at level 1 - t (Fast-dLLM v2,
         LLaDA 2.0): every maskable token is a target once per pair. The rows come out as 2B.
@@ -283,16 +296,23 @@ def diffusion_loss(
     where, targets, weights = (shifted(masked), shifted(x), shifted(1 / level)) if shift else (masked, x, 1 / level)
     positions = None
     if block:  # block diffusion: the clean copy beside the noisy one, for the later blocks to read
-        xt, where, attn, positions = with_clean_copy(xt, x, where, attn, block, shift)
+        xt, where, attn, positions = with_clean_copy(xt, x, where, attn, block, shift, ar)
         targets, weights = torch.cat([targets, targets], 1), torch.cat([weights, weights], 1)
+    scored = where  # the diffusion loss's logits; with ar, the AR model's next-token logits too
+    if ar:
+        next_token = F.pad(shifted(maskable), (L, 0))  # (B, 2L): the clean half's logits before maskable tokens
+        where = where | next_token
     # loss: cross-entropy at masked targets only, weighted by 1/t
     logits = model(xt, attn=attn, where=where, positions=positions)
     ce = F.cross_entropy(logits, targets[where], reduction="none")  # (N,)
-    weights = weights[where]
+    if ar:
+        ar_ce, ce = ce[next_token[where]], ce[scored[where]]
+    weights = weights[scored]
     if per_row:  # the targets come row by row, as boolean indexing lists them
-        counts = where.sum(1).tolist()
+        counts = scored.sum(1).tolist()
         return *(torch.stack([v.sum() for v in values.split(counts)]) for values in (weights * ce, ce)), masked.sum(1)
-    return (weights * ce).sum(), ce.sum(), masked.sum()
+    sums = (weights * ce).sum(), ce.sum(), masked.sum()
+    return (*sums, ar_ce.sum(), next_token.sum()) if ar else sums
 
 
 def ar_loss(model, x, targets=None):
@@ -323,13 +343,13 @@ def anneal_ratio(step, anneal_steps):
     return 1.0 if anneal_steps <= 0 else min(1.0, (step + 1) / anneal_steps)
 
 
-def attention_at(step, anneal_steps, seq_len, seed, device, flex=None, block=0):
+def attention_at(step, anneal_steps, seq_len, seed, device, flex=None, block=0, ar=False):
     """The attention of one training step: causal OR Bernoulli(ratio), the same draw for batch and heads.
 
     'full' once annealing is over (the fast SDPA path). During annealing a boolean (L, L) mask, or,
     given flex = support.flex.AnnealFlex(...), a FlexAttention BlockMask computed from the same hash on the GPU.
     block: block diffusion's block size, below seq_len (diffusion_loss's): the (2L, 2L) mask of `allowed`, annealed
-    inside each block. 0: the whole sequence.
+    inside each block. 0: the whole sequence. ar: the clean half is the AR model (`allowed`).
     """
     ratio = anneal_ratio(step, anneal_steps)
     if ratio >= 1.0 and not block:
@@ -338,29 +358,30 @@ def attention_at(step, anneal_steps, seq_len, seed, device, flex=None, block=0):
     if flex is not None:
         return flex(step_seed, threshold)
     q = torch.arange(2 * seq_len if block else seq_len, device=device)
-    return allowed(q[:, None], q[None, :], seq_len, block or seq_len, step_seed, threshold)
+    return allowed(q[:, None], q[None, :], seq_len, block or seq_len, step_seed, threshold, ar)
 
 
-def allowed(q, k, seq_len, block, step_seed=0, threshold=2**32):
+def allowed(q, k, seq_len, block, step_seed=0, threshold=2**32, ar=False):
     """May query position q attend to key position k? The one rule of every attention mask in training.
 
     Positions below seq_len are the noisy sequence x_t; with several blocks, position seq_len + i is the
     clean token x_0[i] beside it (BD3-LM's block_diff_mask, with the paper's annealing inside a block):
       a noisy query sees its block's noisy keys (the causal ones, and each later one with probability
       threshold / 2**32: the annealing), and the clean keys of the earlier blocks;
-      a clean query sees the clean keys of its own and the earlier blocks (the AR model, a block at a time).
+      a clean query sees the clean keys of its own and the earlier blocks (the AR model, a block at a time), or
+      with ar those at or before it: the AR model itself (TiDAR; train.py --ar-weight).
     With one block there is no clean copy, and this is the paper's annealing mask.
     """
     noisy_q, noisy_k = q < seq_len, k < seq_len
     q_block, k_block = q % seq_len // block, k % seq_len // block
     annealed = (k <= q) | (anneal_hash(q, k, step_seed) < threshold)
     from_noisy = torch.where(noisy_k, (k_block == q_block) & annealed, k_block < q_block)
-    return torch.where(noisy_q, from_noisy, ~noisy_k & (k_block <= q_block))
+    return torch.where(noisy_q, from_noisy, ~noisy_k & ((k <= q) if ar else (k_block <= q_block)))
 
 
-def with_clean_copy(xt, x, where, attn, block, shift=True):
+def with_clean_copy(xt, x, where, attn, block, shift=True, ar=False):
     """Block diffusion's forward pass over x_t (B, L): the input [x_t ; x_0], both halves at positions 0..L-1, under
-    block_attention(attn); the logits asked for at `where` (B, L) come from the noisy half, except that the
+    block_attention(attn, ar); the logits asked for at `where` (B, L) come from the noisy half, except that the
     logit before a block, which predicts its first token, comes from the clean half (it sees the earlier blocks
     only, as at decoding time) -> (input (B, 2L), where (B, 2L), attn, positions (2L,)). Logits come row by row,
     a row's noisy-half ones first."""
@@ -370,19 +391,19 @@ def with_clean_copy(xt, x, where, attn, block, shift=True):
     return (
         torch.cat([xt, x], 1),
         torch.cat([where & ~first, where & first], 1),
-        block_attention(attn, L, block, x.device),
+        block_attention(attn, L, block, x.device, ar),
         positions,
     )
 
 
-def block_attention(attn, seq_len, block, device):
+def block_attention(attn, seq_len, block, device, ar=False):
     """diffusion_loss's attention over [x_t ; x_0], from the attention asked for over x_t: "full" (no annealing
     left) -> `allowed` without annealing; a padded batch's key mask (B, 1, 1, L) -> that, without the padding;
     an annealing mask of attention_at(..., block=block) -> itself."""
     if not isinstance(attn, (str, torch.Tensor)) or isinstance(attn, torch.Tensor) and attn.dim() == 2:
         return attn
     q = torch.arange(2 * seq_len, device=device)
-    mask = allowed(q[:, None], q[None, :], seq_len, block)
+    mask = allowed(q[:, None], q[None, :], seq_len, block, ar=ar)
     return mask if isinstance(attn, str) else mask & torch.cat([attn, attn], dim=-1)
 
 

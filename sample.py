@@ -72,11 +72,12 @@ class Trained:
     objective: str = "diffusion"  # "ar": an AR checkpoint, which decode() samples autoregressively
     vocab: int | None = None  # the tokenizer's size: never produce ids beyond it (vocabulary padding)
     eos_id: int | None = None  # AR and block decoding stop once every row has produced it (None: never)
+    keeps_ar: bool = False  # its clean tokens attend token-causally, as the AR model (train.py --ar-weight)
 
     @classmethod
     def of(cls, meta, vocab=None, eos_id=None):
-        block = meta.get("diffusion_block") or 0
-        return cls(meta["mask_token_id"], meta.get("shift", True), block, meta["objective"], vocab, eos_id)
+        block, ar = meta.get("diffusion_block") or 0, meta.get("ar_weight", 0) > 0
+        return cls(meta["mask_token_id"], meta.get("shift", True), block, meta["objective"], vocab, eos_id, ar)
 
     def blocks_in(self, width):
         """The block size for rows of `width` columns: 0 where one block holds them (the whole sequence)."""
@@ -304,7 +305,8 @@ class BlockCache:
         self.hi = min(lo + self.block, x.shape[1])
         if self.kv is not None and lo > self.cached:  # clean blocks [cached, lo): one pass writes their keys and values
             q, k = torch.arange(self.cached, lo, device=x.device), torch.arange(lo, device=x.device)
-            attn = (k // self.block <= q[:, None] // self.block) & self.real[:, None, None, :lo]  # (B, 1, T, lo)
+            causal = k <= q[:, None] if self.trained.keeps_ar else k // self.block <= q[:, None] // self.block
+            attn = causal & self.real[:, None, None, :lo]  # (B, 1, T, lo)
             last = torch.zeros(x.shape[0], lo - self.cached, dtype=torch.bool, device=x.device)
             last[:, -1] = True
             edge = self.model(x[:, self.cached : lo], attn=attn, where=last, cache=self.kv, positions=q)
@@ -326,7 +328,9 @@ class BlockCache:
                     self.forwards += 1
             else:  # [x ; x] under training's mask: the noisy block reads its own columns and the clean ones before it
                 attn = key_mask(self.real)
-                inputs, both, attn, positions = with_clean_copy(x, x, where, attn, self.block, shift)
+                inputs, both, attn, positions = with_clean_copy(
+                    x, x, where, attn, self.block, shift, self.trained.keeps_ar
+                )
                 pieces = self.model(inputs, attn=attn, where=both, positions=positions).split(both.sum(1).tolist())
                 out = torch.cat([p[: len(p) - int(f)] for p, f in zip(pieces, first)])  # the block's own columns
                 edge = {b: p[-1:] for b, (p, f) in enumerate(zip(pieces, first)) if f}  # the clean column before it
@@ -352,6 +356,12 @@ def sample_tokens(logits, sampling=Sampling(), generator=None):
     if sampling.greedy:
         probs = logits.softmax(-1)
         return probs.argmax(-1), probs
+    probs = sampling_probs(logits, sampling)
+    return draw(probs, generator), probs
+
+
+def sampling_probs(logits, sampling):
+    """The distribution that non-greedy sampling draws from: after temperature, top-k and top-p."""
     if sampling.temperature != 1.0:
         logits = logits / sampling.temperature
     if sampling.top_k and sampling.top_k < logits.shape[-1]:
@@ -361,10 +371,14 @@ def sample_tokens(logits, sampling=Sampling(), generator=None):
     if sampling.top_p < 1.0:
         probs = probs * nucleus(probs, sampling.top_p)
         probs /= probs.sum(-1, keepdim=True)
-    # inverse-CDF sampling: exact, and much cheaper than torch.multinomial over a 50k vocabulary
+    return probs
+
+
+def draw(probs, generator=None):
+    """A token from each row of probs (N, V) by inverse CDF: exact, and much cheaper than torch.multinomial."""
     cdf = probs.cumsum(-1)
     u = torch.rand(len(probs), 1, generator=generator, device=probs.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1), probs
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def nucleus_by_sorting(probs, top_p):
@@ -409,48 +423,113 @@ def nucleus(probs, top_p):
 
 
 # ---------------------------------------------------------------------------------------------
-# AR decoding, and decoding as a checkpoint was trained
+# AR decoding, also self-speculative: a block-diffusion model drafts, its AR mode verifies (TiDAR)
 
 
 @torch.no_grad()
-def generate_ar(model, prefixes, length, trained, *, seeds, sampling=Sampling()):
-    """AR sampling with a KV cache -> ([tokens of each row: its prefix + what it generated], forward passes).
+def generate_ar(model, prefixes, length, trained, *, seeds, sampling=Sampling(), drafter=None):
+    """AR sampling with a KV cache -> ([tokens of each row: its prefix + what it generated], forward passes,
+    [draft tokens accepted, each time a row had a draft]).
 
-    One prefill of the right-padded prompts; then each row writes its next token at its own position and attends
-    to its slots up to there (its padding is overwritten before it is attended to). Row b draws from seeds[b].
-    Stops after `length` tokens, or once every row has produced trained.eos_id."""
+    One prefill of the right-padded prompts; then each pass reads each row's newest token at its own position and
+    attends to its slots up to there (its padding is overwritten before it is attended to). Row b draws from
+    seeds[b]. Stops after `length` tokens, or once every row has produced trained.eos_id.
+    drafter: (a block-diffusion model, its Trained), blocks of B: model itself for its own AR mode (train.py
+    --ar-weight), or another with the same tokenizer. A pass then reads the newest token and the row's draft of
+    the B - 1 after it causally, where the AR logits accept a prefix of the draft and give the token after it
+    (verify: the output is exactly AR sampling's), then B mask tokens, a noisy block whose logits draft the B - 1
+    tokens after the next one, valid if the whole draft is accepted. A pass yields 1 to B tokens.
+    """
     device, B = model.tok_emb.weight.device, len(prefixes)
+    draft_model, drafting = drafter or (None, None)
+    K, D = (drafting.block, drafting.block) if drafter else (1, 0)  # tokens read causally, then mask tokens
     x, real = pad_right(prefixes, device)
-    position, P = real.sum(1) - 1, x.shape[1]  # each row's last prompt token; the longest prompt
-    cache, slots = model.make_cache(B, P + length), torch.arange(P + length, device=device)
-    prompt = slots[:P]
-    logits = model(x, attn=prompt[:, None] >= prompt, where=prompt == position[:, None], cache=cache)  # prefill: (B, V)
-    streams, out = Streams(seeds, device), [list(p) for p in prefixes]
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    for i in range(length):
-        token, _ = streams.tokens(valid_logits(logits, trained.mask_id, trained.vocab), [1] * B, sampling)
-        for b, t in enumerate(token.tolist()):
-            out[b].append(t)
-        done |= token == trained.eos_id
-        if done.all() or i == length - 1:
-            return out, i + 1
-        position = position + 1
-        attn = (slots <= position[:, None])[:, None, None]  # (B, 1, 1, S): each row's slots up to its token
-        logits = model(token[:, None], attn=attn, cache=cache, positions=position[:, None])[:, -1]
-    return out, length
+    newest, P = real.sum(1) - 1, x.shape[1]  # each row's newest token; the longest prompt
+    models = [model] + ([draft_model] if draft_model not in (None, model) else [])
+    slots = torch.arange(P + length + K + D, device=device)
+    caches = [m.make_cache(B, len(slots)) for m in models]
+    prompt, where = slots[:P], slots[:P] == newest[:, None]
+    logits = [m(x, attn=prompt[:, None] >= prompt, where=where, cache=c) for m, c in zip(models, caches)][0]
+    ar, drafted, forwards = list(logits.split(1)), [None] * B, len(models)  # each row's AR and draft logits
+    streams, out, drafts, q, accepted = Streams(seeds, device), [list(p) for p in prefixes], [[]] * B, [None] * B, []
+    ended = [False] * B
+    while True:
+        for b, g in enumerate(streams.generators):  # verify each row's draft: 1 to K new tokens
+            if len(out[b]) - len(prefixes[b]) >= length:
+                continue
+            k, logits = len(drafts[b]), valid_logits(ar[b], trained.mask_id, trained.vocab)
+            a, token = verify(logits, torch.tensor(drafts[b], device=device), q[b], sampling, g)
+            accepted += [a] if k else []
+            out[b] = (out[b] + drafts[b][:a] + [token])[: len(prefixes[b]) + length]
+            ended[b] = ended[b] or trained.eos_id in out[b][len(prefixes[b]) :]
+            drafts[b], q[b] = [], None
+            if a == k and drafted[b] is not None:  # the noisy block's draft holds: it followed the whole draft
+                draft, q[b] = sample_tokens(valid_logits(drafted[b], drafting.mask_id, drafting.vocab), sampling, g)
+                drafts[b] = draft.tolist()
+        if all(e or len(o) - len(p) >= length for e, o, p in zip(ended, out, prefixes)):
+            return out, forwards, accepted
+        # the next pass: each row's newest token and its draft read causally, then D mask tokens (the noisy block)
+        c = torch.tensor([1 + len(d) for d in drafts], device=device)[:, None]  # tokens read causally
+        columns = slots[: K + D]
+        causal, noisy = columns < c, (columns >= c) & (columns < c + D)
+        tokens = torch.full((B, K + D), drafting.mask_id if drafter else 0, device=device)
+        for b, (o, d) in enumerate(zip(out, drafts)):
+            tokens[b, : 1 + len(d)] = torch.tensor([o[-1], *d])
+        positions = (torch.tensor([len(o) - 1 for o in out], device=device)[:, None] + columns).clamp(
+            max=model.cfg.block_size - 1
+        )
+        seen = torch.where(noisy, positions[:, :1] + c + D - 1, positions)  # a noisy query sees its whole block
+        attn = (slots <= seen[..., None])[:, None]  # (B, 1, K + D, S)
+        drafts_at = noisy & (columns < c + D - 1)  # the last noisy logit would predict past the block
+        counts = c.squeeze(1).tolist()
+        if draft_model is model:  # one pass: the AR logits and the next draft
+            pieces = model(tokens, attn=attn, where=causal | drafts_at, cache=caches[0], positions=positions)
+            pieces = pieces.split([n + D - 1 for n in counts])
+            ar, drafted = [p[:n] for p, n in zip(pieces, counts)], [p[n:] for p, n in zip(pieces, counts)]
+        else:  # the verifier reads the causal tokens; a separate drafter, everything
+            inputs = tokens.masked_fill(~causal, 0)[:, :K]
+            ar = model(inputs, attn=attn[:, :, :K], where=causal[:, :K], cache=caches[0], positions=positions[:, :K])
+            ar = ar.split(counts)
+            if draft_model:
+                drafted = draft_model(tokens, attn=attn, where=drafts_at, cache=caches[1], positions=positions)
+                drafted = drafted.split(D - 1)
+        forwards += len(models)
 
 
-def decode(model, trained, rows, length, decoding, *, seeds, ar=None, on_step=None):
-    """Decode as the checkpoint was trained -> ([the generated ids of each row], forward passes).
+def verify(logits, drafts, q, sampling, generator=None):
+    """Speculative sampling's rule (Leviathan et al. 2023) for one row -> (drafts accepted, the token after them).
+
+    logits (k + 1, V): the AR model's at the newest token and at each of the k drafts; drafts (k,), drawn from q
+    (k, V). Draft j is accepted with probability min(1, p(d) / q(d)), p the AR model's sampling distribution; the
+    token after the accepted ones is drawn from norm(max(p - q, 0)) at a rejection, else from p. Whatever the
+    drafts, the tokens come out distributed as AR sampling's. Greedy: the drafts equal to the AR argmax, then it.
+    """
+    k = len(drafts)
+    if sampling.greedy:
+        best = logits.softmax(-1).argmax(-1)
+        a = int((best[:k] == drafts).long().cumprod(0).sum())
+        return a, int(best[a])
+    p = sampling_probs(logits, sampling)
+    for j, d in enumerate(drafts.tolist()):
+        if torch.rand(1, generator=generator, device=p.device) * q[j, d] >= p[j, d]:  # rejected
+            residual = (p[j] - q[j]).clamp(min=0)
+            return j, int(draw((residual if residual.sum() > 0 else p[j])[None], generator))
+    return k, int(draw(p[k:], generator))
+
+
+def decode(model, trained, rows, length, decoding, *, seeds, ar=None, on_step=None, drafter=None):
+    """Decode as the checkpoint was trained -> ([the generated ids of each row], forward passes, [drafts accepted]).
 
     AR sampling for an AR checkpoint (it continues the prefix: it cannot see a suffix), else diffusion
-    decoding; ar=True / False decodes the other way."""
+    decoding; ar=True / False decodes the other way. drafter: AR sampling with its drafts (generate_ar)."""
     prefixes = [p for p, _ in rows]
-    if trained.objective == "ar" if ar is None else ar:
-        out, forwards = generate_ar(model, prefixes, length, trained, seeds=seeds, sampling=decoding.sampling)
-        return [ids[len(p) :] for ids, p in zip(out, prefixes)], forwards
+    if drafter or (trained.objective == "ar" if ar is None else ar):
+        out, forwards, accepted = generate_ar(
+            model, prefixes, length, trained, seeds=seeds, sampling=decoding.sampling, drafter=drafter
+        )
+        return [ids[len(p) :] for ids, p in zip(out, prefixes)], forwards, accepted
     x, forwards = generate_batch(model, rows, length, decoding, trained, seeds=seeds, on_step=on_step)
-    return [row[len(p) : len(p) + length].tolist() for row, p in zip(x, prefixes)], forwards
+    return [row[len(p) : len(p) + length].tolist() for row, p in zip(x, prefixes)], forwards, []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,12 +562,16 @@ def parse_args(argv):
     a("--block-length", type=NON_NEGATIVE, default=0, help="semi-autoregressive blocks of this many tokens")
     a("--cache", action="store_true", help="approximate: reuse the keys/values of settled positions (Fast-dLLM)")
     a("--ar", action="store_true", help="plain autoregressive sampling with a KV cache")
+    a("--speculative", action="store_true", help="--ar's output, faster: a block model drafts, the AR mode verifies")
+    a("--verifier", type=Path, help="--speculative, verified by this AR checkpoint (its --ar output)")
     # output and system
     a("--show", action="store_true", help="draw the denoising as it happens (standard error)")
     cli.add_device_options(p)
     a("--compile", action="store_true", help="torch.compile the model (GPU; worth it for long or many decodes)")
     args = p.parse_args(argv)
     args.steps = min(args.steps, args.length)  # more steps than tokens: the extra ones would reveal nothing
+    args.speculative |= args.verifier is not None
+    args.ar |= args.speculative  # AR decoding, with drafts
     if args.ar and args.suffix:
         raise UserError("--suffix needs diffusion decoding (drop --ar)")
     if args.prompt_file:
@@ -518,7 +601,16 @@ def main(argv=None):
         encoded.append((prefix, suffix_tokens))
     sampling = Sampling(args.temperature, args.top_k, args.top_p, args.greedy)
     decoding = Decoding(args.steps, args.strategy, sampling, args.threshold, args.block_length, args.cache)
-    trained = Trained.of(meta, tok.n_vocab, tok.eos_id)
+    trained, drafter = Trained.of(meta, tok.n_vocab, tok.eos_id), None
+    if args.speculative:  # the checkpoint drafts; its AR mode, or --verifier's model, decodes
+        if not trained.block or not trained.shift:
+            raise UserError(f"--speculative drafts with a block-diffusion checkpoint, and {args.ckpt} is not one")
+        drafter = (model, trained)
+        if args.verifier:
+            model, meta = load_checkpoint(args.verifier, device=args.device, dtype=args.dtype)
+            if load_tokenizer(args.verifier, meta).n_vocab != tok.n_vocab:
+                raise UserError(f"--verifier {args.verifier} has another tokenizer than {args.ckpt}")
+            trained = Trained.of(meta, tok.n_vocab, tok.eos_id)
     block = 0 if args.ar else trained.block
     if block and (args.cache or any(suffix for _, suffix in encoded)):
         what = "--cache: its cache is exact, and always on" if args.cache else "suffix: its blocks see only the past"
@@ -526,22 +618,25 @@ def main(argv=None):
     if not args.ar:  # too few steps for the blocks a span crosses: refused before any work, by the schedule itself
         starts, width = [len(p) for p, _ in encoded], max(len(p) + args.length + len(s) for p, s in encoded)
         schedule(span_mask(starts, args.length, width), starts, decoding, trained.blocks_in(width))
-    if args.ar != (meta["objective"] == "ar"):
+    if args.ar != (meta["objective"] == "ar") and not args.speculative:
         how = "autoregressively" if args.ar else "by diffusion"
         print(f"note: {args.ckpt} was trained with the {meta['objective']} objective, decoding {how}", file=sys.stderr)
 
     # decode every sample of every prompt, in batches; row (i, s) is sample s of prompt i, from its own stream
     show = Show(tok, args.steps) if args.show else None
     rows = [(i, s) for i in range(len(encoded)) for s in range(args.num_samples)]
-    generated, passes, total_passes, t0 = [], [], 0, time.perf_counter()  # passes: those of each row's batch
+    generated, passes, total_passes, drafts, t0 = [], [], 0, [], time.perf_counter()  # passes: each row's batch's
     for first in range(0, len(rows), args.batch_size):
         batch = rows[first : first + args.batch_size]
         seeds = [mix(args.seed, i, s) for i, s in batch]  # a sample draws the same in any batch
         prompts = [encoded[i] for i, _ in batch]
-        ids, forwards = decode(model, trained, prompts, args.length, decoding, seeds=seeds, ar=args.ar, on_step=show)
+        ids, forwards, accepted = decode(
+            model, trained, prompts, args.length, decoding, seeds=seeds, ar=args.ar, on_step=show, drafter=drafter
+        )
         generated += ids
         passes += [forwards] * len(batch)
         total_passes += forwards
+        drafts += accepted
     elapsed = time.perf_counter() - t0
 
     # output: the texts on standard output, or one JSON line per sample in --output
@@ -556,9 +651,11 @@ def main(argv=None):
     else:
         print(("\n\n" + "-" * 40 + "\n\n").join(texts))
     n = sum(map(len, generated))
-    print(
-        f"{n} tokens in {elapsed:.2f} s ({n / elapsed:,.1f} tokens/s), {total_passes} forward passes", file=sys.stderr
-    )
+    said = f"{n} tokens in {elapsed:.2f} s ({n / elapsed:,.1f} tokens/s), {total_passes} forward passes"
+    if args.speculative:  # a pass reads each row's draft: what it yields is per row
+        said += f", {n / sum(passes):.2f} tokens per pass and row; drafts of {drafter[1].block - 1} tokens, "
+        said += f"{sum(drafts) / max(1, len(drafts)):.2f} accepted on average"
+    print(said, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,13 @@ def build_parser():
         help="block diffusion: denoise blocks of this many tokens, each after the clean ones before it (1: AR); "
         "0: the whole sequence, the paper (default: the checkpoint's, else 0)",
     )
+    a(
+        "--ar-weight",
+        type=AT_LEAST_0,
+        help="block diffusion that keeps the AR model, for sample.py --speculative: its clean half attends "
+        "token-causally, loss (diffusion + W × next-token CE) / (1 + W) (TiDAR; default: the checkpoint's, else 0)",
+    )
+    a("--masked-blocks", type=FRACTION, default=0.0, help="this fraction of blocks wholly masked (TiDAR's drafts)")
     # optimisation
     a("--max-iters", type=COUNT, default=1000, help="optimizer steps (on resume: may be raised)")
     a("--extend-schedule", action="store_true", help="on resume: accept the cosine schedule of a new --max-iters")
@@ -140,13 +147,16 @@ def train(args, init_dir, resumed):
     block = args.diffusion_block if diffusion else 0  # 0: the whole sequence is one block (check_run)
     blocks = -(-L // block) if block else 1
     strata = args.grad_accum * B if args.t_sampling == "stratified" else 0  # MDLM's t: one per stratum
-    objective = Objective(args.objective, meta["mask_token_id"], not args.no_shift, block, args.complementary_masks)
+    objective = Objective(
+        args.objective, meta["mask_token_id"], not args.no_shift, block, args.complementary_masks, args.ar_weight
+    )
+    ar = objective.ar  # the clean half is the AR model too (--ar-weight)
     accum = args.grad_accum // world  # micro-batches per process
     tokens_per_step = B * L * args.grad_accum
     flops_per_step = flops_per_token(raw_model, L, 0.5 if diffusion else 1.0) * tokens_per_step
     peak = peak_flops(device, dtype) * world
     masked_on_gpu = device.type == "cuda" and diffusion and (step < args.anneal_steps or block)
-    flex = AnnealFlex(L, device, block) if masked_on_gpu else None  # a FlexAttention BlockMask, not L×L
+    flex = AnnealFlex(L, device, block, ar) if masked_on_gpu else None  # a FlexAttention BlockMask, not L×L
     stop = cli.StopRequest()
     if master:
         describe(raw_model, args, world, device, tokens_per_step, train_data)
@@ -162,7 +172,11 @@ def train(args, init_dir, resumed):
             group["lr"] = lr
 
         # this step's attention: causal OR Bernoulli(min(1, (step+1)/A)), then full (model.attention_at)
-        attn = attention_at(step, args.anneal_steps, L, args.seed, device, flex, block) if diffusion else None
+        attn = (
+            attention_at(step, args.anneal_steps, L, args.seed, device, flex, block, objective.ar)
+            if diffusion
+            else None
+        )
 
         # forward and backward, accumulating gradients over micro-batches (synchronised on the last one)
         running = torch.zeros(4, dtype=torch.float64, device=device)  # loss, unweighted CE, gradient norm, stop
@@ -171,10 +185,13 @@ def train(args, init_dir, resumed):
             if args.fsdp:
                 model.set_requires_gradient_sync(last)
             with contextlib.nullcontext() if last or world == 1 or args.fsdp else model.no_sync():
-                batch = train_data.train_batch(args.seed, step, micro * world + rank, B, device, strata, blocks)
+                k = micro * world + rank
+                batch = train_data.train_batch(args.seed, step, k, B, device, strata, blocks, args.masked_blocks)
                 with autocast:
-                    weighted, ce, n = objective.loss_sums(model, *batch, attn)
+                    weighted, ce, n, *ar = objective.loss_sums(model, *batch, attn)
                 loss = weighted / n.clamp(min=1)
+                if ar:  # and the AR model's next-token loss (--ar-weight)
+                    loss = (loss + objective.ar_weight * ar[0] / ar[1]) / (1 + objective.ar_weight)
                 (loss / accum).backward()
             running[0] += loss.detach().double() / accum
             running[1] += (ce / n.clamp(min=1)).detach().double() / accum
@@ -236,13 +253,29 @@ class Objective:
 
     block: int = 0  # block diffusion's block size (0: the whole sequence)
     complementary: bool = False  # each row again with the complementary mask
+    ar_weight: float = 0.0  # > 0: the clean half is also the AR model, trained at this weight
+
+    @property
+    def ar(self):
+        return self.ar_weight > 0
 
     def loss_sums(self, model, x, maskable, t, noise, attn, complementary=None):
-        """-> (Σ loss, Σ CE, number of targets): the loss is the first over the third. attn: diffusion only."""
+        """-> (Σ loss, Σ CE, number of targets): the loss is the first over the third; with ar_weight, then
+        (Σ next-token CE, number of its targets). attn: diffusion only."""
         if self.name == "diffusion":
             pair = self.complementary if complementary is None else complementary
             return diffusion_loss(
-                model, x, maskable, t, noise, self.mask_id, attn, self.shift, block=self.block, complementary=pair
+                model,
+                x,
+                maskable,
+                t,
+                noise,
+                self.mask_id,
+                attn,
+                self.shift,
+                block=self.block,
+                complementary=pair,
+                ar=self.ar,
             )
         ce = ar_loss(model, x)
         return ce.sum(), ce.sum(), torch.tensor(ce.numel(), device=x.device)
@@ -251,31 +284,34 @@ class Objective:
 @torch.no_grad()
 def evaluate(model, objective, val_data, args, autocast, rank, world, device, step, tokens, logged=None):
     """Validation at fixed windows and a fixed grid of t (diffusion: full attention, the final model), said on rank 0
-    -> the metrics lines to append (none off rank 0)."""
+    -> the metrics lines to append (none off rank 0). val_loss is the diffusion loss alone; with --ar-weight,
+    val_ar_nll is the AR mode's exact NLL."""
     model.eval()
     count = args.eval_iters * args.batch_size
     indices, ts, seeds = val_data.eval_examples(count)
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # Σ CE/t, Σ CE, n masked, n maskable
+    sums = torch.zeros(6, dtype=torch.float64, device=device)  # Σ CE/t, Σ CE, n masked, n maskable; AR: Σ CE, n
     n_batches = -(-count // args.batch_size)
     for j in range(rank, -(-n_batches // world) * world, world):  # every rank runs as many forwards (FSDP)
         rows = slice(j * args.batch_size, (j + 1) * args.batch_size) if j < n_batches else slice(0, args.batch_size)
         x, maskable, t, noise = val_data.batch(indices[rows], ts[rows], seeds[rows], device)
         with autocast:
-            weighted, ce, n = objective.loss_sums(model, x, maskable, t, noise, "full", complementary=False)
+            weighted, ce, n, *ar = objective.loss_sums(model, x, maskable, t, noise, "full", complementary=False)
         n_targets = maskable.sum() if objective.name == "diffusion" else n  # every maskable token is some target
-        sums += torch.stack([weighted, ce, n, n_targets]).double() * (j < n_batches)
+        sums += torch.stack([weighted, ce, n, n_targets, *(ar or [n * 0] * 2)]).double() * (j < n_batches)
     if world > 1:
         dist.all_reduce(sums)
     model.train()
-    w, ce, n, n_all = sums.tolist()
+    w, ce, n, n_all, ar_ce, n_ar = sums.tolist()
     # Σ CE/t over all maskable positions estimates the ELBO: an upper bound on NLL in nats/token.
     result, logged = {"val_loss": w / n, "val_loss_unweighted": ce / n, "val_nll_bound": w / n_all}, logged or {}
+    result |= {"val_ar_nll": ar_ce / n_ar} if objective.ar else {}
     if not all(math.isfinite(v) for v in result.values()):  # the same numbers on every rank: all stop
         raise Diverged(f"validation loss {result['val_loss']} at step {step}", args.out_dir)
     if rank == 0:
         train = f"train loss {logged['train_loss']:.4f}, " if logged else ""
         val = f"val loss {result['val_loss']:.4f} (unweighted {result['val_loss_unweighted']:.4f}, "
-        tqdm.write(f"step {step}: {train}{val}nll bound {result['val_nll_bound']:.4f})", file=sys.stderr)
+        ar = f", AR nll {result['val_ar_nll']:.4f}" if objective.ar else ""
+        tqdm.write(f"step {step}: {train}{val}nll bound {result['val_nll_bound']:.4f}){ar}", file=sys.stderr)
     return [{"iter": step, "tokens": tokens, **logged, **result}] if rank == 0 else []
 
 
@@ -299,15 +335,21 @@ def save(model, optimizer, meta, args, objective, step, tokens, metrics, init_di
     shift, training = objective.shift or objective.name == "ar", {"step": step, "tokens": tokens, "args": run_args}
     out_meta = {k: v for k, v in meta.items() if k not in ("model", "training")}
     out_meta |= {"objective": objective.name, "shift": shift, "training": training, "model": meta["model"]}
+    out_meta.pop("ar_weight", None)
     if objective.name == "diffusion":
         out_meta["diffusion_block"] = objective.block or None  # None: the whole sequence is one block
+        out_meta |= {"ar_weight": objective.ar_weight} if objective.ar else {}
     writers = {
         "train_state.pt": lambda f: torch.save({"step": step, "tokens": tokens, "optimizer": optim_state}, f),
         "metrics.jsonl": lambda f: f.write_text("".join(json.dumps(m) + "\n" for m in metrics)),
     }
     if HAVE_MATPLOTLIB:
         evals = [m for m in metrics if "val_loss" in m]  # not the notes
-        curves = {label: ([m["tokens"] for m in evals], [m[key] for m in evals]) for key, label in CURVES.items()}
+        curves = {
+            label: ([m["tokens"] for m in evals], [m[key] for m in evals])
+            for key, label in CURVES.items()
+            if all(key in m for m in evals)
+        }
         writers["loss.png"] = lambda f: plot_curves(curves, f, "nats")
     save_checkpoint(args.out_dir, model_state, out_meta, tokenizer_from=init_dir, overwrite=True, extra=writers)
 
@@ -316,6 +358,7 @@ CURVES = {  # loss.png: metric -> label
     "val_loss": "val loss (CE/t, the paper's)",
     "val_loss_unweighted": "val masked CE",
     "val_nll_bound": "val NLL bound (nats/token)",
+    "val_ar_nll": "val NLL of the AR mode (--ar-weight)",
 }
 
 
@@ -453,6 +496,10 @@ def check_run(args):
         args.diffusion_block = init_meta.get("diffusion_block") or 0
     if args.diffusion_block >= args.block_size:  # one block: the whole sequence, the paper
         args.diffusion_block = 0
+    if args.ar_weight is None:  # a self-speculative checkpoint trains on with its AR weight
+        args.ar_weight = init_meta.get("ar_weight", 0.0) if args.diffusion_block else 0.0
+    if args.ar_weight and (not args.diffusion_block or args.objective == "ar" or args.no_shift):
+        raise UserError("--ar-weight keeps the AR model of block diffusion: it needs --diffusion-block and the shift")
     check_data(args.data_dir, init_dir, init_meta, args.block_size, model_block)
     return init_dir, state
 

@@ -88,14 +88,15 @@ class Data:
         t = torch.tensor(ts, dtype=torch.float32)
         return [a.to(device, non_blocking=True) for a in (torch.stack(xs), torch.stack(ms), t, torch.stack(noise))]
 
-    def train_batch(self, seed, step, micro_index, batch_size, device, stratified_over=0, blocks=1):
+    def train_batch(self, seed, step, micro_index, batch_size, device, stratified_over=0, blocks=1, masked_blocks=0.0):
         """Micro-batch `micro_index` of step `step`: every example drawn from its own (seed, step, example) stream.
 
         t ~ U(EPS, 1) per example; stratified_over=N (the step's N examples): one uniform u per step and
         example k's t at (u + k/N) mod 1, so that each step covers the levels evenly (MDLM's
         low-discrepancy sampler: the same expectation, less variance). blocks > 1 (block diffusion): one t
         per block, t (batch, blocks); the first drawn as above, the others after it (stratified: block j of
-        example k at (u + (k + jN) / (N blocks)) mod 1)."""
+        example k at (u + (k + jN) / (N blocks)) mod 1). masked_blocks: each block with this probability at
+        t = 1 instead, wholly masked (TiDAR's draft block), drawn after the rest."""
         indices, ts, seeds = [], [], []
         shared = float(torch.rand(1, generator=torch.Generator().manual_seed(mix(seed, step))))
         for b in range(batch_size):
@@ -107,6 +108,9 @@ class Data:
             u += torch.rand(blocks - 1, generator=g, dtype=torch.float64).tolist()
             if stratified_over:
                 u = [(shared + (k + j * stratified_over) / (stratified_over * blocks)) % 1.0 for j in range(blocks)]
+            if masked_blocks:
+                full = (torch.rand(blocks, generator=g, dtype=torch.float64) < masked_blocks).tolist()
+                u = [1.0 if f else v for f, v in zip(full, u)]
             ts.append([EPS + (1 - EPS) * v for v in u] if blocks > 1 else EPS + (1 - EPS) * u[0])  # t ~ U(EPS, 1)
         return self.batch(indices, ts, seeds, device)
 

@@ -128,7 +128,17 @@ def scores(model, meta, units, how, batch_size, desc):
         t = torch.tensor([units[u].levels[j] for u, j in batch], device=device)
         noise, block = noise.to(device), trained.blocks_in(x.shape[1])
         sums = diffusion_loss(
-            model, x, maskable, t, noise, trained.mask_id, key_mask(real), trained.shift, per_row=True, block=block
+            model,
+            x,
+            maskable,
+            t,
+            noise,
+            trained.mask_id,
+            key_mask(real),
+            trained.shift,
+            True,
+            block,
+            ar=trained.keeps_ar,
         )
         for b, (u, _) in enumerate(batch):
             levels[u].append(tuple(v[b].item() for v in sums))
@@ -178,7 +188,7 @@ def decode_many(model, meta, tok, jobs, batch_size, desc):
                 batch = [jobs[k] for k in ks[first : first + batch_size]]
                 rows, seeds = [(job.prefix, job.suffix) for job in batch], [job.seed for job in batch]
                 trained = Trained.of(meta, vocab=tok.n_vocab)
-                generated, passes = decode(model, trained, rows, length, decoding, seeds=seeds)
+                generated, passes, _ = decode(model, trained, rows, length, decoding, seeds=seeds)
                 for k, ids in zip(ks[first : first + batch_size], generated):
                     out[k] = ids
                 forwards += passes
@@ -457,7 +467,7 @@ def greedy_flags(model, meta, tok, units, batch_size):
         where, attn, positions = predicting(maskable, shift), "causal" if ar else key_mask(real), None
         targets = shifted(x) if shift else x  # what the logit at each position predicts
         if not ar and (block := trained.blocks_in(x.shape[1])):  # as the model was trained
-            inputs, where, attn, positions = with_clean_copy(inputs, x, where, attn, block, shift)
+            inputs, where, attn, positions = with_clean_copy(inputs, x, where, attn, block, shift, trained.keeps_ar)
             targets = torch.cat([targets, targets], 1)
         logits = model(inputs, attn=attn, where=where, positions=positions)
         hits = valid_logits(logits, trained.mask_id, tok.n_vocab).argmax(-1) == targets[where]

@@ -135,10 +135,12 @@ def main(argv=None):
             return levers(args, journal, base, nll, test_stories, (stories_bin, tokenizer_model))
         if args.blocks:
             return block_sizes(args, journal, base, nll, test_stories)
+        if args.speculative:
+            return speculative(args, journal, base, nll, test_stories)
         progress("NLL of the AR model, and of its weights read as a diffusion model")
         rows = [("stories260K, AR (exact NLL)", nll(base))]
         as_diffusion = args.out / "stories260K-as-diffusion"  # the same weights, read with full attention and masks
-        journal.step("as diffusion", lambda: read_as_diffusion(base, as_diffusion), as_diffusion)
+        journal.step("as diffusion", lambda: read_as(base, as_diffusion, "diffusion"), as_diffusion)
         rows.append(("AR weights as diffusion, before training", nll(as_diffusion)))
         common = dict(**recipe(args), init_from=base, max_iters=args.iters)
         curves = {}
@@ -253,11 +255,12 @@ def train(journal, run, **options):
     return journal.step(f"train {run.name} to {options['max_iters']}", work)
 
 
-def read_as_diffusion(base, path):
-    """A copy of the AR checkpoint that reads as a diffusion model (full attention, masks)."""
-    shutil.copytree(base, path)
+def read_as(ckpt, path, objective):
+    """A copy of a checkpoint that reads as another objective: an AR model as diffusion (full attention, masks),
+    a block model as AR (its AR mode, causal)."""
+    shutil.copytree(ckpt, path)
     meta = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({**meta, "objective": "diffusion"}, indent=2))
+    (path / "config.json").write_text(json.dumps({**meta, "objective": objective}, indent=2))
 
 
 def recipe(args):
@@ -396,6 +399,112 @@ def block_sizes(args, journal, base, nll, test_stories):
     return rows
 
 
+SPECULATIVE = {  # name: train.py options of a block-diffusion run with blocks of 4 (drafts of 3 tokens)
+    "W = 0, verified by the parent": {"ar_weight": 0, "masked_blocks": 0.5},
+    "W = 0.5": {"ar_weight": 0.5, "masked_blocks": 0.5},
+    "W = 1": {"ar_weight": 1, "masked_blocks": 0.5},
+    "W = 2": {"ar_weight": 2, "masked_blocks": 0.5},
+    "W = 1, t ~ U(ε, 1) per block": {"ar_weight": 1, "masked_blocks": 0},
+    "W = 1, every block wholly masked (TiDAR)": {"ar_weight": 1, "masked_blocks": 1},
+}
+
+
+def speculative(args, journal, base, nll, test_stories):
+    """--speculative: one adaptation with blocks of 4 per AR weight W (and two ways of noising the drafts), each
+    with its AR mode's exact NLL, its block ELBO, and greedy self-speculative decoding against AR greedy."""
+    progress("the AR parent: exact NLL")
+    parent = nll(base)
+    prompts = journal.step("prompts", lambda: story_prompts(base, test_stories))
+    rows = []
+    for name, extra in SPECULATIVE.items():
+        progress(f"adapting with blocks of 4, {name}, then measuring")
+        run, as_ar = args.out / f"spec-w{extra['ar_weight']}-m{extra['masked_blocks']}", None
+        train(journal, run, **recipe(args), init_from=base, max_iters=args.iters, diffusion_block=4, **extra)
+        as_ar = args.out / f"{run.name}-as-ar"
+        journal.step(f"as AR {run.name}", lambda r=run, a=as_ar: read_as(r, a, "ar"), as_ar)
+        verifier = base if not extra["ar_weight"] else None
+        timing = lambda r=run, v=verifier: speculation(r, v, prompts, args.gen_length)
+        row = {"name": name, "ar_nll": nll(as_ar), "elbo": nll(run), "speed": journal.step(f"speed {run.name}", timing)}
+        rows.append(row)
+    table = speculative_table(parent, rows, args)
+    (args.out / "results.md").write_text(table + "\n")
+    (args.out / "results.json").write_text(json.dumps({"parent": parent, "rows": rows}, indent=2))
+    print("\n" + table)
+    return rows
+
+
+def story_prompts(base, stories, n=8, tokens=16):
+    """The first `tokens` tokens of n held-out stories: the prompts of the speed rows."""
+    model, meta = load_checkpoint(base)
+    tok = load_tokenizer(base, meta)
+    return [tok.encode(story, bos=True)[:tokens] for story in stories[:n]]
+
+
+def speculation(ckpt, verifier, prompts, length):
+    """Greedy self-speculative decoding against AR greedy (the checkpoint's AR mode, or the verifier's), side by
+    side: each prompt alone, then all in one batch -> per batch size: tokens/s of both, tokens per pass, the
+    mean of the accepted draft tokens, and whether the output equals AR's (it must)."""
+    from sample import generate_ar
+
+    drafter, meta = load_checkpoint(ckpt)
+    model, ar_meta = load_checkpoint(verifier) if verifier else (drafter, meta)
+    drafting, trained, greedy = Trained.of(meta), Trained.of(ar_meta), Sampling(greedy=True)
+    generate_ar(model, prompts[:1], 4, trained, seeds=[0], sampling=greedy, drafter=(drafter, drafting))  # warm-up
+    result = {}
+    for batch in (1, len(prompts)):
+        times, tokens, passes, accepted, same = [0.0, 0.0], 0, 0, [], True
+        for first in range(0, len(prompts), batch):
+            rows = prompts[first : first + batch]
+            outs = []
+            for k, how in enumerate([None, (drafter, drafting)]):
+                t0 = time.perf_counter()
+                out, n, acc = generate_ar(
+                    model, rows, length, trained, seeds=[0] * len(rows), sampling=greedy, drafter=how
+                )
+                times[k] += time.perf_counter() - t0
+                outs.append(out)
+            tokens, passes, accepted, same = (
+                tokens + length * len(rows),
+                passes + n * len(rows),
+                accepted + acc,
+                same and outs[0] == outs[1],
+            )
+        result[f"b{batch}"] = {
+            "ar_tokens_per_s": tokens / times[0],
+            "tokens_per_s": tokens / times[1],
+            "tokens_per_pass": tokens / passes,
+            "accepted": sum(accepted) / max(1, len(accepted)),
+            "lossless": same,
+        }
+    return result
+
+
+def speculative_table(parent, rows, args):
+    lines = [
+        f"Self-speculative decoding of stories260K adapted with blocks of 4 (drafts of 3 tokens): {args.iters} steps "
+        f"× {args.batch_size} × {args.block_size} tokens per run, the miniature's recipe. AR-mode NLL: exact, on "
+        f"{parent['tokens']:,} held-out tokens; block ELBO: the bound of the same text. Speed: greedy, "
+        f"{args.gen_length} tokens after each of 8 held-out story openings, alone (b1) and in one batch (b8), "
+        "against AR greedy run beside it on this CPU; tokens per pass per row. ± one standard error.",
+        "",
+        "| run | AR-mode NLL | gap to parent | block ELBO | accepted of 3 (b1) | tokens/pass (b1 / b8) "
+        "| tokens/s vs AR (b1) | (b8) | lossless |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| stories260K, AR parent | {with_error(parent['nll'], parent['stderr'])} | 0 | | | 1 | 1.00× | 1.00× | |",
+    ]
+    for r in rows:
+        gap, se = nll_difference({"nll": parent}, {"nll": r["ar_nll"]})
+        s1, s8 = r["speed"]["b1"], list(r["speed"].values())[-1]
+        lines.append(
+            f"| {r['name']} | {with_error(r['ar_nll']['nll'], r['ar_nll']['stderr'])} | {with_error(gap, se)} | "
+            f"≤ {with_error(r['elbo']['nll'], r['elbo']['stderr'])} | {s1['accepted']:.2f} | "
+            f"{s1['tokens_per_pass']:.2f} / {s8['tokens_per_pass']:.2f} | "
+            f"{s1['tokens_per_s'] / s1['ar_tokens_per_s']:.2f}× | {s8['tokens_per_s'] / s8['ar_tokens_per_s']:.2f}× | "
+            f"{'yes' if s1['lossless'] and s8['lossless'] else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
 def speed(ckpt, length, threshold=None, samples=8):
     """Decoding speed of one batch of `samples` unconditional samples -> {tokens_per_s, passes_per_token}:
     one token per step (greedy), or with the threshold; AR checkpoints sample with their KV cache."""
@@ -406,7 +515,7 @@ def speed(ckpt, length, threshold=None, samples=8):
     rows, seeds = [(load_tokenizer(ckpt, meta).encode("", bos=True), [])] * samples, list(range(samples))
     decode(model, Trained.of(meta), rows[:1], 4, decoding, seeds=seeds[:1])  # warm-up
     t0 = time.perf_counter()
-    out, passes = decode(model, Trained.of(meta), rows, length, decoding, seeds=seeds)
+    out, passes, _ = decode(model, Trained.of(meta), rows, length, decoding, seeds=seeds)
     elapsed, tokens = time.perf_counter() - t0, sum(map(len, out))
     return {"tokens_per_s": tokens / elapsed, "passes_per_token": passes / (tokens / samples)}
 
@@ -634,6 +743,7 @@ def parse_args(argv):
         help="block diffusion: one adaptation per block size (0: the whole sequence, the paper), and the AR parent",
     )
     a("--threshold", type=PROBABILITY, default=0.9, help="--blocks: the parallel decoding threshold of its speed rows")
+    a("--speculative", action="store_true", help="blocks of 4 per AR weight: self-speculative decoding against AR")
     a(
         "--levers",
         nargs="?",
@@ -644,8 +754,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.quick and not args.scaling:
         raise UserError("--quick goes with --scaling")
-    if sum([args.scaling, args.levers is not None, args.blocks is not None]) > 1:
-        raise UserError("--scaling, --levers and --blocks are three studies: run them one at a time")
+    if sum([args.scaling, args.levers is not None, args.blocks is not None, args.speculative]) > 1:
+        raise UserError("--scaling, --levers, --blocks and --speculative are studies: run them one at a time")
     if args.levers is not None:
         given = range(len(LEVERS)) if args.levers == "all" else args.levers.split(",")
         try:

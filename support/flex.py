@@ -11,7 +11,7 @@ class AnnealFlex:
     live in tensors that the mask_mod reads, so a new step changes their values, not the function: nothing
     recompiles."""
 
-    def __init__(self, seq_len, device, block=0):
+    def __init__(self, seq_len, device, block=0, ar=False):
         from torch.nn.attention.flex_attention import create_block_mask
 
         self.create, self.size, self.device = create_block_mask, 2 * seq_len if block else seq_len, device
@@ -19,7 +19,7 @@ class AnnealFlex:
         self.threshold = torch.zeros((), dtype=torch.long, device=device)
 
         def mask_mod(b, h, q, k):
-            return allowed(q, k, seq_len, block or seq_len, self.seed, self.threshold)
+            return allowed(q, k, seq_len, block or seq_len, self.seed, self.threshold, ar)
 
         self.mask_mod = mask_mod
 

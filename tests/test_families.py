@@ -184,7 +184,7 @@ def test_family_logits_and_greedy_text_match_transformers(tmp_path, family, tied
     tok = load_tokenizer(tmp_path / "ckpt")
     prompt = tok.encode("The capital of France is", bos=True)
     theirs = ref.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, min_new_tokens=16)
-    mine, _ = generate_ar(ours, [prompt], 16, Trained.of(meta), seeds=[0], sampling=Sampling(greedy=True))
+    mine, *_ = generate_ar(ours, [prompt], 16, Trained.of(meta), seeds=[0], sampling=Sampling(greedy=True))
     assert mine[0] == theirs[0].tolist()
 
 
@@ -348,7 +348,7 @@ def test_smollm2_converts_offline_answers_and_matches_transformers(tmp_path):
     model, meta = load_checkpoint(tmp_path / "smollm2")
     tok = load_tokenizer(tmp_path / "smollm2")
     prompt = tok.encode(CHAT, bos=True, special=True)
-    out, _ = generate_ar(
+    out, *_ = generate_ar(
         model, [prompt], 16, Trained.of(meta, eos_id=tok.eos_id), seeds=[0], sampling=Sampling(greedy=True)
     )
     assert tok.decode(until_eos(out[0][len(prompt) :], tok.eos_id)) == "The capital of France is Paris."

@@ -134,7 +134,7 @@ def ar_without_cache(model, prefix, length, seed, sampling):
 def test_ar_cache_equals_no_cache(tiny_model):
     for greedy, seed in [(True, 0), (False, 3)]:
         sampling = Sampling(greedy=greedy)
-        cached, _ = generate_ar(
+        cached, *_ = generate_ar(
             tiny_model, [[BOS, 7], [BOS, 7]], 20, Trained(MASK), seeds=[seed, seed + 1], sampling=sampling
         )
         assert cached == [ar_without_cache(tiny_model, [BOS, 7], 20, s, sampling) for s in (seed, seed + 1)]
@@ -316,9 +316,9 @@ def test_an_ar_batch_decodes_each_prompt_as_it_decodes_alone(arch):
         [BOS, *torch.randint(3, V - 2, (n - 1,), generator=g).tolist()] for n in [1, 2, 7, 30, 64, 111, 170, 200]
     ]
     kw = dict(sampling=Sampling(greedy=True))
-    batch, _ = generate_ar(model, prefixes, 24, Trained(MASK, eos_id=V - 2), seeds=list(range(8)), **kw)
+    batch, *_ = generate_ar(model, prefixes, 24, Trained(MASK, eos_id=V - 2), seeds=list(range(8)), **kw)
     for k, (prefix, row) in enumerate(zip(prefixes, batch)):
-        (alone,), _ = generate_ar(model, [prefix], 24, Trained(MASK, eos_id=V - 2), seeds=[k], **kw)
+        (alone,), *_ = generate_ar(model, [prefix], 24, Trained(MASK, eos_id=V - 2), seeds=[k], **kw)
         assert until_eos(row, V - 2) == until_eos(alone, V - 2)
         if k in (0, 3, 7):  # and the plain loop's, for the shortest, a middle and the longest prompt
             assert until_eos(alone, V - 2) == until_eos(ar_without_cache(model, prefix, 24, k, kw["sampling"]), V - 2)
