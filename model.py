@@ -14,7 +14,8 @@ Read top to bottom, this is Section 3 and Algorithm 1 of Gong et al. (ICLR 2025)
     of masked targets; its expectation over t bounds the NLL (the ELBO).
  3. Attention annealing. At step s a query may attend to its causal past plus every other position
     with probability min(1, (s+1)/A); after A steps, full attention. Block diffusion (a block of B tokens at a
-    time, the earlier ones clean) is the same method under one more mask rule, `allowed`.
+    time, the earlier ones clean) is the same method under one more mask rule, `allowed`; with `ar`, its clean
+    half stays the AR model, which verifies the noisy half's drafts at decoding time (self-speculative).
 """
 
 import functools
@@ -258,18 +259,7 @@ def predicting(targets, shift=True):
 
 
 def diffusion_loss(
-    model,
-    x,
-    maskable,
-    t,
-    noise,
-    mask_id,
-    attn="full",
-    shift=True,
-    per_row=False,
-    block=0,
-    complementary=False,
-    ar=False,
+    model, x, maskable, t, noise, mask_id, attn="full", shift=True, per_row=False, block=0, complement=False, ar=False
 ):
     """Masked-diffusion loss sums for one batch -> (Σ CE/t, Σ CE, number of masked targets).
 
@@ -281,12 +271,12 @@ def diffusion_loss(
     ar: the clean half is also the AR model (self-speculative checkpoints, train.py --ar-weight): it attends
         token-causally, and two more sums follow, its next-token CE at the maskable tokens and their number.
     per_row: the three sums of each row, (B,) each (scoring many sequences in one batch).
-    complementary: each row twice, the second masked where the first is not, at level 1 - t (Fast-dLLM v2,
+    complement: each row twice, the second masked where the first is not, at level 1 - t (Fast-dLLM v2,
         LLaDA 2.0): every maskable token is a target once per pair. The rows come out as 2B.
     """
     B, L = x.shape
     level = t.repeat_interleave(block or L, dim=1)[:, :L] if t.dim() == 2 else t[:, None].expand(B, L)  # each token's t
-    if complementary:  # 1 - u < 1 - t exactly where u > t: the complement (u = t has probability 0)
+    if complement:  # 1 - u < 1 - t exactly where u > t: the complement (u = t has probability 0)
         x, maskable = x.repeat(2, 1), maskable.repeat(2, 1)
         noise, level = torch.cat([noise, 1 - noise]), torch.cat([level, 1 - level])
     # noising: x -> x_t, each maskable token replaced by the mask token with probability t

@@ -3,12 +3,14 @@
     python sample.py --ckpt DIR --prompt "Once upon a time" --length 64 --steps 64 --show
     python sample.py --ckpt DIR --prompt "Lily went to the park." --suffix "She was happy." --length 24
     python sample.py --ckpt DIR --ar --greedy
+    python sample.py --ckpt DIR --speculative           # --ar's output, a block model's drafts verified
 
 Every generated position starts as the mask token; prompt and suffix are kept. Each of at most T steps predicts
 the masked positions and reveals some of them: each with probability 1/k when k steps are left (random, the
 paper's), or the most confident first (confidence, margin, entropy); --threshold X also reveals every token more
 probable than X (Fast-dLLM), --block-length B decodes B tokens at a time left to right (LLaDA). A block-diffusion
-checkpoint is decoded a block at a time over an exact KV cache. The logit at i predicts token i+1 (the shift).
+checkpoint is decoded a block at a time over an exact KV cache, or (--speculative) autoregressively, its drafts
+verified by its AR mode. The logit at i predicts token i+1 (the shift).
 Exact speed-ups: logits only where needed, no pass when nothing was revealed since the last, top-p without sorting
 (nucleus); approximate ones, measured in lab/bench.py: --cache and --threshold. Standard output carries only the
 samples; progress, speed and --show go to standard error.
@@ -31,19 +33,10 @@ from support.cli import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, HelpFormatte
 from support.files import atomic_write
 from support.report import Show
 from support.rows import key_mask, pad_right, span_mask
+from support.sampling import Sampling, Streams, draw, sample_tokens, sampling_probs
 from tokenizer import load_tokenizer, until_eos
 
 STRATEGIES = ("random", "confidence", "margin", "entropy")
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How a token is drawn from a predicted distribution."""
-
-    temperature: float = 1.0
-    top_k: int = 0  # 0: no top-k filtering
-    top_p: float = 1.0  # 1: no nucleus filtering
-    greedy: bool = False  # always the most probable token
 
 
 @dataclass(frozen=True)
@@ -214,29 +207,6 @@ def schedule(masked, starts, decoding, block):
     return list(zip(parts, torch.where(has, share, 0)))
 
 
-class Streams:
-    """Each row's own random numbers, from its generator (seeds[b]), drawn only while the row has work to do: a row
-    draws what it would alone, so it decodes in any batch as it does alone."""
-
-    def __init__(self, seeds, device, starts=(), length=0):
-        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-        self.starts, self.length = starts, length
-
-    def uniforms(self, eligible):
-        """Uniforms (B, L) over each row's generated span, for the rows that still have eligible positions."""
-        u = torch.ones(eligible.shape, device=eligible.device)
-        for b, (start, g) in enumerate(zip(self.starts, self.generators)):
-            if eligible[b].any():
-                u[b, start : start + self.length] = torch.rand(self.length, generator=g, device=eligible.device)
-        return u
-
-    def tokens(self, logits, counts, sampling):
-        """sample_tokens for the (N, V) logits of several rows (counts[b] of them row b's), each from its stream."""
-        chunks = zip(logits.split(counts), self.generators)
-        pieces = [sample_tokens(chunk, sampling, g) for chunk, g in chunks if len(chunk)]
-        return torch.cat([t for t, _ in pieces]), torch.cat([p for _, p in pieces])
-
-
 def valid_logits(logits, mask_id, vocab):
     """Never produce the mask token or ids beyond the tokenizer (vocabulary padding). Edits logits in place."""
     logits = logits[:, :vocab] if vocab else logits
@@ -286,7 +256,8 @@ class BlockCache:
     """A block-diffusion model's logits at the positions asked for, exactly, over a KV cache.
 
     The blocks before the current one are clean and in the cache, each written once with the attention it had in
-    training (a clean token sees the clean tokens of its own and the earlier blocks), so a step forwards only the
+    training (a clean token sees the clean tokens of its own and the earlier blocks, or with keeps_ar those before
+    it), so a step forwards only the
     current block's columns, against the cache and the block. The first token of a block is predicted by the
     logit of the clean column before it (the shift across a block boundary, as in training), kept from the pass
     that wrote that column. exact_cache=False: the plain version, the tests' reference, which forwards the whole
@@ -327,10 +298,8 @@ class BlockCache:
                     out = self.model(x[:, lo:hi], attn=attn, where=inside, cache=self.kv, positions=positions)
                     self.forwards += 1
             else:  # [x ; x] under training's mask: the noisy block reads its own columns and the clean ones before it
-                attn = key_mask(self.real)
-                inputs, both, attn, positions = with_clean_copy(
-                    x, x, where, attn, self.block, shift, self.trained.keeps_ar
-                )
+                attn, ar = key_mask(self.real), self.trained.keeps_ar
+                inputs, both, attn, positions = with_clean_copy(x, x, where, attn, self.block, shift, ar)
                 pieces = self.model(inputs, attn=attn, where=both, positions=positions).split(both.sum(1).tolist())
                 out = torch.cat([p[: len(p) - int(f)] for p, f in zip(pieces, first)])  # the block's own columns
                 edge = {b: p[-1:] for b, (p, f) in enumerate(zip(pieces, first)) if f}  # the clean column before it
@@ -345,81 +314,6 @@ class BlockCache:
     def revealed(self, reveal):
         if reveal.any():
             self.logits = None
-
-
-# ---------------------------------------------------------------------------------------------
-# Drawing tokens
-
-
-def sample_tokens(logits, sampling=Sampling(), generator=None):
-    """logits (N, V) -> (tokens (N,), probabilities (N, V) they were drawn from)."""
-    if sampling.greedy:
-        probs = logits.softmax(-1)
-        return probs.argmax(-1), probs
-    probs = sampling_probs(logits, sampling)
-    return draw(probs, generator), probs
-
-
-def sampling_probs(logits, sampling):
-    """The distribution that non-greedy sampling draws from: after temperature, top-k and top-p."""
-    if sampling.temperature != 1.0:
-        logits = logits / sampling.temperature
-    if sampling.top_k and sampling.top_k < logits.shape[-1]:
-        kth = logits.topk(sampling.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(-1)
-    if sampling.top_p < 1.0:
-        probs = probs * nucleus(probs, sampling.top_p)
-        probs /= probs.sum(-1, keepdim=True)
-    return probs
-
-
-def draw(probs, generator=None):
-    """A token from each row of probs (N, V) by inverse CDF: exact, and much cheaper than torch.multinomial."""
-    cdf = probs.cumsum(-1)
-    u = torch.rand(len(probs), 1, generator=generator, device=probs.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
-
-
-def nucleus_by_sorting(probs, top_p):
-    """Boolean (N, V): the most probable tokens whose mass first reaches top_p, plus every token tied
-    with the least probable of them. The textbook version, and nucleus()'s reference in the tests."""
-    sorted_probs, order = probs.double().sort(-1, descending=True)
-    prefix = sorted_probs.cumsum(-1) - sorted_probs < top_p  # the mass before a token is not yet top_p
-    inside = torch.zeros_like(prefix).scatter_(-1, order, prefix)
-    least = torch.where(inside, probs, 2).min(-1, keepdim=True).values
-    return inside | (probs >= least)
-
-
-def nucleus(probs, top_p):
-    """nucleus_by_sorting(probs, top_p), exact and without sorting: sorting 50k probabilities per
-    position dominated decoding on CPU.
-
-    Non-negative float32 values order as their bit patterns, so the edge value is found 11, 10 and
-    10 bits at a time from histograms of the mass under each bit prefix (a radix select, sums in float64).
-    """
-    probs = probs.float()
-    bits, mass_of = probs.view(torch.int32), probs.double()
-
-    def edge(mass, above):  # the highest bin at or above which the mass reaches top_p; the mass above it
-        at_or_above = mass.flip(1).cumsum(1).flip(1) + above
-        b = ((at_or_above >= top_p).sum(1, keepdim=True) - 1).clamp(min=0)
-        return b, (at_or_above - mass).gather(1, b)
-
-    high = (bits >> 20).long()  # sign (always 0), exponent and the top 3 mantissa bits
-    histogram = torch.zeros(len(probs), 1 << 11, dtype=torch.float64, device=probs.device)
-    b, above = edge(histogram.scatter_add_(1, high, mass_of), 0)
-    threshold = b << 20
-    row, col = (high == b).nonzero(as_tuple=True)  # only the tokens in the edge bin are refined
-    low, mass_of = bits[row, col].long(), mass_of[row, col]
-    for shift in (10, 0):
-        key = (low >> shift) & 1023
-        histogram = torch.zeros(len(probs) * 1024, dtype=torch.float64, device=probs.device)
-        b, above = edge(histogram.scatter_add_(0, row * 1024 + key, mass_of).view(len(probs), 1024), above)
-        threshold |= b << shift
-        inside = key == b[row, 0]
-        row, low, mass_of = row[inside], low[inside], mass_of[inside]
-    return bits >= threshold.int()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,55 +338,46 @@ def generate_ar(model, prefixes, length, trained, *, seeds, sampling=Sampling(),
     draft_model, drafting = drafter or (None, None)
     K, D = (drafting.block, drafting.block) if drafter else (1, 0)  # tokens read causally, then mask tokens
     x, real = pad_right(prefixes, device)
-    newest, P = real.sum(1) - 1, x.shape[1]  # each row's newest token; the longest prompt
+    P, ends = x.shape[1], [len(p) + length for p in prefixes]  # the longest prompt; each row's last length
     models = [model] + ([draft_model] if draft_model not in (None, model) else [])
     slots = torch.arange(P + length + K + D, device=device)
     caches = [m.make_cache(B, len(slots)) for m in models]
-    prompt, where = slots[:P], slots[:P] == newest[:, None]
-    logits = [m(x, attn=prompt[:, None] >= prompt, where=where, cache=c) for m, c in zip(models, caches)][0]
-    ar, drafted, forwards = list(logits.split(1)), [None] * B, len(models)  # each row's AR and draft logits
+    prompt, newest = slots[:P], real.sum(1, keepdim=True) - 1
+    logits = [m(x, attn=prompt[:, None] >= prompt, where=prompt == newest, cache=c) for m, c in zip(models, caches)]
+    ar, drafted, forwards = logits[0].split(1), [None] * B, len(models)  # each row's AR logits and draft logits
     streams, out, drafts, q, accepted = Streams(seeds, device), [list(p) for p in prefixes], [[]] * B, [None] * B, []
     ended = [False] * B
     while True:
         for b, g in enumerate(streams.generators):  # verify each row's draft: 1 to K new tokens
-            if len(out[b]) - len(prefixes[b]) >= length:
-                continue
-            k, logits = len(drafts[b]), valid_logits(ar[b], trained.mask_id, trained.vocab)
-            a, token = verify(logits, torch.tensor(drafts[b], device=device), q[b], sampling, g)
-            accepted += [a] if k else []
-            out[b] = (out[b] + drafts[b][:a] + [token])[: len(prefixes[b]) + length]
-            ended[b] = ended[b] or trained.eos_id in out[b][len(prefixes[b]) :]
-            drafts[b], q[b] = [], None
-            if a == k and drafted[b] is not None:  # the noisy block's draft holds: it followed the whole draft
-                draft, q[b] = sample_tokens(valid_logits(drafted[b], drafting.mask_id, drafting.vocab), sampling, g)
-                drafts[b] = draft.tolist()
-        if all(e or len(o) - len(p) >= length for e, o, p in zip(ended, out, prefixes)):
+            if len(out[b]) < ends[b]:
+                logits, draft = valid_logits(ar[b], trained.mask_id, trained.vocab), drafts[b]
+                a, token = verify(logits, torch.tensor(draft, device=device), q[b], sampling, g)
+                out[b], accepted = (out[b] + draft[:a] + [token])[: ends[b]], accepted + ([a] if draft else [])
+                ended[b] |= trained.eos_id in draft[:a] + [token]
+                drafts[b], q[b] = [], None
+                if a == len(draft) and drafted[b] is not None:  # the noisy block's draft holds: it followed all
+                    mine = valid_logits(drafted[b][:, : logits.shape[-1]], drafting.mask_id, drafting.vocab)
+                    new, q[b] = sample_tokens(mine, sampling, g)  # q over the verifier's vocabulary
+                    drafts[b] = new.tolist()
+        if all(e or len(o) >= end for e, o, end in zip(ended, out, ends)):
             return out, forwards, accepted
         # the next pass: each row's newest token and its draft read causally, then D mask tokens (the noisy block)
-        c = torch.tensor([1 + len(d) for d in drafts], device=device)[:, None]  # tokens read causally
-        columns = slots[: K + D]
+        c, columns = torch.tensor([[1 + len(d)] for d in drafts], device=device), slots[: K + D]  # c: read causally
         causal, noisy = columns < c, (columns >= c) & (columns < c + D)
         tokens = torch.full((B, K + D), drafting.mask_id if drafter else 0, device=device)
         for b, (o, d) in enumerate(zip(out, drafts)):
             tokens[b, : 1 + len(d)] = torch.tensor([o[-1], *d])
-        positions = (torch.tensor([len(o) - 1 for o in out], device=device)[:, None] + columns).clamp(
-            max=model.cfg.block_size - 1
-        )
+        newest = torch.tensor([[len(o) - 1] for o in out], device=device)
+        positions = (newest + columns).clamp(max=model.cfg.block_size - 1)  # GPT-2's position table ends there
         seen = torch.where(noisy, positions[:, :1] + c + D - 1, positions)  # a noisy query sees its whole block
         attn = (slots <= seen[..., None])[:, None]  # (B, 1, K + D, S)
-        drafts_at = noisy & (columns < c + D - 1)  # the last noisy logit would predict past the block
-        counts = c.squeeze(1).tolist()
-        if draft_model is model:  # one pass: the AR logits and the next draft
-            pieces = model(tokens, attn=attn, where=causal | drafts_at, cache=caches[0], positions=positions)
-            pieces = pieces.split([n + D - 1 for n in counts])
-            ar, drafted = [p[:n] for p, n in zip(pieces, counts)], [p[n:] for p, n in zip(pieces, counts)]
-        else:  # the verifier reads the causal tokens; a separate drafter, everything
-            inputs = tokens.masked_fill(~causal, 0)[:, :K]
-            ar = model(inputs, attn=attn[:, :, :K], where=causal[:, :K], cache=caches[0], positions=positions[:, :K])
-            ar = ar.split(counts)
-            if draft_model:
-                drafted = draft_model(tokens, attn=attn, where=drafts_at, cache=caches[1], positions=positions)
-                drafted = drafted.split(D - 1)
+        drafts_at = noisy & (columns < c + D - 1)  # (the last noisy logit would predict past the block)
+        for m, cache in zip(models, caches):  # the AR logits, and the next draft: one pass, or one each
+            want = causal & (m is model) | drafts_at & (m is draft_model)
+            inputs = tokens if m is draft_model else tokens.masked_fill(~causal, 0)  # the drafter's mask tokens
+            pieces = m(inputs, attn=attn, where=want, cache=cache, positions=positions).split(want.sum(1).tolist())
+            ar = [p[:n] for p, n in zip(pieces, c.squeeze(1).tolist())] if m is model else ar
+            drafted = [p[len(p) - D + 1 :] for p in pieces] if m is draft_model else drafted
         forwards += len(models)
 
 
@@ -603,8 +488,10 @@ def main(argv=None):
     decoding = Decoding(args.steps, args.strategy, sampling, args.threshold, args.block_length, args.cache)
     trained, drafter = Trained.of(meta, tok.n_vocab, tok.eos_id), None
     if args.speculative:  # the checkpoint drafts; its AR mode, or --verifier's model, decodes
-        if not trained.block or not trained.shift:
+        if trained.block < 2 or not trained.shift:
             raise UserError(f"--speculative drafts with a block-diffusion checkpoint, and {args.ckpt} is not one")
+        if not trained.keeps_ar and not args.verifier:
+            print(f"note: {args.ckpt} was trained without --ar-weight: its AR mode is not its parent", file=sys.stderr)
         drafter = (model, trained)
         if args.verifier:
             model, meta = load_checkpoint(args.verifier, device=args.device, dtype=args.dtype)

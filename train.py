@@ -76,12 +76,7 @@ def build_parser():
         help="block diffusion: denoise blocks of this many tokens, each after the clean ones before it (1: AR); "
         "0: the whole sequence, the paper (default: the checkpoint's, else 0)",
     )
-    a(
-        "--ar-weight",
-        type=AT_LEAST_0,
-        help="block diffusion that keeps the AR model, for sample.py --speculative: its clean half attends "
-        "token-causally, loss (diffusion + W × next-token CE) / (1 + W) (TiDAR; default: the checkpoint's, else 0)",
-    )
+    a("--ar-weight", type=AT_LEAST_0, help="keep the AR model at this loss weight (sample.py --speculative)")
     a("--masked-blocks", type=FRACTION, default=0.0, help="this fraction of blocks wholly masked (TiDAR's drafts)")
     # optimisation
     a("--max-iters", type=COUNT, default=1000, help="optimizer steps (on resume: may be raised)")
@@ -150,7 +145,7 @@ def train(args, init_dir, resumed):
     objective = Objective(
         args.objective, meta["mask_token_id"], not args.no_shift, block, args.complementary_masks, args.ar_weight
     )
-    ar = objective.ar  # the clean half is the AR model too (--ar-weight)
+    ar = args.ar_weight > 0  # the clean half is the AR model too (--ar-weight)
     accum = args.grad_accum // world  # micro-batches per process
     tokens_per_step = B * L * args.grad_accum
     flops_per_step = flops_per_token(raw_model, L, 0.5 if diffusion else 1.0) * tokens_per_step
@@ -172,11 +167,7 @@ def train(args, init_dir, resumed):
             group["lr"] = lr
 
         # this step's attention: causal OR Bernoulli(min(1, (step+1)/A)), then full (model.attention_at)
-        attn = (
-            attention_at(step, args.anneal_steps, L, args.seed, device, flex, block, objective.ar)
-            if diffusion
-            else None
-        )
+        attn = attention_at(step, args.anneal_steps, L, args.seed, device, flex, block, ar) if diffusion else None
 
         # forward and backward, accumulating gradients over micro-batches (synchronised on the last one)
         running = torch.zeros(4, dtype=torch.float64, device=device)  # loss, unweighted CE, gradient norm, stop
@@ -188,10 +179,10 @@ def train(args, init_dir, resumed):
                 k = micro * world + rank
                 batch = train_data.train_batch(args.seed, step, k, B, device, strata, blocks, args.masked_blocks)
                 with autocast:
-                    weighted, ce, n, *ar = objective.loss_sums(model, *batch, attn)
+                    weighted, ce, n, *next_token = objective.loss_sums(model, *batch, attn)
                 loss = weighted / n.clamp(min=1)
-                if ar:  # and the AR model's next-token loss (--ar-weight)
-                    loss = (loss + objective.ar_weight * ar[0] / ar[1]) / (1 + objective.ar_weight)
+                if ar:  # (diffusion loss + W × the AR model's next-token loss) / (1 + W): TiDAR's
+                    loss = (loss + args.ar_weight * next_token[0] / next_token[1]) / (1 + args.ar_weight)
                 (loss / accum).backward()
             running[0] += loss.detach().double() / accum
             running[1] += (ce / n.clamp(min=1)).detach().double() / accum
@@ -255,27 +246,13 @@ class Objective:
     complementary: bool = False  # each row again with the complementary mask
     ar_weight: float = 0.0  # > 0: the clean half is also the AR model, trained at this weight
 
-    @property
-    def ar(self):
-        return self.ar_weight > 0
-
     def loss_sums(self, model, x, maskable, t, noise, attn, complementary=None):
         """-> (Σ loss, Σ CE, number of targets): the loss is the first over the third; with ar_weight, then
         (Σ next-token CE, number of its targets). attn: diffusion only."""
         if self.name == "diffusion":
-            pair = self.complementary if complementary is None else complementary
+            pair, ar = self.complementary if complementary is None else complementary, self.ar_weight > 0
             return diffusion_loss(
-                model,
-                x,
-                maskable,
-                t,
-                noise,
-                self.mask_id,
-                attn,
-                self.shift,
-                block=self.block,
-                complementary=pair,
-                ar=self.ar,
+                model, x, maskable, t, noise, self.mask_id, attn, self.shift, False, self.block, pair, ar
             )
         ce = ar_loss(model, x)
         return ce.sum(), ce.sum(), torch.tensor(ce.numel(), device=x.device)
@@ -295,22 +272,24 @@ def evaluate(model, objective, val_data, args, autocast, rank, world, device, st
         rows = slice(j * args.batch_size, (j + 1) * args.batch_size) if j < n_batches else slice(0, args.batch_size)
         x, maskable, t, noise = val_data.batch(indices[rows], ts[rows], seeds[rows], device)
         with autocast:
-            weighted, ce, n, *ar = objective.loss_sums(model, x, maskable, t, noise, "full", complementary=False)
+            weighted, ce, n, *next_token = objective.loss_sums(
+                model, x, maskable, t, noise, "full", complementary=False
+            )
         n_targets = maskable.sum() if objective.name == "diffusion" else n  # every maskable token is some target
-        sums += torch.stack([weighted, ce, n, n_targets, *(ar or [n * 0] * 2)]).double() * (j < n_batches)
+        sums += torch.stack([weighted, ce, n, n_targets, *(next_token or [n * 0] * 2)]).double() * (j < n_batches)
     if world > 1:
         dist.all_reduce(sums)
     model.train()
     w, ce, n, n_all, ar_ce, n_ar = sums.tolist()
     # Σ CE/t over all maskable positions estimates the ELBO: an upper bound on NLL in nats/token.
     result, logged = {"val_loss": w / n, "val_loss_unweighted": ce / n, "val_nll_bound": w / n_all}, logged or {}
-    result |= {"val_ar_nll": ar_ce / n_ar} if objective.ar else {}
+    result |= {"val_ar_nll": ar_ce / n_ar} if objective.ar_weight else {}
     if not all(math.isfinite(v) for v in result.values()):  # the same numbers on every rank: all stop
         raise Diverged(f"validation loss {result['val_loss']} at step {step}", args.out_dir)
     if rank == 0:
         train = f"train loss {logged['train_loss']:.4f}, " if logged else ""
         val = f"val loss {result['val_loss']:.4f} (unweighted {result['val_loss_unweighted']:.4f}, "
-        ar = f", AR nll {result['val_ar_nll']:.4f}" if objective.ar else ""
+        ar = f", AR nll {result['val_ar_nll']:.4f}" if objective.ar_weight else ""
         tqdm.write(f"step {step}: {train}{val}nll bound {result['val_nll_bound']:.4f}){ar}", file=sys.stderr)
     return [{"iter": step, "tokens": tokens, **logged, **result}] if rank == 0 else []
 
@@ -338,18 +317,14 @@ def save(model, optimizer, meta, args, objective, step, tokens, metrics, init_di
     out_meta.pop("ar_weight", None)
     if objective.name == "diffusion":
         out_meta["diffusion_block"] = objective.block or None  # None: the whole sequence is one block
-        out_meta |= {"ar_weight": objective.ar_weight} if objective.ar else {}
+        out_meta |= {"ar_weight": objective.ar_weight} if objective.ar_weight else {}
     writers = {
         "train_state.pt": lambda f: torch.save({"step": step, "tokens": tokens, "optimizer": optim_state}, f),
         "metrics.jsonl": lambda f: f.write_text("".join(json.dumps(m) + "\n" for m in metrics)),
     }
     if HAVE_MATPLOTLIB:
         evals = [m for m in metrics if "val_loss" in m]  # not the notes
-        curves = {
-            label: ([m["tokens"] for m in evals], [m[key] for m in evals])
-            for key, label in CURVES.items()
-            if all(key in m for m in evals)
-        }
+        curves = {label: ([m["tokens"] for m in evals], [m[key] for m in evals]) for key, label in CURVES.items()}
         writers["loss.png"] = lambda f: plot_curves(curves, f, "nats")
     save_checkpoint(args.out_dir, model_state, out_meta, tokenizer_from=init_dir, overwrite=True, extra=writers)
 
@@ -358,7 +333,6 @@ CURVES = {  # loss.png: metric -> label
     "val_loss": "val loss (CE/t, the paper's)",
     "val_loss_unweighted": "val masked CE",
     "val_nll_bound": "val NLL bound (nats/token)",
-    "val_ar_nll": "val NLL of the AR mode (--ar-weight)",
 }
 
 

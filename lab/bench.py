@@ -295,8 +295,12 @@ def bench_checkpoint_decoding(path, length, device, dtype):
             name = f"{'whole sequence' if not block else f'blocks of {block}, exact cache'}"
             name += " + threshold 0.9" if threshold else ""
             engines[name] = partial(ours, replace(exact, threshold=threshold), replace(trained, block=block))
+    if trained.block >= 2:  # a block checkpoint drafts for its own AR mode (lossless only with --ar-weight's training)
+        engines[f"self-speculative, drafts of {trained.block - 1}"] = partial(
+            generate_ar, model, [prefix], length, trained, seeds=[0], sampling=exact.sampling, drafter=(model, trained)
+        )
     engines["AR with KV cache"]()  # warm-up
-    rows = []
+    rows = pass_cost(model, path, device)
     for name, fn in engines.items():
         start = time.perf_counter()
         passes = fn()[1]  # (tokens, forward passes)
@@ -314,6 +318,30 @@ def bench_checkpoint_decoding(path, length, device, dtype):
             }
         )
     return rows
+
+
+def pass_cost(model, path, device, context=128, sizes=(1, 2, 4, 8, 16, 32), rounds=5):
+    """The time of one batch-1 pass of T new tokens over `context` cached ones, against T: what a speculative pass
+    (T = 2B: the draft read causally, and the noisy block) costs beside an AR one. Memory-bound passes cost
+    little more for more tokens; self-speculation wins where its tokens per pass exceed cost(2B) / cost(1)."""
+    cache, x = (
+        model.make_cache(1, context + max(sizes)),
+        torch.randint(0, 100, (1, context + max(sizes)), device=device),
+    )
+    with torch.no_grad():
+        model(x[:, :context], attn="causal", cache=cache)
+        slots = torch.arange(context + max(sizes), device=device)
+
+        def one_pass(T):
+            positions = slots[context : context + T]
+            model(x[:, context : context + T], attn=slots <= positions[:, None], cache=cache, positions=positions)
+
+        times = interleaved({T: partial(one_pass, T) for T in sizes}, rounds, device)
+    return [
+        {"bench": "pass cost", "ckpt": str(path), "context": context, "tokens": T, "ms": 1000 * t}
+        | {"vs_one": t / times[sizes[0]]}
+        for T, t in times.items()
+    ]
 
 
 def bench_batched_decoding(shape, length, batch_sizes, device, dtype):
@@ -448,6 +476,13 @@ def report(rows):
                 f"{r['passes_per_token']:13.2f}"
                 for r in checkpoint
             ),
+        ]
+    if cost := of_kind("pass cost"):
+        lines += [
+            "",
+            f"one pass of T new tokens over {cost[0]['context']} cached ones, batch 1, on {cost[0]['ckpt']}'s weights",
+            f"{'T':>4} {'ms':>8} {'/ one token':>12}",
+            *(f"{r['tokens']:4} {r['ms']:8.1f} {r['vs_one']:11.2f}x" for r in cost),
         ]
     if batched := of_kind("batched decode"):
         r = batched[0]

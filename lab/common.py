@@ -1,8 +1,10 @@
-"""What the lab's scripts share: running the project's scripts, splitting stories into sentences."""
+"""What the lab's scripts share: running the project's scripts, splitting stories into sentences, timing
+self-speculative decoding against AR."""
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,3 +67,62 @@ def stop_children_on_signals():
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+
+
+def story_prompts(base, stories, n=8, tokens=16):
+    """The first `tokens` tokens of n held-out stories: the prompts of the speed rows."""
+    from checkpoint import read_meta
+    from tokenizer import load_tokenizer
+
+    tok = load_tokenizer(base, read_meta(base))
+    return [tok.encode(story, bos=True)[:tokens] for story in stories[:n]]
+
+
+def speculation(ckpt, verifier, prompts, length):
+    """Greedy self-speculative decoding against AR greedy (the checkpoint's AR mode, or the verifier's), side by
+    side: each prompt alone, then all in one batch -> per batch size: tokens/s of both, tokens per pass, the
+    mean of the accepted draft tokens, and whether the output equals AR's (it must)."""
+    import time
+
+    from checkpoint import load_checkpoint
+    from sample import Sampling, Trained, generate_ar
+
+    drafter, meta = load_checkpoint(ckpt)
+    model, ar_meta = load_checkpoint(verifier) if verifier else (drafter, meta)
+    drafting, trained, greedy = Trained.of(meta), Trained.of(ar_meta), Sampling(greedy=True)
+    generate_ar(model, prompts[:1], 4, trained, seeds=[0], sampling=greedy, drafter=(drafter, drafting))  # warm-up
+    result = {}
+    for batch in (1, len(prompts)):
+        times, tokens, passes, accepted, same = [0.0, 0.0], 0, 0, [], True
+        for first in range(0, len(prompts), batch):
+            rows = prompts[first : first + batch]
+            outs = []
+            for k, how in enumerate([None, (drafter, drafting)]):
+                t0 = time.perf_counter()
+                out, n, acc = generate_ar(
+                    model, rows, length, trained, seeds=[0] * len(rows), sampling=greedy, drafter=how
+                )
+                times[k] += time.perf_counter() - t0
+                outs.append(out)
+            tokens, passes, accepted, same = (
+                tokens + length * len(rows),
+                passes + n * len(rows),
+                accepted + acc,
+                same and outs[0] == outs[1],
+            )
+        result[f"b{batch}"] = {
+            "ar_tokens_per_s": tokens / times[0],
+            "tokens_per_s": tokens / times[1],
+            "tokens_per_pass": tokens / passes,
+            "accepted": sum(accepted) / max(1, len(accepted)),
+            "lossless": same,
+        }
+    return result
+
+
+def read_as(ckpt, path, objective):
+    """A copy of a checkpoint that reads as another objective: an AR model as diffusion (full attention, masks),
+    a block model as AR (its AR mode, causal)."""
+    shutil.copytree(ckpt, path)
+    meta = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**meta, "objective": objective}, indent=2))

@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from checkpoint import load_checkpoint, read_meta
 from data.download import cache_dir, download_file
-from lab.common import run_script, sentences, stop_children_on_signals
+from lab.common import read_as, run_script, sentences, speculation, stop_children_on_signals, story_prompts
 from sample import Decoding, Sampling, Trained, generate
 from support.cli import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, HelpFormatter, UserError, given_options
 from support.files import atomic_write, sole_writer
@@ -255,14 +255,6 @@ def train(journal, run, **options):
     return journal.step(f"train {run.name} to {options['max_iters']}", work)
 
 
-def read_as(ckpt, path, objective):
-    """A copy of a checkpoint that reads as another objective: an AR model as diffusion (full attention, masks),
-    a block model as AR (its AR mode, causal)."""
-    shutil.copytree(ckpt, path)
-    meta = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({**meta, "objective": objective}, indent=2))
-
-
 def recipe(args):
     """The miniature's train.py options (cosine lr after a 5% warm-up; 6 evaluations per run)."""
     return dict(
@@ -431,52 +423,6 @@ def speculative(args, journal, base, nll, test_stories):
     (args.out / "results.json").write_text(json.dumps({"parent": parent, "rows": rows}, indent=2))
     print("\n" + table)
     return rows
-
-
-def story_prompts(base, stories, n=8, tokens=16):
-    """The first `tokens` tokens of n held-out stories: the prompts of the speed rows."""
-    model, meta = load_checkpoint(base)
-    tok = load_tokenizer(base, meta)
-    return [tok.encode(story, bos=True)[:tokens] for story in stories[:n]]
-
-
-def speculation(ckpt, verifier, prompts, length):
-    """Greedy self-speculative decoding against AR greedy (the checkpoint's AR mode, or the verifier's), side by
-    side: each prompt alone, then all in one batch -> per batch size: tokens/s of both, tokens per pass, the
-    mean of the accepted draft tokens, and whether the output equals AR's (it must)."""
-    from sample import generate_ar
-
-    drafter, meta = load_checkpoint(ckpt)
-    model, ar_meta = load_checkpoint(verifier) if verifier else (drafter, meta)
-    drafting, trained, greedy = Trained.of(meta), Trained.of(ar_meta), Sampling(greedy=True)
-    generate_ar(model, prompts[:1], 4, trained, seeds=[0], sampling=greedy, drafter=(drafter, drafting))  # warm-up
-    result = {}
-    for batch in (1, len(prompts)):
-        times, tokens, passes, accepted, same = [0.0, 0.0], 0, 0, [], True
-        for first in range(0, len(prompts), batch):
-            rows = prompts[first : first + batch]
-            outs = []
-            for k, how in enumerate([None, (drafter, drafting)]):
-                t0 = time.perf_counter()
-                out, n, acc = generate_ar(
-                    model, rows, length, trained, seeds=[0] * len(rows), sampling=greedy, drafter=how
-                )
-                times[k] += time.perf_counter() - t0
-                outs.append(out)
-            tokens, passes, accepted, same = (
-                tokens + length * len(rows),
-                passes + n * len(rows),
-                accepted + acc,
-                same and outs[0] == outs[1],
-            )
-        result[f"b{batch}"] = {
-            "ar_tokens_per_s": tokens / times[0],
-            "tokens_per_s": tokens / times[1],
-            "tokens_per_pass": tokens / passes,
-            "accepted": sum(accepted) / max(1, len(accepted)),
-            "lossless": same,
-        }
-    return result
 
 
 def speculative_table(parent, rows, args):

@@ -88,11 +88,19 @@ def test_bench_quality_of_the_approximate_options(stories_ckpt, tmp_path):
 
 
 def test_bench_decoding_on_a_checkpoints_weights(stories_ckpt, tmp_path):
-    """--decode-ckpt: AR against every diffusion decoder on real weights, with passes per generated token."""
-    args = ["--suite", "tiny", "--skip", "train,decode,batched", "--decode-ckpt", stories_ckpt]
+    """--decode-ckpt: AR against every diffusion decoder on real weights, with passes per generated token; on a
+    block checkpoint, self-speculative decoding too; and the cost of a pass against the tokens it reads."""
+    from test_speculative import as_block_checkpoint
+
+    ckpt = as_block_checkpoint(stories_ckpt, tmp_path / "w1", diffusion_block=4, ar_weight=1.0)
+    args = ["--suite", "tiny", "--skip", "train,decode,batched", "--decode-ckpt", ckpt]
     proc = run("lab/bench.py", *args, "--json", tmp_path / "rows.json")
-    rows = {r["engine"]: r for r in json.loads((tmp_path / "rows.json").read_text())["rows"]}
-    assert len(rows) == 7 and "passes/token" in proc.stdout
+    every = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    rows = {r["engine"]: r for r in every if r["bench"] == "checkpoint decode"}
+    cost = [r for r in every if r["bench"] == "pass cost"]
+    assert [r["tokens"] for r in cost] == [1, 2, 4, 8, 16, 32] and cost[0]["vs_one"] == 1
+    assert len(rows) == 8 and "passes/token" in proc.stdout and "one pass of T new tokens" in proc.stdout
+    assert rows["self-speculative, drafts of 3"]["passes_per_token"] <= 1  # each pass yields a token or more
     assert rows["AR with KV cache"]["passes_per_token"] == 1 and rows["whole sequence"]["passes_per_token"] == 1
     assert rows["blocks of 4, exact cache"]["passes_per_token"] > 1  # one more pass per block, to cache it
     assert all(r["passes_per_token"] <= rows["blocks of 4, exact cache"]["passes_per_token"] for r in rows.values())

@@ -209,6 +209,6 @@ def test_complementary_masks_supervise_every_token_once(block):
     maskable[:, 0] = False
     t = torch.rand(3, 4, generator=g) if block else torch.rand(3, generator=g)
     model = Recorder()
-    *_, n = diffusion_loss(model, x, maskable, t, torch.rand(3, 16, generator=g), MASK, block=block, complementary=True)
+    *_, n = diffusion_loss(model, x, maskable, t, torch.rand(3, 16, generator=g), MASK, block=block, complement=True)
     first, second = model.xt[:3, :16] == MASK, model.xt[3:, :16] == MASK
     assert torch.equal(first | second, maskable) and not (first & second).any() and n == maskable.sum()

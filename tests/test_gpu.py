@@ -51,7 +51,8 @@ def test_bf16_compiled_training_step_runs():
 
 def test_decoding_on_cuda_matches_cpu_where_it_is_deterministic():
     """The sort-free nucleus and the scattered-position cache on the device: the same as on the CPU."""
-    from sample import Decoding, Sampling, Trained, generate, nucleus
+    from sample import Decoding, Sampling, Trained, generate
+    from support.sampling import nucleus
 
     probs = (torch.randn(16, 5000) * 2).softmax(-1)
     assert torch.equal(nucleus(probs.cuda(), 0.9).cpu(), nucleus(probs, 0.9))

@@ -8,6 +8,7 @@ FLOORS = {  # module -> floor; a module may import only modules on lower floors
     "model": 0,
     "support.cli": 0,
     "support.rows": 0,
+    "support.sampling": 0,
     "support.files": 1,
     "support.flex": 1,
     "support.report": 1,

@@ -159,3 +159,19 @@ def test_blocks_study_on_tiny_settings(tmp_path):
         assert r["speed exact"]["passes_per_token"] >= r["speed threshold"]["passes_per_token"] > 0
     table = (out / "results.md").read_text()
     assert table in proc.stdout and table.count("\n| ") == 4  # the AR parent and two block sizes, after the header
+
+
+@pytest.mark.slow
+def test_speculative_study_on_tiny_settings(tmp_path):
+    """--speculative: one adaptation with blocks of 4 per AR weight (W = 0 verified by the parent), each with its AR
+    mode's exact NLL, its block ELBO, and greedy self-speculative decoding timed against AR greedy, lossless."""
+    out = tmp_path / "spec"
+    tiny = "--iters 4 --batch-size 2 --block-size 32 --eval-windows 2 --mc 2 --test-stories 8 --gen-length 8"
+    proc = run("lab/miniature.py", "--speculative", "--assets", ASSETS, "--out", out, *tiny.split())
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert len(rows) == 6 and json.loads((out / "spec-w1-m0.5" / "config.json").read_text())["ar_weight"] == 1
+    for r in rows:
+        assert not r["ar_nll"]["bound"] and r["elbo"]["bound"]
+        assert all(s["lossless"] and s["tokens_per_pass"] >= 8 / 9 for s in r["speed"].values())
+    table = (out / "results.md").read_text()
+    assert table in proc.stdout and table.count("\n| ") == 8  # the parent and six runs, after the header

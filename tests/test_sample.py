@@ -169,7 +169,7 @@ def test_cache_with_one_step_per_block_is_exact(tiny_model):
 def test_nucleus_is_exact():
     """The radix-select nucleus equals the textbook one beside it: sort everything, keep the smallest
     prefix reaching p (sums in float64), plus any token tied with the least probable one kept."""
-    from sample import nucleus, nucleus_by_sorting
+    from support.sampling import nucleus, nucleus_by_sorting
 
     torch.manual_seed(0)
     for scale in (0.5, 3, 10):  # near-flat (a random-weight model) to peaked (a trained one)

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import sample
 from conftest import assert_user_error, run
 from model import ModelConfig, Transformer, diffusion_loss
 from sample import Sampling, Trained, generate_ar, sampling_probs, valid_logits
+from tokenizer import until_eos
 
 BOS = 0
 
@@ -51,6 +53,11 @@ def test_greedy_speculative_gives_the_ar_tokens(arch):
         model, prefixes, 30, trained, seeds=[0] * 4, sampling=GREEDY, drafter=(other, trained)
     )
     assert verified == ar and sum(accepted) > 0
+    ending = replace(trained, eos_id=2)  # stopping at EOS: each row's text up to its EOS is AR's
+    ar, *_ = generate_ar(model, prefixes, 30, ending, seeds=[0] * 4, sampling=GREEDY)
+    spec, *_ = generate_ar(model, prefixes, 30, ending, seeds=[0] * 4, sampling=GREEDY, drafter=(model, ending))
+    texts = [[until_eos(r[len(p) :], 2) for r, p in zip(out, prefixes)] for out in (spec, ar)]
+    assert texts[0] == texts[1] and any(len(t) < 30 for t in texts[1])  # some rows did end
 
 
 class ForcedDrafter:
