@@ -505,7 +505,7 @@ def main(argv=None):
     if not args.ar:  # too few steps for the blocks a span crosses: refused before any work, by the schedule itself
         starts, width = [len(p) for p, _ in encoded], max(len(p) + args.length + len(s) for p, s in encoded)
         schedule(span_mask(starts, args.length, width), starts, decoding, trained.blocks_in(width))
-    if args.ar != (meta["objective"] == "ar") and not args.speculative:
+    if args.ar != (meta["objective"] == "ar") and not (args.speculative or args.ar and trained.keeps_ar):
         how = "autoregressively" if args.ar else "by diffusion"
         print(f"note: {args.ckpt} was trained with the {meta['objective']} objective, decoding {how}", file=sys.stderr)
 

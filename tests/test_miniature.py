@@ -169,9 +169,12 @@ def test_speculative_study_on_tiny_settings(tmp_path):
     tiny = "--iters 4 --batch-size 2 --block-size 32 --eval-windows 2 --mc 2 --test-stories 8 --gen-length 8"
     proc = run("lab/miniature.py", "--speculative", "--assets", ASSETS, "--out", out, *tiny.split())
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert len(rows) == 6 and json.loads((out / "spec-w1-m0.5" / "config.json").read_text())["ar_weight"] == 1
-    for r in rows:
+    assert len(rows) == 7 and json.loads((out / "spec-w1-m0.5" / "config.json").read_text())["ar_weight"] == 1
+    assert rows[0]["name"] == "AR objective, the same tokens" and not rows[0]["ar_nll"]["bound"]
+    for r in rows[1:]:
         assert not r["ar_nll"]["bound"] and r["elbo"]["bound"]
         assert all(s["lossless"] and s["tokens_per_pass"] >= 8 / 9 for s in r["speed"].values())
     table = (out / "results.md").read_text()
-    assert table in proc.stdout and table.count("\n| ") == 8  # the parent and six runs, after the header
+    assert (
+        table in proc.stdout and table.count("\n| ") == 9
+    )  # the parent, the AR control and six runs, after the header

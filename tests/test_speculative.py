@@ -211,3 +211,40 @@ def test_cli_speculative_and_verifier_give_the_ar_text(stories_ckpt, tmp_path):
         check=False,
     )
     assert_user_error(proc, "--ar-weight", "--diffusion-block")
+
+
+def test_train_keeps_the_ar_model_records_its_weight_and_resumes_with_it(stories_ckpt, tmp_path):
+    from conftest import ASSETS
+
+    text = tmp_path / "t.txt"
+    text.write_text((ASSETS / "text" / "tinystories_val.txt").read_text()[:30000])
+    run("data/prepare.py", "--tokenizer", stories_ckpt, "--out", tmp_path / "data", text, "--workers", "1")
+    tiny = ["--data-dir", tmp_path / "data", "--batch-size", "2", "--block-size", "32", "--eval-iters", "1"]
+    out = tmp_path / "w1"
+    run(
+        "train.py",
+        "--init-from",
+        stories_ckpt,
+        "--out-dir",
+        out,
+        *tiny,
+        "--max-iters",
+        "2",
+        "--eval-interval",
+        "2",
+        "--diffusion-block",
+        "8",
+        "--ar-weight",
+        "1",
+        "--masked-blocks",
+        "0.5",
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["ar_weight"] == 1 and config["diffusion_block"] == 8
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["val_ar_nll"] < m["val_nll_bound"] for m in metrics)  # the AR mode: the parent, nearly
+    run("train.py", "--init-from", "resume", "--out-dir", out, "--max-iters", "3", "--extend-schedule")
+    assert json.loads((out / "config.json").read_text())["ar_weight"] == 1
+    onward = tmp_path / "onward"  # a new run from it trains on with its weight, unless told otherwise
+    run("train.py", "--init-from", out, "--out-dir", onward, *tiny, "--max-iters", "1", "--eval-interval", "1")
+    assert json.loads((onward / "config.json").read_text())["ar_weight"] == 1

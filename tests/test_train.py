@@ -531,18 +531,19 @@ def test_flex_attention_mask_equals_the_boolean_mask():
     warnings.simplefilter("ignore")  # eager FlexAttention warns that it is a slow reference
     L = 128
     model = Transformer(
-        ModelConfig(arch="llama", vocab_size=50, block_size=L, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
+        ModelConfig(arch="llama", vocab_size=50, block_size=2 * L, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
     ).eval()
-    idx = torch.randint(0, 50, (2, L))
-    flex = AnnealFlex(L, "cpu")
-    for step in (0, 40):
-        with torch.no_grad():
-            torch.testing.assert_close(
-                model(idx, attn=attention_at(step, 100, L, 5, "cpu", flex)),
-                model(idx, attn=attention_at(step, 100, L, 5, "cpu")),
-                atol=1e-5,
-                rtol=1e-5,
-            )
+    idx = torch.randint(0, 50, (2, 2 * L))
+    for block, ar, n in ((0, False, L), (16, False, 2 * L), (16, True, 2 * L)):  # the paper; blocks; AR kept
+        flex = AnnealFlex(L, "cpu", block, ar)
+        for step in (0, 40):
+            with torch.no_grad():
+                torch.testing.assert_close(
+                    model(idx[:, :n], attn=attention_at(step, 100, L, 5, "cpu", flex, block, ar)),
+                    model(idx[:, :n], attn=attention_at(step, 100, L, 5, "cpu", block=block, ar=ar)),
+                    atol=1e-5,
+                    rtol=1e-5,
+                )
 
 
 def test_parquet_documents_come_from_the_recipe_field(tmp_path):
