@@ -208,8 +208,9 @@ def train(args, init_dir, resumed):
         steps_timed += 1
         if master:
             rate = steps_timed / (time.perf_counter() - t_last)
-            tok_s, mfu = f"{tokens_per_step * rate:,.0f}", f"{flops_per_step * rate / peak:.1%}"
-            bar.set_postfix(loss=f"{train_loss:.3f}", ce=f"{train_ce:.3f}", tok_s=tok_s, mfu=mfu, refresh=False)
+            tok_s = f"{tokens_per_step * rate:,.0f}"
+            mfu = {"mfu": f"{flops_per_step * rate / peak:.1%}"} if device.type == "cuda" else {}  # a CPU: no datasheet
+            bar.set_postfix(loss=f"{train_loss:.3f}", ce=f"{train_ce:.3f}", tok_s=tok_s, **mfu, refresh=False)
             bar.update(1)
 
         # evaluate and checkpoint (a signal saves without evaluating, then stops)
@@ -338,7 +339,8 @@ CURVES = {  # loss.png: metric -> label
 
 class Diverged(UserError):
     def __init__(self, what, out_dir):
-        super().__init__(f"{what}: the run diverged and stopped; the last checkpoint in {out_dir} is kept")
+        kept = (out_dir / "train_state.pt").is_file() and f"the last checkpoint in {out_dir} is kept"  # if there is one
+        super().__init__(f"{what}: the run diverged and stopped; {kept or f'no checkpoint was written to {out_dir}'}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,6 +453,8 @@ def parse_args(argv=None):
     if args.grad_accum % world:
         raise UserError(f"--grad-accum {args.grad_accum} is not a multiple of the {world} processes")
     cli.pick_device(args.device)  # a device this machine lacks: refused before any work
+    if args.fsdp and "RANK" not in os.environ:
+        raise UserError("--fsdp shards the model over torchrun's processes: start train.py with torchrun")
     if saved:
         check_resume(args, saved, done, given, lr_at)
     return args
@@ -466,8 +470,10 @@ def check_run(args):
     state = read_train_state(init_dir) if resume else None
     model_block = init_meta["model"]["block_size"]
     args.block_size = args.block_size or min(model_block, 1024)
+    if args.objective == "ar" and args.diffusion_block:
+        raise UserError(f"--diffusion-block {args.diffusion_block} is block diffusion's: --objective ar has no blocks")
     if args.diffusion_block is None:  # a block-diffusion checkpoint trains on with its blocks
-        args.diffusion_block = init_meta.get("diffusion_block") or 0
+        args.diffusion_block = init_meta.get("diffusion_block") or 0 if args.objective == "diffusion" else 0
     if args.diffusion_block >= args.block_size:  # one block: the whole sequence, the paper
         args.diffusion_block = 0
     if args.ar_weight is None:  # a self-speculative checkpoint trains on with its AR weight

@@ -60,9 +60,13 @@ def sole_writer(path, holder=True):
         yield
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"
-    with open(lock, "a+") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock, "a+")
+    except OSError as e:  # a read-only or special folder (/proc): refused before any work
+        raise UserError(f"cannot write {path}: {e.strerror} ({lock})") from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -75,6 +79,12 @@ def sole_writer(path, holder=True):
             yield f  # forked workers must close it (data/prepare.py): the lock lives as long as any copy
         finally:
             lock.unlink(missing_ok=True)  # before the lock is released: a newcomer makes a file of its own
+
+
+def nested(a, b):
+    """Whether paths a and b are one path, or one lies inside the other, however they are spelled (links, "..")."""
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return a == b or a in b.parents or b in a.parents
 
 
 def replace_dir(new, path):
