@@ -116,6 +116,10 @@ def read_meta(path):
     for key, (ok, want) in FACTS.items():
         if key in meta and not ok(meta[key]):
             raise UserError(f"{path / CONFIG_FILE}: {key} is {meta[key]!r}, not {want}")
+    if (block := meta.get("diffusion_block") or 0) >= meta["model"]["block_size"]:  # train.py writes null for that
+        raise UserError(
+            f"{path / CONFIG_FILE}: diffusion_block {block} is not below block_size {meta['model']['block_size']}"
+        )
     if not 0 <= meta["mask_token_id"] < meta["model"]["vocab_size"]:
         raise UserError(f"{path / CONFIG_FILE}: mask_token_id {meta['mask_token_id']} is outside the vocabulary")
     for name in meta["tokenizer"].get("files", []):

@@ -284,6 +284,17 @@ def task_nll(model, meta, tok, args):
     return {**result, "stderr": stderr_of_ratio(totals, counts)}, records
 
 
+def passage_of(line, where):
+    """A JSON line's "text": a LAMBADA passage in OpenAI's format."""
+    try:
+        item = json.loads(line)
+    except ValueError:
+        raise UserError(f"{where} is not valid JSON") from None
+    if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+        raise UserError(f'{where} has no "text" string (a .jsonl passage is {{"text": ...}})')
+    return item["text"].strip()
+
+
 def task_lambada(model, meta, tok, args):
     """Last-word accuracy (eval_Lambada in eval-diffugpt.py and eval-diffullama.py): the passage's last
     word is masked and filled in with as many steps as it has tokens, in confidence order, sampling at
@@ -291,6 +302,8 @@ def task_lambada(model, meta, tok, args):
     checkpoints decode greedily: the answer must be their most probable continuation. Each passage
     is counted once."""
     lines = [line for line in read_lines(args.data) if line][: args.limit or None]
+    if args.data.suffix == ".jsonl":  # OpenAI's lambada_test.jsonl: {"text": passage} a line
+        lines = [passage_of(line, f"{args.data}:{k + 1}") for k, line in enumerate(lines)]
     sampling = Sampling(greedy=args.greedy or meta["objective"] == "ar")
     jobs, answers = [], []
     for k, line in enumerate(lines):
@@ -627,6 +640,14 @@ def main(argv=None):
     manager = harness_tasks(args) if args.lm_eval else None
     model, meta = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
     tok = load_tokenizer(args.ckpt, meta)
+    block = meta.get("diffusion_block") or 0  # what sample.py refuses for a block-diffusion checkpoint
+    for refused, why in [
+        (args.cache, "--cache: its cache is exact, and always on"),
+        (args.task == "infill", "infill: its blocks see only the past"),
+        (args.block_length > block, f"--block-length over {block}"),
+    ]:
+        if block and refused:
+            raise UserError(f"{args.ckpt} is a block-diffusion checkpoint (blocks of {block}), so no {why}")
     if args.lm_eval:
         result, records = run_harness(model, meta, tok, args, manager)
     else:

@@ -111,6 +111,17 @@ def atomic_write(path, data):
     os.replace(tmp, path)
 
 
+@contextmanager
+def growing_file(path):
+    """A file written as work finishes: appended to PATH.partial, renamed to PATH once whole. An interrupted run
+    leaves what it finished in PATH.partial, and never a PATH that looks complete."""
+    partial = Path(path).with_name(Path(path).name + ".partial")
+    with open(partial, "w") as f:
+        yield f
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+
+
 def is_disk_full(e):
     """A full disk or quota, or a file-size limit: as an OSError, or inside safetensors' / torch's own errors."""
     codes = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
