@@ -426,6 +426,7 @@ def prepare_source(source, folder, progress, encode, args):
         if writer.pending("train") >= args.shard_tokens:  # a shard is complete: a rerun starts after it
             writer.close()
             save_progress(folder, progress)
+    bar.total = bar.n  # finished: the last progress line says so (a log otherwise ends on the first, 0 tokens)
     bar.close()
     writer.close()
     state["done"] = True
@@ -496,8 +497,9 @@ def main(argv=None):
         for split in ("train", "val"):
             if totals[split] == 0:
                 shutil.rmtree(folder)
-                n_docs = sum(st["documents"] for st in states.values())
-                raise UserError(f"no {split} data: the input is empty or too small (got {n_docs} documents)")
+                n_docs, skipped = (sum(st[k] for st in states.values()) for k in ("documents", "skipped"))
+                why = f", {skipped} pairs longer than --block-size {args.block_size} skipped" if skipped else ""
+                raise UserError(f"no {split} data: the input is empty or too small (got {n_docs} documents{why})")
         info = {
             "tokenizer_fingerprint": options["tokenizer"],
             "tokenizer": meta["tokenizer"]["type"],
