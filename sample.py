@@ -31,7 +31,7 @@ from data.corpus import read_prompts, read_text
 from model import mix, predicting, with_clean_copy
 from support import cli
 from support.cli import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, HelpFormatter, UserError, output_file
-from support.files import growing_file
+from support.files import growing_file, not_an_input
 from support.report import Show
 from support.rows import key_mask, pad_right, span_mask
 from support.sampling import Sampling, Streams, draw, sample_tokens, sampling_probs
@@ -465,6 +465,9 @@ def parse_args(argv):
     if inert:  # an option that does nothing in the chosen mode is refused, not ignored
         mode = "--greedy" if inert[0] in SAMPLING else "AR decoding (--ar, --speculative)"
         raise UserError(f"--{inert[0].replace('_', '-')} does nothing with {mode}")
+    not_an_input(args.output, args.prompts, args.prompt_file, args.ckpt)
+    if args.prompt_file and args.prompt:
+        raise UserError("--prompt and --prompt-file both give the prompt: drop one")
     if args.prompt_file:
         args.prompt = read_text(args.prompt_file, "--prompt-file")
     if args.prompts and (args.prompt or args.prompt_file or args.suffix):
@@ -508,6 +511,10 @@ def main(argv=None):
             if load_tokenizer(args.verifier, meta).n_vocab != tok.n_vocab:
                 raise UserError(f"--verifier {args.verifier} has another tokenizer than {args.ckpt}")
             trained = Trained.of(meta, tok.n_vocab, tok.eos_id)
+            if trained.objective != "ar" and not trained.keeps_ar:  # a diffusion model's AR reading verifies nothing
+                raise UserError(
+                    f"--verifier {args.verifier} is not an AR checkpoint (nor one trained with --ar-weight)"
+                )
     block = 0 if args.ar else trained.block
     if block and (args.cache or any(suffix for _, suffix in encoded) or args.block_length > block):
         what = "--cache: its cache is exact, and always on" if args.cache else "suffix: its blocks see only the past"

@@ -48,7 +48,7 @@ from checkpoint import read_meta
 from data.corpus import SUFFIXES, check_file, files_of, natural_key, pair_of, records, text_of
 from data.download import download_dataset_file, download_url, hub_dataset_files
 from support.cli import COUNT, HelpFormatter, UserError, checked, progress_bar
-from support.files import atomic_write, clear_leftovers, die_with_parent, replace_dir, sole_writer
+from support.files import atomic_write, clear_leftovers, die_with_parent, nested, replace_dir, sole_writer
 from tokenizer import fingerprint, load_tokenizer
 
 # The public corpora. A hub corpus names the folders that can be listed, each with the tokens its
@@ -163,6 +163,9 @@ def parse_args(argv):
             raise UserError(f"--source {name}=...: the recipe {args.recipe} has no part {name!r} ({', '.join(parts)})")
         if not Path(path).exists():
             raise UserError(f"--source {path} does not exist")
+    for path in [*args.inputs, *args.sources.values(), args.tokenizer]:  # --force must not replace what it reads
+        if Path(path).exists() and nested(path, args.out):
+            raise UserError(f"--out {args.out} is {path}, or holds it or lies in it: an input is never the output")
     return args, meta
 
 

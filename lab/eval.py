@@ -46,12 +46,13 @@ from support.cli import (
     UserError,
     add_device_options,
     checked,
+    given_options,
     output_file,
     pick_device,
     pick_dtype,
     progress_bar,
 )
-from support.files import atomic_write
+from support.files import atomic_write, not_an_input
 from support.rows import key_mask, pad_right
 from tokenizer import load_tokenizer, until_eos
 
@@ -573,6 +574,11 @@ def harness_tasks(args):
 
 
 WINDOW = checked(int, lambda v: v == 0 or v >= 2, "0 (the model's) or at least 2: a context and a token")
+ONLY_FOR = {
+    "judge": ["genppl"],
+    "t_grid": ["nll"],
+    "score": ["choice", None],
+}  # the tasks that read them (None: lm-eval)
 TASKS = {"nll": task_nll, "lambada": task_lambada, "choice": task_choice, "infill": task_infill, "genppl": task_genppl}
 
 
@@ -624,12 +630,18 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if bool(args.task) == bool(args.lm_eval):
         raise UserError("give --task or --lm-eval (one of them)")
+    for name in given_options(p, argv).keys() & ONLY_FOR.keys():  # an option the task does not read is refused
+        if args.task not in ONLY_FOR[name]:
+            raise UserError(
+                f"--{name.replace('_', '-')} does nothing with {f'--task {args.task}' if args.task else '--lm-eval'}"
+            )
     if args.include_path and not args.include_path.is_dir():
         raise UserError(f"--include-path {args.include_path} is not a directory")
     if args.task not in (None, "genppl") and not args.data:
         raise UserError(f"--task {args.task} needs --data")
     if args.data and not args.data.is_file():
         raise UserError(f"--data {args.data} does not exist")
+    not_an_input(args.output, args.data, args.ckpt, args.judge)
     args.device = pick_device(args.device)
     args.dtype = pick_dtype(args.dtype, args.device)
     return args

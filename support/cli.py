@@ -8,6 +8,7 @@ option value is refused before any work by its argparse type= (checked, COUNT, .
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -47,7 +48,7 @@ COUNT = checked(int, lambda v: v >= 1, "at least 1")
 
 NON_NEGATIVE = checked(int, lambda v: v >= 0, "at least 0")
 
-POSITIVE = checked(float, lambda v: v > 0, "positive")
+POSITIVE = checked(float, lambda v: 0 < v < math.inf, "positive and finite")
 
 PROBABILITY = checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
 

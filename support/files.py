@@ -87,6 +87,14 @@ def nested(a, b):
     return a == b or a in b.parents or b in a.parents
 
 
+def not_an_input(output, *inputs):
+    """Refuse an output that would replace an input of the same command: the input file itself, or a file that
+    exists in an input folder (a checkpoint's config.json). A new file beside a checkpoint's is fine."""
+    for source in filter(None, inputs):
+        if output and nested(output, source) and (Path(output).exists() or not Path(source).is_dir()):
+            raise UserError(f"{output} would replace {source}, an input of this command: write it elsewhere")
+
+
 def replace_dir(new, path):
     """Rename directory `new` to `path`. A previous `path` is renamed aside first and deleted last: it is
     never deleted in place, so a crash leaves it whole (as .NAME.old-PID, which restore_previous puts back)."""
