@@ -40,7 +40,7 @@ from data.shards import Data, check_data
 from model import ar_loss, attention_at, diffusion_loss
 from support import cli
 from support.cli import COUNT, NON_NEGATIVE, POSITIVE, HelpFormatter, UserError, checked
-from support.files import sole_writer
+from support.files import nested, sole_writer
 from support.flex import AnnealFlex
 from support.report import HAVE_MATPLOTLIB, flops_per_token, peak_flops, plot_curves
 
@@ -466,6 +466,8 @@ def check_run(args):
     init_dir = args.out_dir if resume else Path(args.init_from)
     if not resume and args.out_dir.exists():
         raise UserError(f"--out-dir {args.out_dir} already exists: pass --init-from resume to continue it, or another")
+    if nested(args.data_dir, args.out_dir):  # each save replaces --out-dir whole
+        raise UserError(f"--data-dir {args.data_dir} lies in --out-dir {args.out_dir}, which each save replaces whole")
     init_meta = read_meta(init_dir)
     state = read_train_state(init_dir) if resume else None
     model_block = init_meta["model"]["block_size"]
@@ -480,6 +482,8 @@ def check_run(args):
         args.ar_weight = init_meta.get("ar_weight", 0.0) if args.diffusion_block else 0.0
     if args.ar_weight and (not args.diffusion_block or args.objective == "ar" or args.no_shift):
         raise UserError("--ar-weight keeps the AR model of block diffusion: it needs --diffusion-block and the shift")
+    if args.masked_blocks and not args.diffusion_block:
+        raise UserError("--masked-blocks masks whole blocks of block diffusion: it needs --diffusion-block")
     check_data(args.data_dir, init_dir, init_meta, args.block_size, model_block)
     return init_dir, state
 

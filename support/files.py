@@ -88,11 +88,11 @@ def nested(a, b):
 
 
 def not_an_input(output, *inputs):
-    """Refuse an output that would replace an input of the same command: the input file itself, or a file that
-    exists in an input folder (a checkpoint's config.json). A new file beside a checkpoint's is fine."""
+    """Refuse an output that is an input of the same command, or lies in an input folder: a checkpoint directory
+    is replaced whole by its next save, and a file added to it would go with it."""
     for source in filter(None, inputs):
-        if output and nested(output, source) and (Path(output).exists() or not Path(source).is_dir()):
-            raise UserError(f"{output} would replace {source}, an input of this command: write it elsewhere")
+        if output and nested(output, source):
+            raise UserError(f"{output} is, or lies in, {source}, an input of this command: write it elsewhere")
 
 
 def replace_dir(new, path):

@@ -491,6 +491,7 @@ ROWS = [
     (lambda w: ["convert.py", w.d / "empty.gguf", OUT], 1, ["GGUF"]),
     (lambda w: ["convert.py", w.d / "random.gguf", OUT], 1, ["GGUF"]),
     # found by a second attack
+    (lambda w: train(w, "--masked-blocks", "0.5"), 1, ["--masked-blocks", "--diffusion-block"]),
     (lambda w: resume(w.run_step_str, *LONGER), 1, ["training", "step", "an int"]),
     (lambda w: resume(w.run_no_step, *LONGER), 1, ["training", "step", "an int"]),
     (
@@ -498,7 +499,9 @@ ROWS = [
         1,
         ["input"],
     ),
-    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--ar", "--output", w.ckpt / "config.json"], 1, ["would replace"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--ar", "--output", w.ckpt / "config.json"], 1, ["lies in"]),
+    (lambda w: ["sample.py", "--ckpt", w.run, "--ar", "--output", w.run / "samples.jsonl"], 1, ["lies in"]),
+    (lambda w: resume(w.run, "--data-dir", w.run / "data", *LONGER), 1, ["--data-dir", "replaces whole"]),
     (lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--output", w.text], 1, ["input"]),
     (
         lambda w: ["sample.py", "--ckpt", w.ckpt, "--prompt", "x", "--prompt-file", w.d / "long.txt"],
