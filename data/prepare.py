@@ -177,6 +177,9 @@ def plan(args):
     """-> [Source]: the input files as one source, or the recipe's parts with their budgets."""
     if not args.recipe:
         shards = [{"name": str(f), "local": f} for path in args.inputs for f in files_of(path)]
+        seen = collections.Counter(f["local"].resolve() for f in shards)
+        if twice := [str(f) for f, n in seen.items() if n > 1]:  # its documents would be in train and val both
+            raise UserError(f"input {twice[0]} is given twice (directly or in a folder): each file once")
         return [Source("sft" if args.sft else "text", shards, "text", None, args.tokens, args.val_tokens)]
     recipe = RECIPES[args.recipe]
     total = args.tokens or recipe.get("tokens")

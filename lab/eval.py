@@ -574,11 +574,13 @@ def harness_tasks(args):
 
 
 WINDOW = checked(int, lambda v: v == 0 or v >= 2, "0 (the model's) or at least 2: a context and a token")
-ONLY_FOR = {
+ONLY_FOR = {  # options that only these tasks read (None: --lm-eval); with another task they are refused
     "judge": ["genppl"],
     "t_grid": ["nll"],
     "score": ["choice", None],
-}  # the tasks that read them (None: lm-eval)
+    "data": ["nll", "lambada", "choice", "infill"],
+    "include_path": [None],
+}
 TASKS = {"nll": task_nll, "lambada": task_lambada, "choice": task_choice, "infill": task_infill, "genppl": task_genppl}
 
 

@@ -169,6 +169,8 @@ def w(stories_ckpt, tmp_path_factory):
     (d / "binary.bin").write_bytes(bytes(range(256)) * 4)
     (d / "binary.txt").write_bytes(bytes(range(256)) * 4)
     (d / "random.gguf").write_bytes(bytes(range(256)) * 40)
+    (d / "texts").mkdir()
+    (d / "texts" / "a.txt").write_text(TEXT.read_text()[:20_000])
     return ns
 
 
@@ -491,6 +493,21 @@ ROWS = [
     (lambda w: ["convert.py", w.d / "empty.gguf", OUT], 1, ["GGUF"]),
     (lambda w: ["convert.py", w.d / "random.gguf", OUT], 1, ["GGUF"]),
     # found by a second attack
+    (
+        lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, w.d / "texts", w.d / "texts" / "a.txt"],
+        1,
+        ["twice"],
+    ),
+    (
+        lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "genppl", "--judge", w.ckpt, "--data", w.text],
+        1,
+        ["--data"],
+    ),
+    (
+        lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--include-path", w.d],
+        1,
+        ["--include"],
+    ),
     (lambda w: train(w, "--masked-blocks", "0.5"), 1, ["--masked-blocks", "--diffusion-block"]),
     (lambda w: resume(w.run_step_str, *LONGER), 1, ["training", "step", "an int"]),
     (lambda w: resume(w.run_no_step, *LONGER), 1, ["training", "step", "an int"]),
