@@ -562,7 +562,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        sys.exit(f"error: {e}")
+    cli.run_main(main)  # an error is one line; `| head` stops it quietly

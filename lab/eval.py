@@ -580,6 +580,10 @@ ONLY_FOR = {  # options that only these tasks read (None: --lm-eval); with anoth
     "score": ["choice", None],
     "data": ["nll", "lambada", "choice", "infill"],
     "include_path": [None],
+    "greedy": ["lambada", "infill"],
+    "temperature": ["genppl"],
+    "top_p": ["genppl"],
+    **dict.fromkeys(["threshold", "block_length", "cache"], ["infill", "genppl", None]),  # sample.py's decoding
 }
 TASKS = {"nll": task_nll, "lambada": task_lambada, "choice": task_choice, "infill": task_infill, "genppl": task_genppl}
 

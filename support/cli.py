@@ -171,3 +171,15 @@ def precision(name, device):
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return dtype, torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
+
+def run_main(main):
+    """A script's entry: a UserError is one line `error: ...` (exit 1); a reader that stops early (`| head`) ends
+    the script quietly, as it ends cat, with the shell's code for SIGPIPE."""
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail too
+        sys.exit(128 + signal.SIGPIPE)

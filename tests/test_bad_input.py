@@ -493,6 +493,8 @@ ROWS = [
     (lambda w: ["convert.py", w.d / "empty.gguf", OUT], 1, ["GGUF"]),
     (lambda w: ["convert.py", w.d / "random.gguf", OUT], 1, ["GGUF"]),
     # found by a second attack
+    (lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--cache"], 1, ["--cache", "nll"]),
+    (lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "choice", "--data", w.text, "--greedy"], 1, ["--greedy"]),
     (
         lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, w.d / "texts", w.d / "texts" / "a.txt"],
         1,
