@@ -453,8 +453,6 @@ def parse_args(argv=None):
     if args.grad_accum % world:
         raise UserError(f"--grad-accum {args.grad_accum} is not a multiple of the {world} processes")
     cli.pick_device(args.device)  # a device this machine lacks: refused before any work
-    if args.fsdp and "RANK" not in os.environ:
-        raise UserError("--fsdp shards the model over torchrun's processes: start train.py with torchrun")
     if saved:
         check_resume(args, saved, done, given, lr_at)
     return args
@@ -466,6 +464,8 @@ def check_run(args):
     init_dir = args.out_dir if resume else Path(args.init_from)
     if not resume and args.out_dir.exists():
         raise UserError(f"--out-dir {args.out_dir} already exists: pass --init-from resume to continue it, or another")
+    if args.fsdp and "RANK" not in os.environ:
+        raise UserError("--fsdp shards the model over torchrun's processes: start train.py with torchrun")
     if nested(args.data_dir, args.out_dir):  # each save replaces --out-dir whole
         raise UserError(f"--data-dir {args.data_dir} lies in --out-dir {args.out_dir}, which each save replaces whole")
     init_meta = read_meta(init_dir)
