@@ -54,9 +54,12 @@ PROBABILITY = checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
 
 
 def output_file(text):
-    """An argparse type for --output / --json: refused before any work unless it can be written."""
+    """An argparse type for --output / --json: refused before any work unless it can be written. Written by an
+    atomic rename, which replaces the name itself: a link (/dev/stdout) or a folder there is refused."""
     path = Path(text)
-    if path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+    if path.is_symlink() or path.exists() and not path.is_file():
+        raise argparse.ArgumentTypeError(f"cannot write {text}: a link or not a file (the rename would replace it)")
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
         raise argparse.ArgumentTypeError(f"cannot write {text}: not a file in a writable folder")
     return path
 

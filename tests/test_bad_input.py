@@ -169,6 +169,7 @@ def w(stories_ckpt, tmp_path_factory):
     (d / "binary.bin").write_bytes(bytes(range(256)) * 4)
     (d / "binary.txt").write_bytes(bytes(range(256)) * 4)
     (d / "random.gguf").write_bytes(bytes(range(256)) * 40)
+    (d / "link.jsonl").symlink_to(d / "a_file.txt")  # as /dev/stdout is a link: a rename would replace it
     (d / "texts").mkdir()
     (d / "texts" / "a.txt").write_text(TEXT.read_text()[:20_000])
     return ns
@@ -493,6 +494,7 @@ ROWS = [
     (lambda w: ["convert.py", w.d / "empty.gguf", OUT], 1, ["GGUF"]),
     (lambda w: ["convert.py", w.d / "random.gguf", OUT], 1, ["GGUF"]),
     # found by a second attack
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--ar", "--output", w.d / "link.jsonl"], 2, ["--output", "a link"]),
     (lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--cache"], 1, ["--cache", "nll"]),
     (lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "choice", "--data", w.text, "--greedy"], 1, ["--greedy"]),
     (
