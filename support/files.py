@@ -24,7 +24,7 @@ def atomic_dir(path, overwrite=False, last_file=None):
     leave any of them: clear_leftovers clears those of dead processes, restore_previous puts back an
     .old-* that holds last_file (the file the block writes last).
     """
-    path = Path(path)
+    path = Path(path).resolve() if Path(path).is_symlink() else Path(path)  # a link: write where it points
     if path.exists() and not overwrite:
         raise UserError(f"{path} already exists (pass --force to overwrite it)")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,7 +105,7 @@ def replace_dir(new, path):
     path.rename(old)
     new.rename(path)
     old.rename(trash)
-    shutil.rmtree(trash)
+    trash.unlink() if trash.is_symlink() else shutil.rmtree(trash)  # a link: its target is not ours to delete
 
 
 def atomic_write(path, data):

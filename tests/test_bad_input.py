@@ -662,3 +662,13 @@ def test_ar_training_from_a_block_checkpoint_records_no_blocks(w, tmp_path):
     )
     meta = json.loads((tmp_path / "ar" / "config.json").read_text())
     assert meta["training"]["args"]["diffusion_block"] == 0 and "mfu=" not in proc.stderr
+
+
+def test_a_linked_output_folder_is_written_where_it_points(w, tmp_path):
+    """convert.py --force onto a link to a checkpoint: the link stays, its target becomes the new checkpoint
+    (the atomic replace once renamed the link aside, then failed on rmtree of a link: a traceback)."""
+    target, link = tmp_path / "target", tmp_path / "link"
+    shutil.copytree(w.ckpt_blocks, target)
+    link.symlink_to(target)
+    run("convert.py", STORIES_BIN, link, "--tokenizer", STORIES_TOK, "--force")
+    assert link.is_symlink() and "diffusion_block" not in json.loads((target / "config.json").read_text())
