@@ -140,6 +140,7 @@ def parse_args(argv):
     p.add_argument("--workers", type=COUNT, default=min(8, os.cpu_count() or 1), help="tokenizing processes")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     args = p.parse_args(argv)
+    args.out = args.out.resolve() if args.out.is_symlink() else args.out  # a link: write where it points
     if not args.out.resolve().name or args.out.resolve() == Path.cwd():
         raise UserError(f"--out {args.out} must name a folder to create, not the current one")
     if args.out.exists() and not args.force:
