@@ -512,9 +512,7 @@ def main(argv=None):
                 raise UserError(f"--verifier {args.verifier} has another tokenizer than {args.ckpt}")
             trained = Trained.of(meta, tok.n_vocab, tok.eos_id)
             if trained.objective != "ar" and not trained.keeps_ar:  # a diffusion model's AR reading verifies nothing
-                raise UserError(
-                    f"--verifier {args.verifier} is not an AR checkpoint (nor one trained with --ar-weight)"
-                )
+                raise UserError(f"--verifier {args.verifier} is not an AR checkpoint (nor trained with --ar-weight)")
     block = 0 if args.ar else trained.block
     if block and (args.cache or any(suffix for _, suffix in encoded) or args.block_length > block):
         what = "--cache: its cache is exact, and always on" if args.cache else "suffix: its blocks see only the past"
