@@ -81,13 +81,26 @@ def model_config(d):
 
 
 is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # JSON's true is no token id
+names = lambda v: (
+    isinstance(v, list) and all(isinstance(f, str) and f == Path(f).name and f not in ("", "..") for f in v)
+)
 
-FACTS = {  # config.json's own keys: (rule, what it must be); "shift", "diffusion_block", "ar_weight" may be absent
+FACTS = {  # config.json's own keys: (rule, what it must be); "bos_token_id", "shift", "diffusion_block", "ar_weight"
+    # may be absent
     "objective": (lambda v: v in ("ar", "diffusion"), "'ar' or 'diffusion'"),
     "mask_token_id": (is_int, "an int"),
     "eos_token_id": (lambda v: v is None or is_int(v), "an int or null"),
+    "bos_token_id": (lambda v: v is None or is_int(v), "an int or null"),
+    "tokenizer": (
+        lambda v: isinstance(v, dict) and isinstance(v.get("type"), str) and names(v.get("files")),
+        '{"type": a string, "files": [file names in the checkpoint]}',
+    ),
     "shift": (lambda v: isinstance(v, bool), "true or false"),
     "diffusion_block": (lambda v: v is None or is_int(v) and v >= 0, "null or an int >= 0"),
+    "training": (
+        lambda v: isinstance(v, dict) and isinstance(v.get("args"), dict) and is_int(v.get("step")),
+        '{"args": {...}, "step": an int}',
+    ),
     "ar_weight": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e9, "a number >= 0"),
 }
 
@@ -115,9 +128,14 @@ def read_meta(path):
             raise UserError(f"{path / CONFIG_FILE}: the model config lacks {key!r}")
     for key, (ok, want) in FACTS.items():
         if key in meta and not ok(meta[key]):
-            raise UserError(f"{path / CONFIG_FILE}: {key} is {meta[key]!r}, not {want}")
-    if not 0 <= meta["mask_token_id"] < meta["model"]["vocab_size"]:
-        raise UserError(f"{path / CONFIG_FILE}: mask_token_id {meta['mask_token_id']} is outside the vocabulary")
+            raise UserError(f"{path / CONFIG_FILE}: {key} is {repr(meta[key])[:60]}, not {want}")
+    if (block := meta.get("diffusion_block") or 0) >= meta["model"]["block_size"]:  # train.py writes null for that
+        raise UserError(
+            f"{path / CONFIG_FILE}: diffusion_block {block} is not below block_size {meta['model']['block_size']}"
+        )
+    for key in ("mask_token_id", "bos_token_id", "eos_token_id"):  # ids the embedding table must hold
+        if meta.get(key) is not None and not 0 <= meta[key] < meta["model"]["vocab_size"]:
+            raise UserError(f"{path / CONFIG_FILE}: {key} {meta[key]} is outside the vocabulary")
     for name in meta["tokenizer"].get("files", []):
         if not (path / name).is_file():
             raise UserError(f"checkpoint {path} lacks its tokenizer file {name}")

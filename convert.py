@@ -29,7 +29,7 @@ from formats.hf import check_against_transformers, read_hf, released_mask_id
 from formats.llama2c import read_llama2c
 from model import ModelConfig
 from support.cli import HelpFormatter, UserError
-from support.files import sole_writer
+from support.files import nested, sole_writer
 from tokenizer import find_tokenizer, read_vocabulary
 
 
@@ -53,7 +53,7 @@ def magic(path):
 
 def load_source(src, scratch):
     """A llama2.c or GGUF file, or a Hugging Face directory -> Source (scratch: a folder for files it makes)."""
-    if src.is_file() and magic(src) == b"GGUF":
+    if src.is_file() and (magic(src) == b"GGUF" or src.suffix.lower() == ".gguf"):  # its name, if not its bytes
         cfg, state, tokenizer = read_gguf(src, scratch)
         return Source(cfg, state, "gguf", "ar", None, tokenizer)
     if src.is_file():
@@ -93,6 +93,8 @@ def parse_args(argv):
     a("--check", action="store_true", help="compare logits with transformers after converting")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if Path(args.src).exists() and nested(args.src, out):  # --force would replace the source with its conversion
+        raise UserError(f"{out} is the source {args.src}, or holds it or lies in it: write the checkpoint elsewhere")
     if out.exists() and args.force and not (out / "config.json").is_file():
         raise UserError(f"{out} is not a checkpoint directory: refusing to replace it")
     if out.exists() and not args.force:

@@ -17,6 +17,7 @@ samples; progress, speed and --show go to standard error.
 """
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -30,13 +31,15 @@ from data.corpus import read_prompts, read_text
 from model import mix, predicting, with_clean_copy
 from support import cli
 from support.cli import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, HelpFormatter, UserError, output_file
-from support.files import atomic_write
+from support.files import growing_file, not_an_input
 from support.report import Show
 from support.rows import key_mask, pad_right, span_mask
 from support.sampling import Sampling, Streams, draw, sample_tokens, sampling_probs
 from tokenizer import load_tokenizer, until_eos
 
 STRATEGIES = ("random", "confidence", "margin", "entropy")
+DIFFUSION_ONLY = {"steps", "strategy", "threshold", "block_length", "cache", "show", "diffusion"}  # AR refuses them
+SAMPLING = {"temperature", "top_k", "top_p"}  # --greedy refuses them
 
 
 @dataclass(frozen=True)
@@ -430,7 +433,7 @@ def parse_args(argv):
     a("--prompt-file", type=Path, help="read the prompt from a file")
     a("--prompts", type=Path, help='many prompts, one a line (a JSON object: {"prompt", "suffix"?}); in batches')
     a("--batch-size", type=COUNT, default=16, help="rows (samples of prompts) decoded together")
-    a("--output", type=output_file, help="one JSON line per sample: prompt, suffix, text, tokens, forward_passes")
+    a("--output", type=output_file, help="one JSON line per sample, written as batches finish (README)")
     a("--suffix", default="", help="text after the generated part (infilling)")
     a("--length", type=COUNT, default=128, help="tokens to generate")
     a("--num-samples", type=COUNT, default=1, help="samples of the same prompt, decoded together")
@@ -447,23 +450,31 @@ def parse_args(argv):
     a("--block-length", type=NON_NEGATIVE, default=0, help="semi-autoregressive blocks of this many tokens")
     a("--cache", action="store_true", help="approximate: reuse the keys/values of settled positions (Fast-dLLM)")
     a("--ar", action="store_true", help="plain autoregressive sampling with a KV cache")
+    a("--diffusion", action="store_true", help="decode an AR checkpoint by diffusion all the same (unadapted: noise)")
     a("--speculative", action="store_true", help="--ar's output, faster: a block model drafts, the AR mode verifies")
     a("--verifier", type=Path, help="--speculative, verified by this AR checkpoint (its --ar output)")
     # output and system
     a("--show", action="store_true", help="draw the denoising as it happens (standard error)")
     cli.add_device_options(p)
     a("--compile", action="store_true", help="torch.compile the model (GPU; worth it for long or many decodes)")
-    args = p.parse_args(argv)
+    args, given = p.parse_args(argv), set(cli.given_options(p, argv))
     args.steps = min(args.steps, args.length)  # more steps than tokens: the extra ones would reveal nothing
     args.speculative |= args.verifier is not None
     args.ar |= args.speculative  # AR decoding, with drafts
-    if args.ar and args.suffix:
-        raise UserError("--suffix needs diffusion decoding (drop --ar)")
+    inert = sorted(given & ((DIFFUSION_ONLY if args.ar else set()) | (SAMPLING if args.greedy else set())))
+    if inert:  # an option that does nothing in the chosen mode is refused, not ignored
+        mode = "--greedy" if inert[0] in SAMPLING else "AR decoding (--ar, --speculative)"
+        raise UserError(f"--{inert[0].replace('_', '-')} does nothing with {mode}")
+    not_an_input(args.output, args.prompts, args.prompt_file, args.ckpt)
+    if args.prompt_file and args.prompt:
+        raise UserError("--prompt and --prompt-file both give the prompt: drop one")
     if args.prompt_file:
         args.prompt = read_text(args.prompt_file, "--prompt-file")
     if args.prompts and (args.prompt or args.prompt_file or args.suffix):
         raise UserError("--prompts gives the prompts (and suffixes): drop --prompt, --prompt-file and --suffix")
     args.items = read_prompts(args.prompts) if args.prompts else [(args.prompt, args.suffix, None)]
+    if args.ar and any(suffix for _, suffix, _ in args.items):
+        raise UserError("a suffix (--suffix, or in --prompts) needs diffusion decoding: drop --ar")
     args.device = cli.pick_device(args.device)
     args.dtype = cli.pick_dtype(args.dtype, args.device)
     return args
@@ -472,15 +483,17 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     model, meta = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
-    if args.compile:
+    if args.compile:  # minutes before the first token, on a CPU too: worth it for long or many decodes
+        print(f"compiling the model for {args.device.type} (the first pass takes minutes)", file=sys.stderr)
         model = torch.compile(model, dynamic=True)  # dynamic: each step asks for logits at a different count
     tok = load_tokenizer(args.ckpt, meta)
     encoded = []  # (prefix ids, suffix ids) of each prompt
     for prompt, suffix, line in args.items:
         prefix, suffix_tokens = tok.encode(prompt, bos=True, special=True), tok.encode_suffix(prompt, suffix)
-        total = len(prefix) + args.length + len(suffix_tokens)
+        total, where = len(prefix) + args.length + len(suffix_tokens), f"{args.prompts}:{line}: " if line else ""
+        if not prefix:  # nothing to continue from: this tokenizer adds no BOS (SmolLM2's)
+            raise UserError(f"{where}the prompt is empty, and {args.ckpt}'s tokenizer adds no BOS: give a prompt")
         if total > model.cfg.block_size:
-            where = f"{args.prompts}:{line}: " if line else ""
             sizes = f"prompt ({len(prefix)}) + length ({args.length}) + suffix ({len(suffix_tokens)}) = {total} tokens"
             raise UserError(f"{where}{sizes} exceeds the model's context of {model.cfg.block_size}")
         encoded.append((prefix, suffix_tokens))
@@ -498,55 +511,53 @@ def main(argv=None):
             if load_tokenizer(args.verifier, meta).n_vocab != tok.n_vocab:
                 raise UserError(f"--verifier {args.verifier} has another tokenizer than {args.ckpt}")
             trained = Trained.of(meta, tok.n_vocab, tok.eos_id)
+            if trained.objective != "ar" and not trained.keeps_ar:  # a diffusion model's AR reading verifies nothing
+                raise UserError(f"--verifier {args.verifier} is not an AR checkpoint (nor trained with --ar-weight)")
     block = 0 if args.ar else trained.block
-    if block and (args.cache or any(suffix for _, suffix in encoded)):
+    if block and (args.cache or any(suffix for _, suffix in encoded) or args.block_length > block):
         what = "--cache: its cache is exact, and always on" if args.cache else "suffix: its blocks see only the past"
+        what = f"--block-length over {block}: a block is decoded whole" if args.block_length > block else what
         raise UserError(f"{args.ckpt} is a block-diffusion checkpoint (blocks of {block}), so no {what}")
+    if meta["objective"] == "ar" and not args.ar and not args.diffusion:  # unadapted, it decodes noise
+        raise UserError(f"{args.ckpt} is an AR checkpoint: sample it with --ar, or pass --diffusion to decode it so")
     if not args.ar:  # too few steps for the blocks a span crosses: refused before any work, by the schedule itself
         starts, width = [len(p) for p, _ in encoded], max(len(p) + args.length + len(s) for p, s in encoded)
         schedule(span_mask(starts, args.length, width), starts, decoding, trained.blocks_in(width))
-    if args.ar != (meta["objective"] == "ar") and not (args.speculative or args.ar and trained.keeps_ar):
-        how = "autoregressively" if args.ar else "by diffusion"
-        print(f"note: {args.ckpt} was trained with the {meta['objective']} objective, decoding {how}", file=sys.stderr)
+    if args.ar and meta["objective"] != "ar" and not (args.speculative or trained.keeps_ar):
+        print(f"note: {args.ckpt} was trained with the diffusion objective, decoding autoregressively", file=sys.stderr)
 
-    # decode every sample of every prompt, in batches; row (i, s) is sample s of prompt i, from its own stream
+    # decode every sample of every prompt, in batches; row (i, s) is sample s of prompt i, from its own stream. Each
+    # batch is written when done: texts on standard output, or JSON lines to --output (OUTPUT.partial until the end)
     show = Show(tok, args.steps) if args.show else None
     rows = [(i, s) for i in range(len(encoded)) for s in range(args.num_samples)]
-    generated, passes, total_passes, drafts, t0 = [], [], 0, [], time.perf_counter()  # passes: each row's batch's
-    for first in range(0, len(rows), args.batch_size):
-        batch = rows[first : first + args.batch_size]
-        seeds = [mix(args.seed, i, s) for i, s in batch]  # a sample draws the same in any batch
-        prompts = [encoded[i] for i, _ in batch]
-        ids, forwards, accepted = decode(
-            model, trained, prompts, args.length, decoding, seeds=seeds, ar=args.ar, on_step=show, drafter=drafter
-        )
-        generated += ids
-        passes += [forwards] * len(batch)
-        total_passes += forwards
-        drafts += accepted
+    n, passes, total_passes, drafts, t0 = 0, 0, 0, [], time.perf_counter()  # passes: summed over rows
+    bar = cli.progress_bar(total=len(rows), unit="sample", disable=len(rows) <= args.batch_size)
+    with growing_file(args.output) if args.output else contextlib.nullcontext(sys.stdout) as out:
+        for first in range(0, len(rows), args.batch_size):
+            batch = rows[first : first + args.batch_size]
+            seeds = [mix(args.seed, i, s) for i, s in batch]  # a sample draws the same in any batch
+            prompts = [encoded[i] for i, _ in batch]
+            generated, forwards, accepted = decode(
+                model, trained, prompts, args.length, decoding, seeds=seeds, ar=args.ar, on_step=show, drafter=drafter
+            )
+            n, drafts = n + sum(map(len, generated)), drafts + accepted
+            passes, total_passes = passes + forwards * len(batch), total_passes + forwards
+            for k, ((i, _), ids) in enumerate(zip(batch, generated)):
+                text = tok.render(encoded[i][0], ids, encoded[i][1])
+                record = {"prompt": args.items[i][0], "suffix": args.items[i][1], "text": text}
+                record |= {"tokens": until_eos(ids, tok.eos_id), "batch_forward_passes": forwards}  # alone: fewer
+                out.write(json.dumps(record) + "\n" if args.output else f"\n\n{'-' * 40}\n\n" * (first + k > 0) + text)
+            out.flush()
+            bar.update(len(batch))
+    bar.close()
+    print(end="" if args.output else "\n")
     elapsed = time.perf_counter() - t0
-
-    # output: the texts on standard output, or one JSON line per sample in --output
-    texts = [tok.render(encoded[i][0], ids, encoded[i][1]) for (i, _), ids in zip(rows, generated)]
-    if args.output:
-        records = [
-            {"prompt": args.items[i][0], "suffix": args.items[i][1], "text": text}
-            | {"tokens": until_eos(ids, tok.eos_id), "forward_passes": n}
-            for (i, _), text, ids, n in zip(rows, texts, generated, passes)
-        ]
-        atomic_write(args.output, "".join(json.dumps(r) + "\n" for r in records))
-    else:
-        print(("\n\n" + "-" * 40 + "\n\n").join(texts))
-    n = sum(map(len, generated))
     said = f"{n} tokens in {elapsed:.2f} s ({n / elapsed:,.1f} tokens/s), {total_passes} forward passes"
     if args.speculative:  # a pass reads each row's draft: what it yields is per row
-        said += f", {n / sum(passes):.2f} tokens per pass and row; drafts of {drafter[1].block - 1} tokens, "
+        said += f", {n / passes:.2f} tokens per pass and row; drafts of {drafter[1].block - 1} tokens, "
         said += f"{sum(drafts) / max(1, len(drafts)):.2f} accepted on average"
     print(said, file=sys.stderr)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        sys.exit(f"error: {e}")
+    cli.run_main(main)  # an error is one line; `| head` stops it quietly

@@ -40,7 +40,7 @@ from data.shards import Data, check_data
 from model import ar_loss, attention_at, diffusion_loss
 from support import cli
 from support.cli import COUNT, NON_NEGATIVE, POSITIVE, HelpFormatter, UserError, checked
-from support.files import sole_writer
+from support.files import nested, sole_writer
 from support.flex import AnnealFlex
 from support.report import HAVE_MATPLOTLIB, flops_per_token, peak_flops, plot_curves
 
@@ -208,8 +208,9 @@ def train(args, init_dir, resumed):
         steps_timed += 1
         if master:
             rate = steps_timed / (time.perf_counter() - t_last)
-            tok_s, mfu = f"{tokens_per_step * rate:,.0f}", f"{flops_per_step * rate / peak:.1%}"
-            bar.set_postfix(loss=f"{train_loss:.3f}", ce=f"{train_ce:.3f}", tok_s=tok_s, mfu=mfu, refresh=False)
+            tok_s = f"{tokens_per_step * rate:,.0f}"
+            mfu = {"mfu": f"{flops_per_step * rate / peak:.1%}"} if device.type == "cuda" else {}  # a CPU: no datasheet
+            bar.set_postfix(loss=f"{train_loss:.3f}", ce=f"{train_ce:.3f}", tok_s=tok_s, **mfu, refresh=False)
             bar.update(1)
 
         # evaluate and checkpoint (a signal saves without evaluating, then stops)
@@ -338,7 +339,8 @@ CURVES = {  # loss.png: metric -> label
 
 class Diverged(UserError):
     def __init__(self, what, out_dir):
-        super().__init__(f"{what}: the run diverged and stopped; the last checkpoint in {out_dir} is kept")
+        kept = (out_dir / "train_state.pt").is_file() and f"the last checkpoint in {out_dir} is kept"  # if there is one
+        super().__init__(f"{what}: the run diverged and stopped; {kept or f'no checkpoint was written to {out_dir}'}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,18 +464,26 @@ def check_run(args):
     init_dir = args.out_dir if resume else Path(args.init_from)
     if not resume and args.out_dir.exists():
         raise UserError(f"--out-dir {args.out_dir} already exists: pass --init-from resume to continue it, or another")
+    if args.fsdp and "RANK" not in os.environ:
+        raise UserError("--fsdp shards the model over torchrun's processes: start train.py with torchrun")
+    if nested(args.data_dir, args.out_dir):  # each save replaces --out-dir whole
+        raise UserError(f"--data-dir {args.data_dir} lies in --out-dir {args.out_dir}, which each save replaces whole")
     init_meta = read_meta(init_dir)
     state = read_train_state(init_dir) if resume else None
     model_block = init_meta["model"]["block_size"]
     args.block_size = args.block_size or min(model_block, 1024)
+    if args.objective == "ar" and args.diffusion_block:
+        raise UserError(f"--diffusion-block {args.diffusion_block} is block diffusion's: --objective ar has no blocks")
     if args.diffusion_block is None:  # a block-diffusion checkpoint trains on with its blocks
-        args.diffusion_block = init_meta.get("diffusion_block") or 0
+        args.diffusion_block = init_meta.get("diffusion_block") or 0 if args.objective == "diffusion" else 0
     if args.diffusion_block >= args.block_size:  # one block: the whole sequence, the paper
         args.diffusion_block = 0
     if args.ar_weight is None:  # a self-speculative checkpoint trains on with its AR weight
         args.ar_weight = init_meta.get("ar_weight", 0.0) if args.diffusion_block else 0.0
     if args.ar_weight and (not args.diffusion_block or args.objective == "ar" or args.no_shift):
         raise UserError("--ar-weight keeps the AR model of block diffusion: it needs --diffusion-block and the shift")
+    if args.masked_blocks and not args.diffusion_block:
+        raise UserError("--masked-blocks masks whole blocks of block diffusion: it needs --diffusion-block")
     check_data(args.data_dir, init_dir, init_meta, args.block_size, model_block)
     return init_dir, state
 

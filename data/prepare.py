@@ -48,7 +48,7 @@ from checkpoint import read_meta
 from data.corpus import SUFFIXES, check_file, files_of, natural_key, pair_of, records, text_of
 from data.download import download_dataset_file, download_url, hub_dataset_files
 from support.cli import COUNT, HelpFormatter, UserError, checked, progress_bar
-from support.files import atomic_write, clear_leftovers, die_with_parent, replace_dir, sole_writer
+from support.files import atomic_write, clear_leftovers, die_with_parent, nested, replace_dir, sole_writer
 from tokenizer import fingerprint, load_tokenizer
 
 # The public corpora. A hub corpus names the folders that can be listed, each with the tokens its
@@ -140,6 +140,7 @@ def parse_args(argv):
     p.add_argument("--workers", type=COUNT, default=min(8, os.cpu_count() or 1), help="tokenizing processes")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     args = p.parse_args(argv)
+    args.out = args.out.resolve() if args.out.is_symlink() else args.out  # a link: write where it points
     if not args.out.resolve().name or args.out.resolve() == Path.cwd():
         raise UserError(f"--out {args.out} must name a folder to create, not the current one")
     if args.out.exists() and not args.force:
@@ -163,6 +164,9 @@ def parse_args(argv):
             raise UserError(f"--source {name}=...: the recipe {args.recipe} has no part {name!r} ({', '.join(parts)})")
         if not Path(path).exists():
             raise UserError(f"--source {path} does not exist")
+    for path in [*args.inputs, *args.sources.values(), args.tokenizer]:  # --force must not replace what it reads
+        if Path(path).exists() and nested(path, args.out):
+            raise UserError(f"--out {args.out} is {path}, or holds it or lies in it: an input is never the output")
     return args, meta
 
 
@@ -174,6 +178,9 @@ def plan(args):
     """-> [Source]: the input files as one source, or the recipe's parts with their budgets."""
     if not args.recipe:
         shards = [{"name": str(f), "local": f} for path in args.inputs for f in files_of(path)]
+        seen = collections.Counter(f["local"].resolve() for f in shards)
+        if twice := [str(f) for f, n in seen.items() if n > 1]:  # its documents would be in train and val both
+            raise UserError(f"input {twice[0]} is given twice (directly or in a folder): each file once")
         return [Source("sft" if args.sft else "text", shards, "text", None, args.tokens, args.val_tokens)]
     recipe = RECIPES[args.recipe]
     total = args.tokens or recipe.get("tokens")
@@ -426,6 +433,7 @@ def prepare_source(source, folder, progress, encode, args):
         if writer.pending("train") >= args.shard_tokens:  # a shard is complete: a rerun starts after it
             writer.close()
             save_progress(folder, progress)
+    bar.total = bar.n  # finished: the last progress line says so (a log otherwise ends on the first, 0 tokens)
     bar.close()
     writer.close()
     state["done"] = True
@@ -496,8 +504,9 @@ def main(argv=None):
         for split in ("train", "val"):
             if totals[split] == 0:
                 shutil.rmtree(folder)
-                n_docs = sum(st["documents"] for st in states.values())
-                raise UserError(f"no {split} data: the input is empty or too small (got {n_docs} documents)")
+                n_docs, skipped = (sum(st[k] for st in states.values()) for k in ("documents", "skipped"))
+                why = f", {skipped} pairs longer than --block-size {args.block_size} skipped" if skipped else ""
+                raise UserError(f"no {split} data: the input is empty or too small (got {n_docs} documents{why})")
         info = {
             "tokenizer_fingerprint": options["tokenizer"],
             "tokenizer": meta["tokenizer"]["type"],

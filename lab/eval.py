@@ -46,12 +46,13 @@ from support.cli import (
     UserError,
     add_device_options,
     checked,
+    given_options,
     output_file,
     pick_device,
     pick_dtype,
     progress_bar,
 )
-from support.files import atomic_write
+from support.files import atomic_write, not_an_input
 from support.rows import key_mask, pad_right
 from tokenizer import load_tokenizer, until_eos
 
@@ -284,6 +285,17 @@ def task_nll(model, meta, tok, args):
     return {**result, "stderr": stderr_of_ratio(totals, counts)}, records
 
 
+def passage_of(line, where):
+    """A JSON line's "text": a LAMBADA passage in OpenAI's format."""
+    try:
+        item = json.loads(line)
+    except ValueError:
+        raise UserError(f"{where} is not valid JSON") from None
+    if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+        raise UserError(f'{where} has no "text" string (a .jsonl passage is {{"text": ...}})')
+    return item["text"].strip()
+
+
 def task_lambada(model, meta, tok, args):
     """Last-word accuracy (eval_Lambada in eval-diffugpt.py and eval-diffullama.py): the passage's last
     word is masked and filled in with as many steps as it has tokens, in confidence order, sampling at
@@ -291,6 +303,8 @@ def task_lambada(model, meta, tok, args):
     checkpoints decode greedily: the answer must be their most probable continuation. Each passage
     is counted once."""
     lines = [line for line in read_lines(args.data) if line][: args.limit or None]
+    if args.data.suffix == ".jsonl":  # OpenAI's lambada_test.jsonl: {"text": passage} a line
+        lines = [passage_of(line, f"{args.data}:{k + 1}") for k, line in enumerate(lines)]
     sampling = Sampling(greedy=args.greedy or meta["objective"] == "ar")
     jobs, answers = [], []
     for k, line in enumerate(lines):
@@ -560,6 +574,17 @@ def harness_tasks(args):
 
 
 WINDOW = checked(int, lambda v: v == 0 or v >= 2, "0 (the model's) or at least 2: a context and a token")
+ONLY_FOR = {  # options that only these tasks read (None: --lm-eval); with another task they are refused
+    "judge": ["genppl"],
+    "t_grid": ["nll"],
+    "score": ["choice", None],
+    "data": ["nll", "lambada", "choice", "infill"],
+    "include_path": [None],
+    "greedy": ["lambada", "infill"],
+    "temperature": ["genppl"],
+    "top_p": ["genppl"],
+    **dict.fromkeys(["threshold", "block_length", "cache"], ["infill", "genppl", None]),  # sample.py's decoding
+}
 TASKS = {"nll": task_nll, "lambada": task_lambada, "choice": task_choice, "infill": task_infill, "genppl": task_genppl}
 
 
@@ -611,12 +636,18 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if bool(args.task) == bool(args.lm_eval):
         raise UserError("give --task or --lm-eval (one of them)")
+    for name in given_options(p, argv).keys() & ONLY_FOR.keys():  # an option the task does not read is refused
+        if args.task not in ONLY_FOR[name]:
+            raise UserError(
+                f"--{name.replace('_', '-')} does nothing with {f'--task {args.task}' if args.task else '--lm-eval'}"
+            )
     if args.include_path and not args.include_path.is_dir():
         raise UserError(f"--include-path {args.include_path} is not a directory")
     if args.task not in (None, "genppl") and not args.data:
         raise UserError(f"--task {args.task} needs --data")
     if args.data and not args.data.is_file():
         raise UserError(f"--data {args.data} does not exist")
+    not_an_input(args.output, args.data, args.ckpt, args.judge)
     args.device = pick_device(args.device)
     args.dtype = pick_dtype(args.dtype, args.device)
     return args
@@ -627,6 +658,14 @@ def main(argv=None):
     manager = harness_tasks(args) if args.lm_eval else None
     model, meta = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
     tok = load_tokenizer(args.ckpt, meta)
+    block = meta.get("diffusion_block") or 0  # what sample.py refuses for a block-diffusion checkpoint
+    for refused, why in [
+        (args.cache, "--cache: its cache is exact, and always on"),
+        (args.task == "infill", "infill: its blocks see only the past"),
+        (args.block_length > block, f"--block-length over {block}"),
+    ]:
+        if block and refused:
+            raise UserError(f"{args.ckpt} is a block-diffusion checkpoint (blocks of {block}), so no {why}")
     if args.lm_eval:
         result, records = run_harness(model, meta, tok, args, manager)
     else:

@@ -184,7 +184,7 @@ def pipeline(run, assets):
     run.sample("ar/greedy", "ar", "--ar", "--greedy", *many)
     run.sample("ar/sampling", "ar", "--ar", "--temperature", 0.9, "--top-p", 0.8, *many)
     run.sample("base/greedy", "base", "--ar", "--greedy", "--length", 40)
-    run.sample("base/diffusion", "base", "--steps", 8)
+    run.sample("base/diffusion", "base", "--diffusion", "--steps", 8)
     # evaluate: every task
     (run.out / "choices.jsonl").write_text("".join(json.dumps(c) + "\n" for c in CHOICES))
     text, lambada = assets / "text" / "tinystories_val.txt", assets / "eval" / "lambada_test.txt"

@@ -199,13 +199,18 @@ JOURNAL = "journal.json"
 def check_out(args, command):
     """-> whether --out holds a run of this same command to continue. A new or empty --out starts; --force
     starts over (a miniature's own folder only); a run of another command is refused, naming the difference."""
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} is a file, not a folder")
     if not args.out.exists() or not any(args.out.iterdir()):
         return False
     if not (args.out / JOURNAL).is_file():
         raise UserError(f"{args.out} is not a lab/miniature.py output: refusing to write into it")
     if args.force:
         return False
-    ran = json.loads((args.out / JOURNAL).read_text())["command"]
+    try:
+        ran = json.loads((args.out / JOURNAL).read_text())["command"]
+    except (ValueError, KeyError, TypeError) as e:  # a journal edited or cut short by hand
+        raise UserError(f"{args.out / JOURNAL} cannot be read ({e}): pass --force to start over") from None
     changed = [f"{k} {ran.get(k)} there, {v} here" for k, v in command.items() if ran.get(k) != v]
     if changed:
         raise UserError(
@@ -706,6 +711,10 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.quick and not args.scaling:
         raise UserError("--quick goes with --scaling")
+    if args.blocks and max(args.blocks) >= args.block_size:  # train.py would read it as 0: a second whole-sequence row
+        raise UserError(
+            f"--blocks {max(args.blocks)}: a block must be shorter than --block-size {args.block_size} (0: all of it)"
+        )
     if sum([args.scaling, args.levers is not None, args.blocks is not None, args.speculative]) > 1:
         raise UserError("--scaling, --levers, --blocks and --speculative are studies: run them one at a time")
     if args.levers is not None:

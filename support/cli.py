@@ -8,6 +8,7 @@ option value is refused before any work by its argparse type= (checked, COUNT, .
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -47,15 +48,18 @@ COUNT = checked(int, lambda v: v >= 1, "at least 1")
 
 NON_NEGATIVE = checked(int, lambda v: v >= 0, "at least 0")
 
-POSITIVE = checked(float, lambda v: v > 0, "positive")
+POSITIVE = checked(float, lambda v: 0 < v < math.inf, "positive and finite")
 
 PROBABILITY = checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
 
 
 def output_file(text):
-    """An argparse type for --output / --json: refused before any work unless it can be written."""
+    """An argparse type for --output / --json: refused before any work unless it can be written. Written by an
+    atomic rename, which replaces the name itself: a link (/dev/stdout) or a folder there is refused."""
     path = Path(text)
-    if path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+    if path.is_symlink() or path.exists() and not path.is_file():
+        raise argparse.ArgumentTypeError(f"cannot write {text}: a link or not a file (the rename would replace it)")
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
         raise argparse.ArgumentTypeError(f"cannot write {text}: not a file in a writable folder")
     return path
 
@@ -170,3 +174,15 @@ def precision(name, device):
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return dtype, torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
+
+def run_main(main):
+    """A script's entry: a UserError is one line `error: ...` (exit 1); a reader that stops early (`| head`) ends
+    the script quietly, as it ends cat, with the shell's code for SIGPIPE."""
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail too
+        sys.exit(128 + signal.SIGPIPE)

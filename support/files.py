@@ -24,7 +24,7 @@ def atomic_dir(path, overwrite=False, last_file=None):
     leave any of them: clear_leftovers clears those of dead processes, restore_previous puts back an
     .old-* that holds last_file (the file the block writes last).
     """
-    path = Path(path)
+    path = Path(path).resolve() if Path(path).is_symlink() else Path(path)  # a link: write where it points
     if path.exists() and not overwrite:
         raise UserError(f"{path} already exists (pass --force to overwrite it)")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,9 +60,13 @@ def sole_writer(path, holder=True):
         yield
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"
-    with open(lock, "a+") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock, "a+")
+    except OSError as e:  # a read-only or special folder (/proc): refused before any work
+        raise UserError(f"cannot write {path}: {e.strerror} ({lock})") from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -77,6 +81,20 @@ def sole_writer(path, holder=True):
             lock.unlink(missing_ok=True)  # before the lock is released: a newcomer makes a file of its own
 
 
+def nested(a, b):
+    """Whether paths a and b are one path, or one lies inside the other, however they are spelled (links, "..")."""
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def not_an_input(output, *inputs):
+    """Refuse an output that is an input of the same command, or lies in an input folder: a checkpoint directory
+    is replaced whole by its next save, and a file added to it would go with it."""
+    for source in filter(None, inputs):
+        if output and nested(output, source):
+            raise UserError(f"{output} is, or lies in, {source}, an input of this command: write it elsewhere")
+
+
 def replace_dir(new, path):
     """Rename directory `new` to `path`. A previous `path` is renamed aside first and deleted last: it is
     never deleted in place, so a crash leaves it whole (as .NAME.old-PID, which restore_previous puts back)."""
@@ -87,7 +105,7 @@ def replace_dir(new, path):
     path.rename(old)
     new.rename(path)
     old.rename(trash)
-    shutil.rmtree(trash)
+    trash.unlink() if trash.is_symlink() else shutil.rmtree(trash)  # a link: its target is not ours to delete
 
 
 def atomic_write(path, data):
@@ -99,6 +117,17 @@ def atomic_write(path, data):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+@contextmanager
+def growing_file(path):
+    """A file written as work finishes: appended to PATH.partial, renamed to PATH once whole. An interrupted run
+    leaves what it finished in PATH.partial, and never a PATH that looks complete."""
+    partial = Path(path).with_name(Path(path).name + ".partial")
+    with open(partial, "w") as f:
+        yield f
+        os.fsync(f.fileno())
+    os.replace(partial, path)
 
 
 def is_disk_full(e):

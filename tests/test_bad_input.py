@@ -80,6 +80,19 @@ def w(stories_ckpt, tmp_path_factory):
     ns.ckpt_block_bool = edited_copy(
         ns.ckpt, d / "block_bool", lambda c: edit_json(c / "config.json", lambda m: m.update(diffusion_block=True))
     )
+    for name, edit in {  # issue 29's checkpoints: a tokenizer without BOS (SmolLM2's), config values of wrong kinds
+        "no_bos": dict(bos_token_id=None),
+        "block_four": dict(objective="diffusion", diffusion_block="four"),
+        "block_negative": dict(objective="diffusion", diffusion_block=-2),
+        "block_huge": dict(objective="diffusion", diffusion_block=100000),
+        "bos_outside": dict(bos_token_id=99999),
+        "tokenizer_path": dict(tokenizer={"type": "sentencepiece", "files": ["../tokenizer.model"]}),
+    }.items():
+        setattr(
+            ns,
+            f"ckpt_{name}",
+            edited_copy(ns.ckpt, d / name, lambda c, e=edit: edit_json(c / "config.json", lambda m: m.update(e))),
+        )
     ns.ckpt_mask_str = edited_copy(
         ns.ckpt, d / "mask_str", lambda c: edit_json(c / "config.json", lambda m: m.update(mask_token_id="3"))
     )
@@ -88,6 +101,12 @@ def w(stories_ckpt, tmp_path_factory):
     ns.run_truncated_state = edited_copy(ns.run, d / "run_trunc", lambda r: truncate(r / "train_state.pt"))
     ns.run_evil_state = edited_copy(ns.run, d / "run_evil", lambda r: (r / "train_state.pt").write_bytes(evil()))
     ns.run_bad_metrics = edited_copy(ns.run, d / "run_metrics", lambda r: (r / "metrics.jsonl").write_text("{oops\n"))
+    ns.run_step_str = edited_copy(
+        ns.run, d / "run_step_str", lambda r: edit_json(r / "config.json", lambda m: m["training"].update(step="2"))
+    )
+    ns.run_no_step = edited_copy(
+        ns.run, d / "run_no_step", lambda r: edit_json(r / "config.json", lambda m: m["training"].pop("step"))
+    )
     ns.run_no_state = edited_copy(ns.run, d / "run_nostate", lambda r: (r / "train_state.pt").unlink())
 
     # broken data
@@ -140,10 +159,19 @@ def w(stories_ckpt, tmp_path_factory):
         "a_file.txt": "the user's own file, not a checkpoint\n",
         "long.txt": "Once upon a time\nLily\n" + "the cat sat on the mat " * 200 + "\n",
         "unknown_option.json": '{"learning_rate": 1}\n',
+        "empty_prompt.jsonl": '{"prompt": ""}\n{"prompt": "Hello"}\n',
+        "with_suffix.jsonl": '{"prompt": "Once"}\n{"prompt": "Lily", "suffix": " The end."}\n',
+        "no_text.jsonl": '{"passage": "the cat sat on the mat"}\n',
+        "long_pairs.jsonl": json.dumps({"prompt": "one two " * 40, "response": "three " * 40}) + "\n",
+        "empty.gguf": "",
     }.items():
         (d / name).write_text(content)
     (d / "binary.bin").write_bytes(bytes(range(256)) * 4)
     (d / "binary.txt").write_bytes(bytes(range(256)) * 4)
+    (d / "random.gguf").write_bytes(bytes(range(256)) * 40)
+    (d / "link.jsonl").symlink_to(d / "a_file.txt")  # as /dev/stdout is a link: a rename would replace it
+    (d / "texts").mkdir()
+    (d / "texts" / "a.txt").write_text(TEXT.read_text()[:20_000])
     return ns
 
 
@@ -192,6 +220,11 @@ def resume(run_dir, *extra):
 
 
 CUDA = "--device", "cuda"
+
+
+def genppl_blocks(w, *extra):
+    return ["lab/eval.py", "--ckpt", w.ckpt_blocks, "--task", "genppl", "--judge", w.ckpt, *extra]
+
 
 # (script and arguments, as a function of the workspace) -> (exit code, words the one-line error names)
 ROWS = [
@@ -378,6 +411,135 @@ ROWS = [
         ["--output"],
     ),
     (lambda w: ["lab/miniature.py", "--out", OUT, "--scaling", "--levers"], 1, ["one at a time"]),
+    # issue 29: tracebacks
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_no_bos, "--ar", "--prompt", ""], 1, ["prompt is empty", "BOS"]),
+    (
+        lambda w: [
+            "sample.py",
+            "--ckpt",
+            w.ckpt_no_bos,
+            "--diffusion",
+            "--prompt",
+            "",
+            "--length",
+            "8",
+            "--steps",
+            "4",
+        ],
+        1,
+        ["prompt is empty", "BOS"],
+    ),
+    (
+        lambda w: ["sample.py", "--ckpt", w.ckpt_no_bos, "--ar", "--prompts", w.d / "empty_prompt.jsonl"],
+        1,
+        ["empty_prompt.jsonl:1", "prompt is empty"],
+    ),
+    (lambda w: ["convert.py", STORIES_BIN, "/proc/x_out", "--tokenizer", STORIES_TOK], 1, ["cannot write", "/proc"]),
+    (lambda w: train(w, "--fsdp"), 1, ["--fsdp", "torchrun"]),
+    (lambda w: ["lab/miniature.py", "--out", w.d / "a_file.txt"], 1, ["--out", "not a folder"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_block_four], 1, ["diffusion_block", "'four'"]),
+    (lambda w: ["lab/eval.py", "--ckpt", w.ckpt_block_four, "--task", "nll", "--data", w.text], 1, ["'four'"]),
+    # issue 29: false messages ("kept" of a checkpoint that was never written)
+    (lambda w: train(w, "--lr", "inf"), 2, ["--lr", "finite"]),
+    (lambda w: train(w, "--lr", "1e30", "--max-iters", "3"), 1, ["diverged", "no checkpoint was written"]),
+    (
+        lambda w: train(w, "--lr", "1e4", "--warmup-iters", "300", "--eval-interval", "2", "--max-iters", "3"),
+        1,
+        ["diverged", "no checkpoint was written"],
+    ),
+    # issue 29: silent or ignored
+    (lambda w: ["lab/eval.py", "--ckpt", w.ckpt_blocks, "--task", "infill", "--data", w.text], 1, ["block", "infill"]),
+    (lambda w: genppl_blocks(w, "--cache"), 1, ["block-diffusion", "--cache"]),
+    (lambda w: genppl_blocks(w, "--block-length", "16"), 1, ["block-diffusion", "--block-length"]),
+    (lambda w: train(w, "--diffusion-block", "4", "--objective", "ar"), 1, ["--diffusion-block", "--objective ar"]),
+    (
+        lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "lambada", "--data", w.d / "no_text.jsonl"],
+        1,
+        ["no_text.jsonl:1", "text"],
+    ),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_block_negative], 1, ["diffusion_block", "-2"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_block_huge], 1, ["diffusion_block 100000", "block_size"]),
+    (lambda w: train(w, init=w.ckpt_block_negative), 1, ["diffusion_block", "-2"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_blocks, "--block-length", "16"], 1, ["blocks of 8", "--block-length"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--length", "8"], 1, ["AR checkpoint", "--ar", "--diffusion"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--ar", "--steps", "4"], 1, ["--steps", "AR decoding"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--ar", "--strategy", "random"], 1, ["--strategy", "AR decoding"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--ar", "--show"], 1, ["--show", "AR decoding"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--speculative", "--threshold", "0.5"], 1, ["--threshold", "AR"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--ar", "--diffusion"], 1, ["--diffusion", "AR decoding"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--ar", "--greedy", "--temperature", "2"], 1, ["--temperature"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--ar", "--prompts", w.d / "with_suffix.jsonl"], 1, ["suffix", "--ar"]),
+    # issue 29: lost (a source replaced by its own conversion)
+    (lambda w: ["convert.py", w.hf, w.hf, "--force"], 1, ["source"]),
+    (lambda w: ["convert.py", w.hf, w.hf / "sub", "--force"], 1, ["source"]),
+    (lambda w: ["convert.py", w.hf, w.d, "--force"], 1, ["source"]),
+    (lambda w: ["convert.py", w.hf / ".." / w.hf.name, w.hf, "--force"], 1, ["source"]),
+    # issue 29: smaller
+    (lambda w: ["lab/miniature.py", "--out", OUT, "--blocks", "4096"], 1, ["--blocks", "--block-size"]),
+    (
+        lambda w: [
+            "data/prepare.py",
+            "--tokenizer",
+            w.ckpt,
+            "--out",
+            OUT,
+            "--sft",
+            "--block-size",
+            "32",
+            w.d / "long_pairs.jsonl",
+        ],
+        1,
+        ["skipped", "longer than --block-size 32"],
+    ),
+    (lambda w: ["convert.py", w.d / "empty.gguf", OUT], 1, ["GGUF"]),
+    (lambda w: ["convert.py", w.d / "random.gguf", OUT], 1, ["GGUF"]),
+    # found by a second attack
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--ar", "--output", w.d / "link.jsonl"], 2, ["--output", "a link"]),
+    (lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--cache"], 1, ["--cache", "nll"]),
+    (lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "choice", "--data", w.text, "--greedy"], 1, ["--greedy"]),
+    (
+        lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", OUT, w.d / "texts", w.d / "texts" / "a.txt"],
+        1,
+        ["twice"],
+    ),
+    (
+        lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "genppl", "--judge", w.ckpt, "--data", w.text],
+        1,
+        ["--data"],
+    ),
+    (
+        lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--include-path", w.d],
+        1,
+        ["--include"],
+    ),
+    (lambda w: train(w, "--masked-blocks", "0.5"), 1, ["--masked-blocks", "--diffusion-block"]),
+    (lambda w: resume(w.run_step_str, *LONGER), 1, ["training", "step", "an int"]),
+    (lambda w: resume(w.run_no_step, *LONGER), 1, ["training", "step", "an int"]),
+    (
+        lambda w: ["sample.py", "--ckpt", w.ckpt, "--prompts", w.d / "long.txt", "--output", w.d / "long.txt"],
+        1,
+        ["input"],
+    ),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt, "--ar", "--output", w.ckpt / "config.json"], 1, ["lies in"]),
+    (lambda w: ["sample.py", "--ckpt", w.run, "--ar", "--output", w.run / "samples.jsonl"], 1, ["lies in"]),
+    (lambda w: resume(w.run, "--data-dir", w.run / "data", *LONGER), 1, ["--data-dir", "replaces whole"]),
+    (lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--output", w.text], 1, ["input"]),
+    (
+        lambda w: ["sample.py", "--ckpt", w.ckpt, "--prompt", "x", "--prompt-file", w.d / "long.txt"],
+        1,
+        ["--prompt-file"],
+    ),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_blocks, "--verifier", w.ckpt_blocks], 1, ["--verifier", "not an AR"]),
+    (lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--judge", w.ckpt], 1, ["--judge"]),
+    (lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "choice", "--data", w.text, "--t-grid"], 1, ["--t-grid"]),
+    (lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--score", "elbo"], 1, ["--score"]),
+    (
+        lambda w: ["data/prepare.py", "--tokenizer", w.ckpt, "--out", w.data, "--force", w.data / "meta.json"],
+        1,
+        ["--out", "input"],
+    ),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_bos_outside, "--ar"], 1, ["bos_token_id", "outside"]),
+    (lambda w: ["sample.py", "--ckpt", w.ckpt_tokenizer_path, "--ar"], 1, ["tokenizer", "file names"]),
 ]
 
 
@@ -455,3 +617,58 @@ def test_help_gives_every_option_a_meaning_and_its_default(script, monkeypatch):
             assert "default" in shown, (script, action.option_strings)
         if action.choices:
             assert all(str(c) in parser.format_help() for c in action.choices)
+
+
+def test_convert_onto_its_own_source_leaves_it_byte_identical(w):
+    """A source is never its own output however it is spelled: the same folder, one inside it, one around it."""
+    files = lambda: {p: p.read_bytes() for p in sorted(w.hf.rglob("*")) if p.is_file()}
+    before = files()
+    for out in (w.hf, w.hf.parent / "." / w.hf.name, w.hf / "sub", w.hf.parent):
+        proc = run("convert.py", w.hf, out, "--force", check=False)
+        assert proc.returncode == 1 and "source" in proc.stderr.splitlines()[-1], proc.stderr
+    assert files() == before
+
+
+def test_lambada_reads_openai_jsonl_as_its_text_lines(w):
+    """--task lambada --data F.jsonl: each line's "text" (OpenAI's lambada_test.jsonl), scored as the plain lines."""
+    lines = (ASSETS / "eval" / "lambada_test.txt").read_text().splitlines()[:3]
+    (w.d / "lambada.txt").write_text("".join(line + "\n" for line in lines))
+    (w.d / "lambada.jsonl").write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
+    results = []
+    for name in ("lambada.txt", "lambada.jsonl"):
+        out = w.d / f"{name}.items"
+        run("lab/eval.py", "--ckpt", w.ckpt, "--task", "lambada", "--data", w.d / name, "--output", out)
+        results.append(out.read_text())
+    assert results[0] == results[1] and len(results[0].splitlines()) == 3
+
+
+def test_sample_writes_each_batch_with_progress_and_the_batch_passes(w):
+    """Many samples: progress on standard error, the output complete at the end, no OUTPUT.partial left; each
+    record's batch_forward_passes is its batch's (the key says so)."""
+    out = w.d / "many.jsonl"
+    args = ["--ckpt", w.ckpt, "--ar", "--prompt", "Once", "--length", "4", "--num-samples", "5", "--batch-size", "2"]
+    proc = run("sample.py", *args, "--output", out)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 5 and all("batch_forward_passes" in r for r in records)
+    assert "5/5" in proc.stderr and not (w.d / "many.jsonl.partial").exists()
+
+
+def test_ar_training_from_a_block_checkpoint_records_no_blocks(w, tmp_path):
+    """--objective ar from a block-diffusion checkpoint trains no blocks, and says none (nor an MFU on a CPU)."""
+    proc = run(
+        *train(
+            w, "--objective", "ar", "--max-iters", "1", "--block-size", "32", init=w.ckpt_blocks, out=tmp_path / "ar"
+        )
+    )
+    meta = json.loads((tmp_path / "ar" / "config.json").read_text())
+    assert meta["training"]["args"]["diffusion_block"] == 0 and "mfu=" not in proc.stderr
+
+
+def test_a_linked_output_folder_is_written_where_it_points(w, tmp_path):
+    """convert.py --force onto a link to a checkpoint: the link stays, its target becomes the new checkpoint
+    (the atomic replace once renamed the link aside, then failed on rmtree of a link: a traceback)."""
+    target, link = tmp_path / "target", tmp_path / "link"
+    shutil.copytree(w.ckpt_blocks, target)
+    link.symlink_to(target)
+    run("convert.py", STORIES_BIN, link, "--tokenizer", STORIES_TOK, "--force")
+    assert link.is_symlink() and "diffusion_block" not in json.loads((target / "config.json").read_text())

@@ -148,7 +148,16 @@ def test_ar_greedy_reproduces_the_stories260k_story(stories_ckpt):
 
 
 def test_cli_samples_infill_and_show(stories_ckpt):
-    command = ["sample.py", "--ckpt", stories_ckpt, "--prompt", "Once upon a time", "--suffix", "The end."]
+    command = [
+        "sample.py",
+        "--ckpt",
+        stories_ckpt,
+        "--diffusion",
+        "--prompt",
+        "Once upon a time",
+        "--suffix",
+        "The end.",
+    ]
     command += ["--length", "12", "--steps", "6", "--num-samples", "2", "--seed", "3", "--strategy", "confidence"]
     proc = run(*command, "--show")
     samples = proc.stdout.strip().split("\n\n" + "-" * 40 + "\n\n")
@@ -279,7 +288,8 @@ def test_prompts_file_decodes_in_batches_as_one_at_a_time(stories_ckpt, tmp_path
     outputs = []
     for batch_size in ("1", "5"):
         out = tmp_path / f"out{batch_size}.jsonl"
-        options = ["--length", "12", "--steps", "6", "--greedy", "--num-samples", "2", "--batch-size", batch_size]
+        options = ["--diffusion", "--length", "12", "--steps", "6", "--greedy", "--num-samples", "2", "--batch-size"]
+        options.append(batch_size)
         proc = run("sample.py", "--ckpt", stories_ckpt, "--prompts", tmp_path / "p.jsonl", *options, "--output", out)
         assert proc.stdout == ""  # the samples went to --output
         outputs.append([json.loads(line) for line in out.read_text().splitlines()])
@@ -292,7 +302,7 @@ def test_prompts_file_decodes_in_batches_as_one_at_a_time(stories_ckpt, tmp_path
         "suffix",
         "text",
         "tokens",
-        "forward_passes",
+        "batch_forward_passes",
     }
     (tmp_path / "p.txt").write_text("".join(p["prompt"] + "\n" for p in prompts))  # --ar: plain lines
     ar = []
