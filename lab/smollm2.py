@@ -3,7 +3,7 @@ model at the scale of DiffuGPT-S's parent, next to that parent.
 
     python lab/smollm2.py --assets ../shared/assets                       # one H200: about 15 minutes
     python lab/smollm2.py --assets ../shared/assets --device cpu --minutes 0.5 \
-        --batch-size 1 --block-size 128 --limit 4 --mc 2     # a smoke test on a CPU: a few minutes
+        --batch-size 1 --block-size 128 --limit 4 --mc 2 --speed-tokens 8   # a CPU smoke test: a few minutes
 
 From the offline assets (DIR/smollm2-135m/*.gguf, DIR/text/, DIR/eval/lambada_test.txt) it converts the GGUF
 file, tokenizes TinyStories (all but the last --test-stories stories) and the C4 sample for training, then
@@ -41,6 +41,7 @@ def parse_args(argv):
     a("--diffusion-block", type=COUNT, default=32, help="the block-diffusion run's block size")
     a("--speculative-block", type=COUNT, default=4, help="the self-speculative run's block size (drafts: one less)")
     a("--ar-weight", type=POSITIVE, default=1.0, help="the self-speculative run's AR loss weight")
+    a("--speed-tokens", type=COUNT, default=128, help="greedy tokens per prompt of the self-speculative timing")
     a("--lr", type=POSITIVE, default=1e-4, help="peak learning rate, constant after warm-up")
     a("--batch-size", type=COUNT, default=32, help="sequences per step")
     a("--block-size", type=COUNT, default=1024, help="tokens per sequence")
@@ -132,14 +133,15 @@ def main(argv=None):
                 ),
             }
         prompts = story_prompts(parent, (args.out / "test.txt").read_text().split("\n\n"))
-        speed = speculation(out, None, prompts, 128)  # the last run: the self-speculative one
+        speed = speculation(out, None, prompts, args.speed_tokens)  # the last run: the self-speculative one
         atomic_write(args.out / "results.json", json.dumps({**results, "speculative": speed}, indent=1))
         print("| model | NLL, TinyStories | NLL, WikiText | LAMBADA |\n|---|---|---|---|")
         for name, r in results.items():
             nll = lambda x: f"{'≤ ' if x['bound'] else ''}{x['nll']:.3f} ± {x['stderr']:.3f}"
             lambada = f"{r['lambada']['accuracy']:.3f} ± {r['lambada']['stderr']:.3f}"
             print(f"| {name} | {nll(r['tinystories'])} | {nll(r['wikitext'])} | {lambada} |")
-        print("\n| greedy, 128 tokens | tokens/s, AR | tokens/s, speculative | tokens/pass | accepted | lossless |")
+        header = "tokens/s, AR | tokens/s, speculative | tokens/pass | accepted | lossless |"
+        print(f"\n| greedy, {args.speed_tokens} tokens | {header}")
         print("|---|---|---|---|---|---|")
         for batch, r in speed.items():
             print(

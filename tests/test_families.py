@@ -364,16 +364,18 @@ def test_smollm2_converts_offline_answers_and_matches_transformers(tmp_path):
 
 @pytest.mark.slow
 def test_the_gpu_recipe_runs_end_to_end_on_a_cpu(tmp_path):
-    """lab/smollm2.py as its docstring's smoke test: SmolLM2 converted, adapted twice for a few steps (stopped by
-    SIGTERM at the budget, which saves), and all three evaluated. Slow: about three minutes."""
+    """lab/smollm2.py as its docstring's smoke test: SmolLM2 converted, adapted three times for a few steps (stopped
+    by SIGTERM at the budget, which saves), all evaluated, and the last one's drafts verified by its AR mode."""
     pytest.importorskip("gguf")
     smoke = "--device cpu --minutes 0.3 --batch-size 1 --block-size 64 --limit 2 --mc 2 --test-stories 20"
-    proc = run("lab/smollm2.py", "--assets", ASSETS, "--out", tmp_path / "run", *smoke.split())
+    proc = run("lab/smollm2.py", "--assets", ASSETS, "--out", tmp_path / "run", *smoke.split(), "--speed-tokens", 8)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert len(results) == 3 and "| SmolLM2-135M, AR parent |" in proc.stdout
-    parent, *adapted = results.values()
+    speed = results.pop("speculative")
+    assert len(results) == 5 and "| SmolLM2-135M, AR parent |" in proc.stdout
+    parent, *adapted, ar_mode = results.values()
     assert not parent["tinystories"]["bound"] and all(r["wikitext"]["bound"] for r in adapted)
+    assert not ar_mode["tinystories"]["bound"] and all(s["lossless"] for s in speed.values())
     assert all(
         json.loads((tmp_path / "run" / d / "config.json").read_text())["training"]["step"] > 0
-        for d in ("diffusion", "blocks-32")
+        for d in ("diffusion", "blocks-32", "blocks-4-w1.0")
     )
