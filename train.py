@@ -439,6 +439,7 @@ def parse_args(argv=None):
     user's, so every value passes the same checks (argparse's type=)."""
     p, argv = build_parser(), sys.argv[1:] if argv is None else [str(a) for a in argv]
     given, known = cli.given_options(p, argv), {action.dest for action in p._actions}
+    diffusion_only = given.keys() & {"anneal_steps", "no_shift", "t_sampling", "complementary_masks", "masked_blocks"}
     preset = cli.read_preset(given["config"], known) if given.get("config") else {}
     given = {**preset, **given}
     saved, done = {}, 0
@@ -448,6 +449,8 @@ def parse_args(argv=None):
     args = p.parse_args(cli.as_argv(saved) + cli.as_argv(preset) + argv)
     if args.data_dir is None:
         p.error("the following arguments are required: --data-dir")
+    if args.objective == "ar" and diffusion_only:  # a preset's annealing is for its diffusion run: not refused
+        raise UserError(f"--{min(diffusion_only).replace('_', '-')} does nothing with --objective ar")
     world = int(os.environ.get("WORLD_SIZE", 1))
     args.grad_accum = args.grad_accum or world  # the global batch of one process, on any number of them
     if args.grad_accum % world:

@@ -412,7 +412,8 @@ def speculative(args, journal, base, nll, test_stories):
     progress("the AR parent, and the AR objective on the same tokens (what the data alone does): exact NLL")
     parent = nll(base)
     control = args.out / "ar-same-tokens"
-    train(journal, control, **recipe(args), init_from=base, max_iters=args.iters, objective="ar")
+    ar_recipe = {k: v for k, v in recipe(args).items() if k != "anneal_steps"}  # AR training has no annealing
+    train(journal, control, **ar_recipe, init_from=base, max_iters=args.iters, objective="ar")
     prompts = journal.step("prompts", lambda: story_prompts(base, test_stories))
     rows = [{"name": "AR objective, the same tokens", "ar_nll": nll(control)}]
     for name, extra in SPECULATIVE.items():

@@ -452,6 +452,9 @@ ROWS = [
     (lambda w: genppl_blocks(w, "--cache"), 1, ["block-diffusion", "--cache"]),
     (lambda w: genppl_blocks(w, "--block-length", "16"), 1, ["block-diffusion", "--block-length"]),
     (lambda w: train(w, "--diffusion-block", "4", "--objective", "ar"), 1, ["--diffusion-block", "--objective ar"]),
+    (lambda w: train(w, "--anneal-steps", "9", "--objective", "ar"), 1, ["--anneal-steps", "--objective ar"]),
+    (lambda w: train(w, "--objective", "ar", "--no-shift"), 1, ["--no-shift", "does nothing", "--objective ar"]),
+    (lambda w: train(w, "--t-sampling", "stratified", "--objective", "ar"), 1, ["--t-sampling", "--objective ar"]),
     (
         lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "lambada", "--data", w.d / "no_text.jsonl"],
         1,
