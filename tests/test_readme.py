@@ -68,10 +68,9 @@ def tiny_command(cmd):
     script = next(
         (s for s in ["train.py", "sample.py", "lab/eval.py", "lab/miniature.py"] if f" {s}" in f" {cmd}"), None
     )
-    if script:  # (AR decoding takes no --steps: it would be refused)
-        cmd += " " + (
-            TINY[script].removesuffix(" --steps 4") if " --ar" in cmd and script == "sample.py" else TINY[script]
-        )
+    if script:  # (AR decoding takes no --steps, AR training no --anneal-steps: they would be refused)
+        tiny = TINY[script].removesuffix(" --steps 4") if " --ar" in cmd and script == "sample.py" else TINY[script]
+        cmd += " " + (tiny.removesuffix(" --anneal-steps 2") if "--objective ar" in cmd else tiny)
     if "--init-from resume" in cmd:  # a resume continues past the finished tiny run
         cmd = cmd.replace("--max-iters 2", "--max-iters 3 --extend-schedule")
     cmd = cmd.replace(HUB_TASKS, f"--lm-eval diffu_story_choice --include-path {ROOT / 'tests' / 'lm_eval'}")
