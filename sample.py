@@ -28,7 +28,7 @@ import torch
 
 from checkpoint import load_checkpoint
 from data.corpus import read_prompts, read_text
-from model import mix, predicting, with_clean_copy
+from model import allowed, mix, predicting, with_clean_copy
 from support import cli
 from support.cli import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, HelpFormatter, UserError, output_file
 from support.files import growing_file, not_an_input
@@ -279,8 +279,9 @@ class BlockCache:
         self.hi = min(lo + self.block, x.shape[1])
         if self.kv is not None and lo > self.cached:  # clean blocks [cached, lo): one pass writes their keys and values
             q, k = torch.arange(self.cached, lo, device=x.device), torch.arange(lo, device=x.device)
-            causal = k <= q[:, None] if self.trained.keeps_ar else k // self.block <= q[:, None] // self.block
-            attn = causal & self.real[:, None, None, :lo]  # (B, 1, T, lo)
+            L = x.shape[1]  # training's rule for clean queries and keys, the clean half at L..2L-1
+            clean = allowed(q[:, None] + L, k + L, L, self.block, ar=self.trained.keeps_ar)
+            attn = clean & self.real[:, None, None, :lo]  # (B, 1, T, lo)
             last = torch.zeros(x.shape[0], lo - self.cached, dtype=torch.bool, device=x.device)
             last[:, -1] = True
             edge = self.model(x[:, self.cached : lo], attn=attn, where=last, cache=self.kv, positions=q)

@@ -418,7 +418,7 @@ def speculative(args, journal, base, nll, test_stories):
     rows = [{"name": "AR objective, the same tokens", "ar_nll": nll(control)}]
     for name, extra in SPECULATIVE.items():
         progress(f"adapting with blocks of 4, {name}, then measuring")
-        run, as_ar = args.out / f"spec-w{extra['ar_weight']}-m{extra['masked_blocks']}", None
+        run = args.out / f"spec-w{extra['ar_weight']}-m{extra['masked_blocks']}"
         train(journal, run, **recipe(args), init_from=base, max_iters=args.iters, diffusion_block=4, **extra)
         as_ar = args.out / f"{run.name}-as-ar"
         journal.step(f"as AR {run.name}", lambda r=run, a=as_ar: read_as(r, a, "ar"), as_ar)
