@@ -306,10 +306,8 @@ def diffusion_loss(
 
 
 def ar_loss(model, x, targets=None):
-    """Next-token cross-entropy of x (B, L) -> per-target CE (N,), for the N targets x[:, 1:][targets[:, 1:]].
-
-    targets: optional boolean (B, L), the tokens that count (default: all after position 0).
-    """
+    """Next-token cross-entropy of x (B, L) -> (N,), one per target: each token after position 0 where the
+    optional boolean (B, L) `targets` is True (default: all)."""
     where = torch.ones_like(x, dtype=torch.bool) if targets is None else predicting(targets)
     where[:, -1] = False  # the last logit predicts nothing
     return F.cross_entropy(model(x, attn="causal", where=where), shifted(x)[where], reduction="none")
@@ -428,3 +426,9 @@ def flex_attention(q, k, v, block_mask, enable_gqa):
 
 
 compiled = functools.cache(torch.compile)  # each function compiled once
+
+
+def compile_model(model, **options):
+    """torch.compile, with x[where] (a size that depends on the data) traced into the graph: no graph break."""
+    torch._dynamo.config.capture_dynamic_output_shape_ops = True
+    return torch.compile(model, **options)

@@ -28,7 +28,7 @@ import torch
 
 from checkpoint import load_checkpoint
 from data.corpus import read_prompts, read_text
-from model import allowed, mix, predicting, with_clean_copy
+from model import allowed, compile_model, mix, predicting, with_clean_copy
 from support import cli
 from support.cli import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, HelpFormatter, UserError, output_file
 from support.files import growing_file, not_an_input
@@ -486,7 +486,7 @@ def main(argv=None):
     model, meta = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
     if args.compile:  # minutes before the first token, on a CPU too: worth it for long or many decodes
         print(f"compiling the model for {args.device.type} (the first pass takes minutes)", file=sys.stderr)
-        model = torch.compile(model, dynamic=True)  # dynamic: each step asks for logits at a different count
+        model = compile_model(model, dynamic=True)  # dynamic: each step asks for logits at a different count
     tok = load_tokenizer(args.ckpt, meta)
     encoded = []  # (prefix ids, suffix ids) of each prompt
     for prompt, suffix, line in args.items:

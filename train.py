@@ -37,7 +37,7 @@ from checkpoint import (
     save_checkpoint,
 )
 from data.shards import Data, check_data
-from model import ar_loss, attention_at, diffusion_loss
+from model import ar_loss, attention_at, compile_model, diffusion_loss
 from support import cli
 from support.cli import COUNT, NON_NEGATIVE, POSITIVE, HelpFormatter, UserError, checked
 from support.files import nested, sole_writer
@@ -382,7 +382,7 @@ def wrap(model, args, device, world):
     elif world > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    return torch.compile(model) if args.compile else model
+    return compile_model(model) if args.compile else model
 
 
 def make_optimizer(model, args, device):
