@@ -396,11 +396,8 @@ def block_attention(attn, seq_len, block, device, ar=False):
 
 
 def anneal_hash(q, k, seed):
-    """A 32-bit integer hash of (seed, query, key): the annealing mask's Bernoulli draw.
-
-    The same numbers whether the mask is materialised for SDPA or computed inside FlexAttention's
-    mask_mod, which never builds an L×L tensor on the GPU.
-    """
+    """A 32-bit integer hash of (seed, query, key): the annealing mask's Bernoulli draw, the same numbers whether
+    the mask is materialised for SDPA or computed inside FlexAttention's mask_mod (no L×L tensor on the GPU)."""
     x = (q.long() * 65537 + k.long() + seed * 0x9E3779B1) % 2**32
     x = ((x ^ (x >> 16)) * 0x45D9F3B) % 2**32
     x = ((x ^ (x >> 16)) * 0x45D9F3B) % 2**32
@@ -429,6 +426,8 @@ compiled = functools.cache(torch.compile)  # each function compiled once
 
 
 def compile_model(model, **options):
-    """torch.compile, with x[where] (a size that depends on the data) traced into the graph: no graph break."""
+    """torch.compile with no graph break and no recompile per step: x[where] (a size that depends on the data) is
+    traced into the graph, and sizes equal by chance (a block and a prefix) are not assumed equal ("duck" shapes)."""
     torch._dynamo.config.capture_dynamic_output_shape_ops = True
+    torch.fx.experimental._config.use_duck_shape = False
     return torch.compile(model, **options)

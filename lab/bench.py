@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from checkpoint import load_checkpoint, read_meta
 from formats.hf import hf_twin
 from lab.common import run_script
-from model import ModelConfig, Transformer, ar_loss, attention_at, diffusion_loss
+from model import ModelConfig, Transformer, ar_loss, attention_at, compile_model, diffusion_loss
 from sample import STRATEGIES, Decoding, Sampling, Trained, generate, generate_ar, generate_batch
 from support.cli import COUNT, HelpFormatter, UserError, add_device_options, output_file, pick_device, pick_dtype
 from support.flex import AnnealFlex
@@ -118,7 +118,7 @@ def official_step(hf, optimizer, x, maskable, t, noise, ratio, autocast, dtype):
     optimizer.zero_grad(set_to_none=True)
 
 
-def bench_training(shape, B, L, device, dtype, iters, peak, compile_model):
+def bench_training(shape, B, L, device, dtype, iters, peak, compiled):
     torch.manual_seed(0)
     cfg = ModelConfig(arch="gpt2", vocab_size=VOCAB, block_size=L, **SHAPES[shape])
     model = Transformer(cfg).to(device)
@@ -130,11 +130,11 @@ def bench_training(shape, B, L, device, dtype, iters, peak, compile_model):
     noise = torch.rand(B, L, generator=g).to(device)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     fused = device.type == "cuda"
-    runner = torch.compile(model) if compile_model else model
+    runners = {"ours": model} | ({"ours, compiled": compile_model(model)} if compiled else {})  # side by side
     flex = AnnealFlex(L, device) if device.type == "cuda" else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=fused)
 
-    def ours(mode):
+    def ours(runner, mode):
         attn = attention_at(49, 100, L, 0, device, flex) if mode == "anneal" else "full"  # ratio 0.5
 
         def step():
@@ -150,7 +150,9 @@ def bench_training(shape, B, L, device, dtype, iters, peak, compile_model):
 
         return step
 
-    steps = {("ours", mode): ours(mode) for mode in ("anneal", "full", "ar")}
+    steps = {
+        (engine, mode): ours(runner, mode) for engine, runner in runners.items() for mode in ("anneal", "full", "ar")
+    }
     try:
         hf = hf_twin(model)
         hf_optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-5, fused=fused)
@@ -211,7 +213,7 @@ def official_decode(hf, prefix, length, steps, generator, temperature=0.95, top_
     return x0
 
 
-def bench_decoding(shape, lengths, device, dtype, compile_model):
+def bench_decoding(shape, lengths, device, dtype):
     torch.manual_seed(0)
     cfg = ModelConfig(arch="gpt2", vocab_size=VOCAB, block_size=max(lengths) + 8, **SHAPES[shape])
     model = Transformer(cfg).to(device).eval()
@@ -444,7 +446,7 @@ def report(rows):
             f"{'shape':12} {'mode':7} {'engine':15} {'tokens/s':>10} {'MFU':>7} {'ours/official':>14}",
         ]
         for r in train:
-            ref = official.get((r["shape"], r["mode"])) if r["engine"] == "ours" else None
+            ref = official.get((r["shape"], r["mode"])) if r["engine"].startswith("ours") else None
             ratio = f"{r['tokens_per_s'] / ref:.2f}x" if ref else ""
             speed = f"{r['tokens_per_s']:10,.0f} {r['mfu']:7.1%} {ratio:>14}"
             lines.append(f"{r['shape']:12} {r['mode']:7} {r['engine']:15} {speed}")
@@ -524,7 +526,10 @@ def main(argv=None):
     add_device_options(p)
     p.add_argument("--suite", choices=sorted(SUITES), default=None, help="default: gpu on CUDA, else cpu")
     p.add_argument(
-        "--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile (default: on GPU)"
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time the compiled training step (default: on GPU)",
     )
     p.add_argument("--skip", type=parts_to_skip, default="", help="comma-separated: train, decode, batched")
     p.add_argument("--quality-ckpt", type=Path, help="a trained diffusion checkpoint for the quality measurement")
@@ -541,7 +546,7 @@ def main(argv=None):
     device = pick_device(args.device)
     suite = SUITES[args.suite or ("gpu" if device.type == "cuda" else "cpu")]
     dtype = pick_dtype(args.dtype, device)
-    compile_model = device.type == "cuda" if args.compile is None else args.compile
+    compiled = device.type == "cuda" if args.compile is None else args.compile
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     warnings.simplefilter("ignore")
@@ -550,16 +555,16 @@ def main(argv=None):
     )
     print(
         f"{device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), {dtype}, "
-        f"measured matmul peak {peak / 1e12:.2f} TFLOP/s, torch {torch.__version__}, compile {compile_model}",
+        f"measured matmul peak {peak / 1e12:.2f} TFLOP/s, torch {torch.__version__}, compile {compiled}",
         file=sys.stderr,
     )
     rows = []
     if "train" not in args.skip:
         for shape, B, L in suite["train"]:
-            rows += bench_training(shape, B, L, device, dtype, suite["iters"], peak, compile_model)
+            rows += bench_training(shape, B, L, device, dtype, suite["iters"], peak, compiled)
     if "decode" not in args.skip:
         shape, lengths, _ = suite["decode"]
-        rows += bench_decoding(shape, lengths, device, dtype, compile_model)
+        rows += bench_decoding(shape, lengths, device, dtype)
     if "batched" not in args.skip:
         rows += bench_batched_decoding(*suite["batched"], [8, 32], device, dtype)
     if args.decode_ckpt:
