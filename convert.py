@@ -1,6 +1,7 @@
-"""Import GPT-2 / LLaMA / llama2.c / DiffuGPT / DiffuLLaMA weights into a checkpoint directory.
+"""Import GPT-2 / LLaMA / llama2.c / DiffuGPT / DiffuLLaMA weights into a checkpoint directory, or export one.
 
     python convert.py SRC OUT [--tokenizer PATH] [--mask-token new|ID] [--force] [--check]
+    python convert.py CKPT OUT --to hf [--shard-size 5GB] [--force] [--check]
 
 SRC is a Hugging Face model directory (GPT-2, LLaMA including LLaMA-3, Qwen2 / Qwen2.5, and the released
 DiffuGPT and DiffuLLaMA), a llama.cpp GGUF file (LLaMA architecture: SmolLM2, LLaMA; weights dequantized),
@@ -10,7 +11,8 @@ HTTPS into a cache; HF_ENDPOINT and HF_TOKEN honoured).
 The steps: find the source (a hub id is fetched first); read it in our names (formats/hf.py, formats/gguf.py,
 formats/llama2c.py: tensors are streamed one at a time in their source dtype, so a 7B model is held once, not
 twice); find its tokenizer; add the mask token, or take the one a release declares; save the checkpoint; with
---check, compare its logits with transformers'.
+--check, compare its logits with transformers'. --to hf writes the checkpoint CKPT the other way, as a Hugging Face
+directory that transformers loads (formats/hf.py write_hf), with the diffusion facts in its config.json.
 """
 
 import argparse
@@ -25,10 +27,10 @@ import torch
 from checkpoint import check_shapes, save_checkpoint
 from data.download import download_model
 from formats.gguf import read_gguf
-from formats.hf import check_against_transformers, read_hf, released_mask_id
+from formats.hf import SHARD_SIZE, check_against_transformers, read_hf, released_mask_id, write_hf
 from formats.llama2c import read_llama2c
 from model import ModelConfig
-from support.cli import HelpFormatter, UserError
+from support.cli import HelpFormatter, UserError, byte_size
 from support.files import nested, sole_writer
 from tokenizer import find_tokenizer, read_vocabulary
 
@@ -39,9 +41,10 @@ class Source:
 
     cfg: ModelConfig
     state: dict  # our name -> tensor
-    kind: str  # "llama2c", "gguf", "hf-gpt2", "hf-llama" or "diffugpt"
+    kind: str  # "llama2c", "gguf", "hf-gpt2", "hf-llama", "diffugpt" or "hf-export" (our --to hf's)
     objective: str  # what it was trained for: "ar" or "diffusion"
     mask_id: int | None  # a released diffusion checkpoint's mask token
+    facts: dict  # config.json's optional facts an export of ours carries: shift, diffusion_block, ar_weight
     tokenizer: tuple | None = None  # find_tokenizer's answer for a tokenizer inside the source file (GGUF)
 
 
@@ -55,9 +58,9 @@ def load_source(src, scratch):
     """A llama2.c or GGUF file, or a Hugging Face directory -> Source (scratch: a folder for files it makes)."""
     if src.is_file() and (magic(src) == b"GGUF" or src.suffix.lower() == ".gguf"):  # its name, if not its bytes
         cfg, state, tokenizer = read_gguf(src, scratch)
-        return Source(cfg, state, "gguf", "ar", None, tokenizer)
+        return Source(cfg, state, "gguf", "ar", None, {}, tokenizer)
     if src.is_file():
-        return Source(*read_llama2c(src), "llama2c", "ar", None)
+        return Source(*read_llama2c(src), "llama2c", "ar", None, {})
     return Source(*read_hf(src))
 
 
@@ -91,7 +94,13 @@ def parse_args(argv):
     a("--objective", choices=["ar", "diffusion"], help="override what the source was trained for")
     a("--force", action="store_true", help="overwrite OUT if it exists")
     a("--check", action="store_true", help="compare logits with transformers after converting")
+    a("--to", choices=["checkpoint", "hf"], default="checkpoint", help="hf: export the checkpoint SRC for transformers")
+    a("--shard-size", type=byte_size, help="--to hf: weight files of at most this size, as 5GB (default: 5GB)")
     args = p.parse_args(argv)
+    if args.to == "hf" and (args.tokenizer or args.mask_token or args.objective or args.mask_init != "mean"):
+        raise UserError("--tokenizer, --mask-token, --mask-init and --objective import a model, not --to hf")
+    if args.shard_size and args.to != "hf":
+        raise UserError("--shard-size is for --to hf")
     out = Path(args.out)
     if Path(args.src).exists() and nested(args.src, out):  # --force would replace the source with its conversion
         raise UserError(f"{out} is the source {args.src}, or holds it or lies in it: write the checkpoint elsewhere")
@@ -106,6 +115,13 @@ def parse_args(argv):
 
 def main(argv=None):
     args, out = parse_args(argv)
+    if args.to == "hf":  # the other way: our checkpoint as a Hugging Face directory
+        with sole_writer(out):
+            summary = write_hf(Path(args.src), out, args.shard_size or SHARD_SIZE, args.force)
+        print(f"wrote {out}: {summary}", file=sys.stderr)
+        if args.check:
+            check_against_transformers(out, "hf-export", Path(args.src))
+        return
     with sole_writer(out), tempfile.TemporaryDirectory() as scratch:  # this process is OUT's one writer
         src = Path(args.src).expanduser()
         hub_id = None
@@ -126,7 +142,7 @@ def main(argv=None):
             raise UserError(f"no tokenizer found in {args.tokenizer or src} (need {need}); pass --tokenizer")
         spec, files = tok
         n_tok, bos, eos, id_of = read_vocabulary(spec, files)
-        declared = None if src.is_file() else released_mask_id(src, id_of)
+        declared = None if src.is_file() or source.kind == "hf-export" else released_mask_id(src, id_of)
         label = source.kind
         if declared is not None:  # a released diffusion checkpoint, whatever its directory is called
             source.objective, source.mask_id = "diffusion", declared
@@ -154,6 +170,7 @@ def main(argv=None):
             "bos_token_id": bos,
             "eos_token_id": eos,
             "tokenizer": spec,
+            **source.facts,
             "source": {
                 "from": hub_id or str(src.resolve()),
                 "format": label,

@@ -1,19 +1,24 @@
 """Hugging Face model directories, both ways: read_hf reads GPT-2, LLaMA (LLaMA-3 included), Qwen2 / Qwen2.5
 and the released DiffuGPT and DiffuLLaMA into our names; hf_twin builds transformers' model from ours (tests,
-lab/bench.py, convert.py --check). One pair of tables says how the names and the config keys correspond.
+lab/bench.py, convert.py --check); write_hf exports a checkpoint as a directory transformers loads without remote
+code (convert.py --to hf), which read_hf reads back whole. One pair of tables says how the names and the config
+keys correspond.
 
 Tensors are streamed one at a time in their source dtype, so a 7B model is held once, not twice.
 """
 
 import json
 import re
+import shutil
 import sys
 
 import torch
 
-from checkpoint import load_checkpoint, load_torch_file, model_config
+from checkpoint import FACTS, WEIGHTS_FILE, check_shapes, load_checkpoint, load_torch_file, model_config, read_meta
 from data.download import WEIGHT_FILES
 from support.cli import UserError
+from support.files import atomic_dir
+from tokenizer import read_tokenizer_json
 
 # ---------------------------------------------------------------------------------------------
 # Hugging Face's names for our config fields and tensors, both ways: read_hf reads HF checkpoints
@@ -178,11 +183,13 @@ def from_hf(arch, tensors):
 
 
 DIFFUGPT_S_MASK, DIFFUGPT_M_MASK = 10541, 50257  # the mask tokens of the released DiffuGPT-S and -M
+DIFFUSION_FACTS = ("objective", "shift", "diffusion_block", "ar_weight")  # an export's "diffusion" object (write_hf)
 
 
 def read_hf(src):
-    """A Hugging Face model directory -> (ModelConfig, state, kind, objective, mask_id): kind "hf-gpt2", "hf-llama",
-    or "diffugpt" for DiffuGPT's own layout, a diffusion model that comes with its mask token."""
+    """A Hugging Face model directory -> (ModelConfig, state, kind, objective, mask_id, facts): kind "hf-gpt2",
+    "hf-llama", "diffugpt" for DiffuGPT's own layout, a diffusion model that comes with its mask token, or
+    "hf-export" for write_hf's, whose config.json holds the checkpoint's facts (facts: the optional ones)."""
     if not (src / "config.json").is_file():
         raise UserError(f"{src} has no config.json: not a Hugging Face model directory")
     try:
@@ -215,12 +222,28 @@ def read_hf(src):
             del state["lm_head.weight"]  # a tied head saved twice
         else:
             cfg.tie_embeddings = False
+    if "diffusion" in hf:  # an export of ours (write_hf): the checkpoint's facts, as its config.json had them
+        return cfg, state, "hf-export", *exported_facts(hf, cfg, src / "config.json")
     # DiffuGPT's own layout wraps GPT-2 in denoise_model.*: its mask is 10541 (S) or an added 50257 (M)
     # unless its tokenizer says otherwise (released_mask_id)
     if kind == "gpt2" and "denoise_model" in prefixes:
         mask_id = DIFFUGPT_M_MASK if vocab_size > DIFFUGPT_M_MASK else DIFFUGPT_S_MASK
-        return cfg, state, "diffugpt", "diffusion", mask_id
-    return cfg, state, f"hf-{kind}", "ar", None
+        return cfg, state, "diffugpt", "diffusion", mask_id, {}
+    return cfg, state, f"hf-{kind}", "ar", None, {}
+
+
+def exported_facts(hf, cfg, where):
+    """write_hf's config.json -> (objective, mask id, the optional facts), checked by the checkpoint's own rules."""
+    facts = hf["diffusion"]
+    if not isinstance(facts, dict) or "objective" not in facts or set(facts) - set(DIFFUSION_FACTS):
+        raise UserError(f"{where}: diffusion must be an object of {', '.join(DIFFUSION_FACTS)} with an objective")
+    facts = {**facts, "mask_token_id": hf.get("mask_token_id")}
+    for key, value in facts.items():
+        if not FACTS[key][0](value):
+            raise UserError(f"{where}: {key} is {repr(value)[:60]}, not {FACTS[key][1]}")
+    if not 0 <= facts["mask_token_id"] < cfg.vocab_size or (facts.get("diffusion_block") or 0) >= cfg.block_size:
+        raise UserError(f"{where}: mask_token_id or diffusion_block lies outside the model")
+    return facts.pop("objective"), facts.pop("mask_token_id"), facts
 
 
 def released_mask_id(src, id_of):
@@ -252,15 +275,15 @@ def released_mask_id(src, id_of):
 # Our model in transformers: the official code's engine, to compare against
 
 
-def to_hf(model):
-    """Our weights under HF's names (GPT2LMHeadModel / LlamaForCausalLM): the inverse of from_hf."""
-    cfg, table = model.cfg, HF_NAMES[model.cfg.arch]
+def to_hf(cfg, tensors):
+    """Our (name, tensor) pairs under HF's names (GPT2LMHeadModel / LlamaForCausalLM): the inverse of from_hf.
+    Yields views, not copies: a fused matrix is split, a GPT-2 Conv1D weight transposed."""
+    table = HF_NAMES[cfg.arch]
     fused_sizes = {
         "attn.wqkv": [cfg.n_head * cfg.head_dim] + [cfg.n_kv_head * cfg.head_dim] * 2,
         "mlp.up": [cfg.ffn_dim] * 2,
     }
-    state = {}
-    for key, t in model.state_dict().items():
+    for key, t in tensors:
         module, _, param = key.rpartition(".")
         layer = re.fullmatch(r"layers\.(\d+)\.(.+)", module)
         ours, names = (layer[2], table["layer"]) if layer else (module, table["top"])
@@ -275,28 +298,36 @@ def to_hf(model):
                 name = f"{HF_PREFIX[cfg.arch]}{'h' if cfg.arch == 'gpt2' else 'layers'}.{layer[1]}.{theirs}.{param}"
             else:
                 name = f"{HF_PREFIX[cfg.arch]}{theirs}.{param}"
-            state[name] = (piece.t() if is_conv1d(cfg.arch, ours, param) else piece).detach().clone()
-    return state
+            yield name, piece.t() if is_conv1d(cfg.arch, ours, param) else piece
+
+
+def hf_config(cfg):
+    """Our ModelConfig as transformers' config.json: GPT2LMHeadModel, LlamaForCausalLM, or Qwen2ForCausalLM for
+    LLaMA with q, k, v biases. RoPE under the keys every transformers version and engine reads (rope_theta,
+    rope_scaling), which transformers 5 reads into rope_parameters."""
+    settings = {theirs: getattr(cfg, ours) for ours, theirs in hf_config_keys(cfg.arch).items()}
+    model_type = "gpt2" if cfg.arch == "gpt2" else "qwen2" if cfg.qkv_bias else "llama"
+    if cfg.arch == "gpt2":
+        settings |= {"n_ctx": cfg.block_size}  # GPT-2's own name for n_positions, which llama.cpp's converter reads
+        settings |= {"activation_function": "gelu_new", "tie_word_embeddings": cfg.tie_embeddings}
+    else:
+        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        scaling = {"rope_type": "llama3"} | {k: settings.pop(k) for k in keys}
+        settings |= {"hidden_act": "silu", "rope_scaling": scaling if cfg.rope_scaling != 1 else None}
+        settings |= {"use_sliding_window": False} if cfg.qkv_bias else {"attention_bias": False, "mlp_bias": False}
+    architecture = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[model_type]
+    return {"architectures": [architecture], "model_type": model_type, "vocab_size": cfg.vocab_size, **settings}
 
 
 def hf_twin(model):
-    """transformers' GPT2LMHeadModel or LlamaForCausalLM with our model's weights (the official code's engine)."""
+    """transformers' GPT2LMHeadModel, LlamaForCausalLM or Qwen2ForCausalLM with our model's weights (the official
+    code's engine)."""
     import transformers
 
     cfg = model.cfg
-    settings = {theirs: getattr(cfg, ours) for ours, theirs in hf_config_keys(cfg.arch).items()}
-    if cfg.arch == "gpt2":
-        hf_cfg = transformers.GPT2Config(vocab_size=cfg.vocab_size, bos_token_id=0, eos_token_id=0, **settings)
-        hf = transformers.GPT2LMHeadModel(hf_cfg)
-    else:
-        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-        scaling = {k: settings.pop(k) for k in keys}
-        rope = {"rope_type": "llama3", **scaling} if cfg.rope_scaling != 1 else {"rope_type": "default"}
-        settings["rope_parameters"] = {**rope, "rope_theta": settings.pop("rope_theta")}
-        family = (transformers.Qwen2Config, transformers.Qwen2ForCausalLM) if cfg.qkv_bias else None
-        config, model_class = family or (transformers.LlamaConfig, transformers.LlamaForCausalLM)
-        hf = model_class(config(vocab_size=cfg.vocab_size, **settings))
-    loaded = hf.load_state_dict(to_hf(model), strict=False)  # a tied head is stored once
+    config = transformers.AutoConfig.for_model(**hf_config(cfg), bos_token_id=None, eos_token_id=None)
+    hf = transformers.AutoModelForCausalLM.from_config(config)
+    loaded = hf.load_state_dict(dict(to_hf(cfg, model.state_dict().items())), strict=False)  # a tied head: once
     missing = [k for k in loaded.missing_keys if not (k == "lm_head.weight" and cfg.tie_embeddings)]
     assert not missing and not loaded.unexpected_keys, (missing, loaded.unexpected_keys)
     hf.tie_weights()
@@ -334,3 +365,215 @@ def check_against_transformers(src, kind, out):
     with torch.no_grad():
         diff = (ref(idx).logits.float() - ours(idx, attn="causal")[..., :vocab]).abs().max().item()
     print(f"check: max abs logit difference vs transformers = {diff:.3g}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exporting a checkpoint: transformers' layout, which its AR mode serves in any engine that loads the family
+
+NEW_MASK = "<|mask|>"  # the name of a mask token appended after the tokenizer's vocabulary
+SHARD_SIZE = 5 * 10**9  # transformers' max_shard_size (5GB until version 5, 50GB since)
+
+
+def write_hf(ckpt, out, shard_size=SHARD_SIZE, overwrite=False):
+    """Our checkpoint directory -> a Hugging Face model directory (convert.py --to hf): transformers' config.json
+    with the diffusion facts added (the "diffusion" object, "mask_token_id"), the weights under HF's names in
+    safetensors (sharded past shard_size bytes, as transformers shards), and tokenizer files AutoTokenizer reads,
+    the mask token named in them. Returns a summary line. With overwrite, only an earlier export is replaced."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    meta = read_meta(ckpt)
+    cfg = model_config(meta["model"])
+    if overwrite and out.exists() and not is_export(out):
+        raise UserError(f"{out} is not an export written by convert.py --to hf: refusing to replace it")
+    try:
+        state = load_file(ckpt / WEIGHTS_FILE)  # in its own dtype: the export is the checkpoint, bit for bit
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{ckpt / WEIGHTS_FILE} is missing, corrupted or truncated: {e}") from None
+    check_shapes(state, cfg, ckpt / WEIGHTS_FILE)
+    config = hf_config(cfg) | {
+        "torch_dtype": str(state["tok_emb.weight"].dtype).removeprefix("torch."),
+        "bos_token_id": meta.get("bos_token_id"),
+        "eos_token_id": meta["eos_token_id"],
+        "mask_token_id": meta["mask_token_id"],
+        "diffusion": {key: meta[key] for key in DIFFUSION_FACTS if key in meta},
+    }
+    with atomic_dir(out, overwrite=overwrite, last_file="config.json") as tmp:
+        mask = write_tokenizer(ckpt, meta, tmp)
+        n_files = write_weights(tmp, to_hf(cfg, state.items()), shard_size)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return f"{config['architectures'][0]}, {n_files} weight file(s), mask token {mask!r} = {meta['mask_token_id']}"
+
+
+def is_export(directory):
+    """Whether a directory is write_hf's (what --force may replace): its config.json has the "diffusion" object."""
+    try:
+        return isinstance(json.loads((directory / "config.json").read_text()).get("diffusion"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def write_weights(directory, tensors, shard_size):
+    """(HF name, tensor) pairs -> model.safetensors, or past shard_size bytes model-0000K-of-0000N.safetensors and
+    model.safetensors.index.json (a tensor larger than shard_size gets a file of its own). Each file is written as it
+    fills, so beyond the tensors given only one file's contiguous copies are held. -> the number of files."""
+    from safetensors.torch import save_file
+
+    shards, shard, size, total = [], {}, 0, 0
+    for name, t in [*tensors, (None, None)]:  # None: the end
+        nbytes = 0 if t is None else t.numel() * t.element_size()
+        if shard and (t is None or size + nbytes > shard_size):
+            shards.append(list(shard))
+            save_file(shard, directory / f"shard-{len(shards)}", metadata={"format": "pt"})
+            shard, size = {}, 0
+        if t is not None:
+            shard[name], size, total = t.contiguous(), size + nbytes, total + nbytes
+    if len(shards) == 1:
+        (directory / "shard-1").rename(directory / "model.safetensors")
+        return 1
+    weight_map = {}
+    for k, names in enumerate(shards, 1):
+        file = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+        (directory / f"shard-{k}").rename(directory / file)
+        weight_map |= dict.fromkeys(names, file)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return len(shards)
+
+
+def write_tokenizer(ckpt, meta, directory):
+    """The checkpoint's tokenizer as AutoTokenizer reads it -> the mask token's name.
+
+    GPT-2's files under HF's names (GPT2Tokenizer); a SentencePiece model with the tokenizer.json made from it
+    (transformers needs protobuf to read a tokenizer.model); a tokenizer.json as it is. tokenizer_config.json names
+    BOS, EOS and the mask token (a reused id by its token, a new one as NEW_MASK), and lists the added tokens as
+    transformers saves them, for the classes that rebuild a tokenizer from its vocabulary (Qwen2's): the tokenizer's
+    own, then placeholders for any ids between its last and a new mask token (added tokens are numbered in order)."""
+    kind, mask_id = meta["tokenizer"]["type"], meta["mask_token_id"]
+    bos, eos = meta.get("bos_token_id"), meta["eos_token_id"]
+    adds_bos = bos is not None and bos != eos  # as our encode_document: GPT-2 puts none
+    if kind == "gpt2-bpe":
+        shutil.copyfile(ckpt / "encoder.json", directory / "vocab.json")
+        shutil.copyfile(ckpt / "vocab.bpe", directory / "merges.txt")
+        names = {i: token for token, i in json.loads((ckpt / "encoder.json").read_text()).items()}
+        declared = [{"id": eos, "content": names[eos], "special": True}] if eos in names else []
+    else:
+        if kind == "sentencepiece":
+            shutil.copyfile(ckpt / "tokenizer.model", directory / "tokenizer.model")
+            tokenizer_json = sentencepiece_json(ckpt / "tokenizer.model", bos if adds_bos else None)
+            (directory / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False))
+        else:  # read by the library that defines the format (a file it cannot read is refused in one line)
+            tokenizer_json = json.loads(read_tokenizer_json(ckpt / "tokenizer.json").to_str())
+            shutil.copyfile(ckpt / "tokenizer.json", directory / "tokenizer.json")
+        vocab, declared = tokenizer_json["model"]["vocab"], tokenizer_json["added_tokens"]
+        names = dict(enumerate(t for t, _ in vocab)) if isinstance(vocab, list) else {i: t for t, i in vocab.items()}
+        names |= {t["id"]: t["content"] for t in declared}
+    end = max(names) + 1
+    if mask_id < end:
+        mask, new = names[mask_id], {}
+    elif NEW_MASK in names.values():
+        raise UserError(f"the tokenizer has a token {NEW_MASK} of its own: the mask token {mask_id} cannot be named")
+    else:
+        mask, new = NEW_MASK, {i: f"<|unused_{i}|>" for i in range(end, mask_id)} | {mask_id: NEW_MASK}
+    flags = {"lstrip": False, "rstrip": False, "single_word": False, "normalized": False, "special": True}
+    added = {t["id"]: flags | {k: t[k] for k in ("content", *flags) if k in t} for t in declared}
+    added |= {i: flags | {"content": token} for i, token in new.items()}
+    special = {"bos_token": names.get(bos), "eos_token": names.get(eos), "mask_token": mask}
+    config = {
+        "tokenizer_class": "GPT2Tokenizer" if kind == "gpt2-bpe" else "PreTrainedTokenizerFast",
+        **special,
+        "add_bos_token": adds_bos,
+        "add_eos_token": False,
+        "model_max_length": meta["model"]["block_size"],
+        "clean_up_tokenization_spaces": False,
+        "added_tokens_decoder": {str(i): added[i] for i in sorted(added)},
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    special = {key: token for key, token in special.items() if token is not None}
+    (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2, ensure_ascii=False) + "\n")
+    return mask
+
+
+def sentencepiece_json(file, bos):
+    """A SentencePiece BPE model (LLaMA's, llama2.c's) as a Hugging Face tokenizer.json that encodes the same.
+
+    Its merges are every split of a piece into two pieces, ranked by the merged piece's score, which is the order in
+    which SentencePiece's BPE merges. Its normalizer is the model's: a "▁" before the text, spaces as "▁", and (where
+    the model removes extra whitespace, as llama2.c's do) spaces trimmed at both ends and runs of them made one.
+    bos: the token put first (None: nothing). Other models are refused: they would encode differently."""
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(file))
+    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    special = [i for i in vocab.values() if sp.is_control(i) or sp.is_unknown(i)]
+    merges, unmerged = [], 0
+    for piece, i in vocab.items():
+        if i in special or sp.is_byte(i) or len(piece) < 2:
+            continue
+        splits = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
+        merges += [(-sp.get_score(i), i, vocab[a], vocab[b], [a, b]) for a, b in splits]
+        unmerged += not splits
+    probe = "ｆ① x"  # changed by any normalization other than identity, or lost without byte fallback
+    if unmerged or sp.decode(sp.encode(probe)) != probe or not sp.id_to_piece(sp.encode("x")[0]).startswith("▁"):
+        raise UserError(
+            f"{file}: only a BPE SentencePiece model without normalization, with byte fallback and a ▁ put "
+            "before the text (LLaMA's, llama2.c's) can be exported"
+        )
+    replace = lambda pattern, content: {"type": "Replace", "pattern": pattern, "content": content}
+    normalizers = [replace({"Regex": r"\A +| +\z"}, ""), replace({"Regex": " {2,}"}, " ")]
+    normalizers = normalizers if sp.encode("a  b") == sp.encode("a b") else []  # remove_extra_whitespaces
+    normalizers += [{"type": "Prepend", "prepend": "▁"}, replace({"String": " "}, "▁")]
+    first = [{"SpecialToken": {"id": sp.id_to_piece(bos), "type_id": 0}}] if bos is not None else []
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {
+                "id": i,
+                "content": sp.id_to_piece(i),
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for i in special
+        ],
+        "normalizer": {"type": "Sequence", "normalizers": normalizers},
+        "pre_tokenizer": None,
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": first + [{"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": first + [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {
+                t["SpecialToken"]["id"]: {
+                    "id": t["SpecialToken"]["id"],
+                    "ids": [bos],
+                    "tokens": [t["SpecialToken"]["id"]],
+                }
+                for t in first
+            },
+        },
+        "decoder": {
+            "type": "Sequence",
+            "decoders": [
+                replace({"String": "▁"}, " "),
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+            ],
+        },
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": sp.id_to_piece(sp.unk_id()),
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": True,
+            "byte_fallback": True,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": [merge[-1] for merge in sorted(merges)],
+        },
+    }

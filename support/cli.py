@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -51,6 +52,16 @@ NON_NEGATIVE = checked(int, lambda v: v >= 0, "at least 0")
 POSITIVE = checked(float, lambda v: 0 < v < math.inf, "positive and finite")
 
 PROBABILITY = checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
+
+BYTE_UNITS = {"": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}  # transformers'
+
+
+def byte_size(text):
+    """An argparse type for a size in bytes: 5GB, 500MB, 2GiB or a plain number, as transformers writes them."""
+    size = re.fullmatch(r"(\d+(?:\.\d+)?) *([kmg]i?b)?", text.strip().lower())
+    if not size or float(size[1]) * BYTE_UNITS[size[2] or ""] < 1:
+        raise argparse.ArgumentTypeError(f"must be a size such as 5GB, 500MB or 2GiB, got {text}")
+    return int(float(size[1]) * BYTE_UNITS[size[2] or ""])
 
 
 def output_file(text):

@@ -543,6 +543,20 @@ ROWS = [
     ),
     (lambda w: ["sample.py", "--ckpt", w.ckpt_bos_outside, "--ar"], 1, ["bos_token_id", "outside"]),
     (lambda w: ["sample.py", "--ckpt", w.ckpt_tokenizer_path, "--ar"], 1, ["tokenizer", "file names"]),
+    # convert.py --to hf: a checkpoint exported as a Hugging Face directory
+    (lambda w: ["convert.py", w.ckpt, w.d / "empty_dir", "--to", "hf"], 1, ["already exists"]),
+    (lambda w: ["convert.py", w.ckpt, w.ckpt, "--to", "hf", "--force"], 1, ["source"]),
+    (lambda w: ["convert.py", w.ckpt, w.ckpt_blocks, "--to", "hf", "--force"], 1, ["not an export"]),
+    (lambda w: ["convert.py", w.ckpt, w.d / "a_file.txt", "--to", "hf", "--force"], 1, ["refusing to replace"]),
+    (lambda w: ["convert.py", w.ckpt, OUT, "--to", "gguf"], 2, ["--to", "invalid choice"]),
+    (lambda w: ["convert.py", w.hf, OUT, "--to", "hf"], 1, ["lacks 'model'", "not a checkpoint"]),
+    (lambda w: ["convert.py", STORIES_BIN, OUT, "--to", "hf"], 1, ["not a directory"]),
+    (lambda w: ["convert.py", w.ckpt_truncated, OUT, "--to", "hf"], 1, ["truncated"]),
+    (lambda w: ["convert.py", w.ckpt_no_tokenizer, OUT, "--to", "hf"], 1, ["tokenizer file"]),
+    (lambda w: ["convert.py", w.ckpt, OUT, "--to", "hf", "--mask-token", "5"], 1, ["--mask-token", "--to hf"]),
+    (lambda w: ["convert.py", w.ckpt, OUT, "--to", "hf", "--shard-size", "lots"], 2, ["--shard-size", "5GB"]),
+    (lambda w: ["convert.py", w.hf, OUT, "--shard-size", "1MB"], 1, ["--shard-size", "--to hf"]),
+    ("disk full", lambda w: ["convert.py", w.ckpt, OUT, "--to", "hf"], 1, ["cannot write", "large"]),
 ]
 
 
