@@ -18,6 +18,7 @@ from checkpoint import load_checkpoint, save_checkpoint
 from conftest import ASSETS, STORY_START, run
 from model import ModelConfig, Transformer, attention_at, diffusion_loss
 from sample import Decoding, Sampling, Trained, generate_ar, generate_batch
+from support.sampling import nucleus, nucleus_by_sorting
 from tokenizer import load_tokenizer
 
 TEXT = ASSETS / "text" / "tinystories_val.txt"
@@ -158,6 +159,8 @@ def test_bf16_decoding_runs_every_path_and_follows_fp32(stories_ckpt):
     drafted = generate_ar(models[torch.bfloat16], [prompt[:8]], 32, Trained(mask), seeds=[0], sampling=greedy,
                           drafter=drafter)[0]  # fmt: skip
     assert drafted == ar[torch.bfloat16]  # self-speculative decoding is AR decoding, in bf16 too
+    probs = (torch.randn(16, 5000, generator=torch.Generator().manual_seed(0)) * 2).softmax(-1).bfloat16()
+    assert torch.equal(nucleus(probs, 0.9), nucleus_by_sorting(probs, 0.9))  # top-p's radix select on bf16
 
 
 def test_eval_scores_in_bf16_follow_fp32(stories_ckpt, tmp_path):
