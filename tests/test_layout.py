@@ -30,6 +30,7 @@ FLOORS = {  # module -> floor; a module may import only modules on lower floors
     "lab.miniature": 9,
     "lab.smollm2": 9,
     "lab.golden": 9,
+    "lab.gpu_check": 9,
 }
 
 
