@@ -405,6 +405,9 @@ ROWS = [
         ["--block-size"],
     ),
     (lambda w: ["lab/bench.py", "--json", w.d / "nope" / "rows.json"], 2, ["--json", "cannot write"]),
+    (lambda w: ["lab/gpu_check.py", "--only", "flex,bogus"], 2, ["--only", "bogus"]),
+    (lambda w: ["lab/gpu_check.py", "--device", "cuda:7"], 1, ["cuda"]),
+    (lambda w: ["lab/gpu_check.py", "--json", w.d / "nope" / "rows.json"], 2, ["--json", "cannot write"]),
     (
         lambda w: ["lab/eval.py", "--ckpt", w.ckpt, "--task", "nll", "--data", w.text, "--output", w.d / "nope" / "r"],
         2,
@@ -607,7 +610,7 @@ def test_every_bad_input_is_a_one_line_error(w):
 
 
 @pytest.mark.parametrize(
-    "script", ["convert", "data/prepare", "train", "sample", "lab/eval", "lab/bench", "lab/miniature"]
+    "script", ["convert", "data/prepare", "train", "sample", "lab/eval", "lab/bench", "lab/miniature", "lab/gpu_check"]
 )
 def test_help_gives_every_option_a_meaning_and_its_default(script, monkeypatch):
     import argparse

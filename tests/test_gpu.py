@@ -1,8 +1,12 @@
-"""Checks that need a CUDA device (skipped elsewhere): run with `python -m pytest -q tests/test_gpu.py` on a GPU."""
+"""Checks that need a CUDA device (skipped elsewhere): run with `python -m pytest -q tests/test_gpu.py` on a GPU, and
+`-m slow` for lab/gpu_check.py whole (about 5 minutes on an H100; tests/test_gpu_check.py runs it tiny on a CPU)."""
+
+import json
 
 import pytest
 import torch
 
+from conftest import run
 from model import ModelConfig, Transformer, attention_at, diffusion_loss
 from support.flex import AnnealFlex
 
@@ -62,3 +66,13 @@ def test_decoding_on_cuda_matches_cpu_where_it_is_deterministic():
     cpu, _ = generate(model, [0, 3], 16, decoding, Trained(63), suffix=[5, 6])
     cuda, _ = generate(model.cuda(), [0, 3], 16, decoding, Trained(63), suffix=[5, 6])
     assert torch.equal(cuda.cpu(), cpu)
+
+
+@pytest.mark.slow
+def test_gpu_check_passes_every_row(tmp_path):
+    """The one command for a lent GPU, as lab/README.md gives it: every row there, none FAIL."""
+    proc = run("lab/gpu_check.py", "--json", tmp_path / "rows.json", check=False)
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [r for r in rows if r["result"].startswith("FAIL")] == [] and proc.returncode == 0, proc.stdout
+    assert {r["check"] for r in rows} == {"flex", "train", "decode", "ddp"}
+    assert all(r["grad_diff"] is not None for r in rows if r["check"] == "flex")  # the backward ran too
