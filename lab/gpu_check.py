@@ -1,20 +1,23 @@
 """One command for a lent GPU: every GPU path of the project checked and timed, in one table for the README.
 
-    python lab/gpu_check.py                          # one H100: about 5 minutes
+    python lab/gpu_check.py                          # one H100: about 5 minutes (an estimate: never run yet)
     python lab/gpu_check.py --json gpu_check.json    # the same, and its rows as JSON
     python lab/gpu_check.py --device cpu --tiny      # tiny shapes, fp32, DDP on gloo: what the CPU test runs
 
-No GPU has run this project yet: bf16 autocast, torch.compile, FlexAttention's masks, fused AdamW and NCCL DDP
-have run only where most of them do not exist, on a CPU. The rows, in order (--only picks some):
+No GPU has run this project yet: bf16 autocast, torch.compile on CUDA, FlexAttention's masks and their backward,
+fused AdamW and NCCL DDP are untested. The rows, in order (--only picks some):
   flex    FlexAttention's BlockMask (support.flex.AnnealFlex) against the boolean mask of the same rule
           (model.attention_at), the loss and every gradient, in fp32: the annealing mask, block diffusion's, and
           block diffusion's that keeps the AR model. A CPU has no FlexAttention backward: forward only there.
   train   train.py's step (its defaults: autocast, diffusion_loss, annealing into full attention, clipping, fused
           AdamW on a GPU), eager and compiled (train.wrap: model.compile_model), on GPT-2-small's and
           LLaMA-3.2-1B's shapes: ms per step, tokens/s, MFU, peak memory, graph breaks (any: FAIL), graphs
-          compiled, and how far the compiled first loss lies from eager's on the same weights and batch.
+          compiled, and how far the compiled first step's loss and gradient norm lie from eager's (same weights,
+          same batch).
   decode  tokens/s of AR greedy decoding with its KV cache against diffusion decoding (the whole sequence in L and
           in L/4 steps; blocks over their exact cache), batch 1 and 8, on random GPT-2-small weights: speed only.
+  decode-compiled  the same, compiled as sample.py --compile compiles; only when --only names it (minutes of
+          compiling on a GPU).
   ddp     train.py's DDP (torchrun; NCCL, gloo on a CPU) over every GPU present: a few compiled steps, every rank's
           parameters equal after them, tokens/s against one GPU's. One GPU: skipped.
 Random tokens and random weights throughout: the rows say whether the paths run and agree, and how fast; no row
@@ -77,7 +80,11 @@ TINY_SHAPES = {
 }
 FLEX_CASES = [("annealing mask", 0, False), ("blocks of 16, annealing", 16, False), ("blocks of 16, ar", 16, True)]
 FLEX_LOSS_TOL, FLEX_GRAD_ATOL, FLEX_GRAD_RTOL = 1e-4, 2e-4, 2e-3  # tests/test_gpu.py's for the gradients
-COMPILED_LOSS_TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}  # |compiled - eager| first loss (bf16: 3 digits)
+# compiled against eager, the first step: |Δ loss| and |Δ gradient norm| / norm (bf16 keeps 3 significant digits)
+COMPILED_LOSS_TOL, COMPILED_NORM_RTOL = (
+    {torch.float32: 1e-5, torch.bfloat16: 2e-2},
+    {torch.float32: 1e-4, torch.bfloat16: 2e-2},
+)
 DDP_SPREAD_TOL = 1e-6  # every rank applies the same all-reduced gradient: equal, bit for bit, is what to expect
 START = time.perf_counter()  # progress lines and the table's header say the time since
 
@@ -203,10 +210,11 @@ def random_batch(cfg, B, L, device, seed):
 
 def train_steps(runner, settings, optimizer, cfg, B, L, device, autocast, per_phase, rank=0):
     """train.py's step, per_phase times during annealing, then per_phase times at full attention (both compile)
-    -> (losses, {phase: seconds of each step}). Each process (rank) draws its own batches, as under torchrun."""
+    -> (losses, gradient norms, {phase: seconds of each step}). Each process (rank) draws its own batches, as
+    under torchrun."""
     flex = AnnealFlex(L, device) if device.type == "cuda" else None  # train.py's choice: a BlockMask on a GPU
     objective = train.Objective("diffusion", cfg.vocab_size - 1, shift=True)
-    losses, seconds = [], {"annealing": [], "full": []}
+    losses, norms, seconds = [], [], {"annealing": [], "full": []}
     for step in range(2 * per_phase):
         batch = random_batch(cfg, B, L, device, mix(step, rank))
         start = synced(device)
@@ -215,16 +223,20 @@ def train_steps(runner, settings, optimizer, cfg, B, L, device, autocast, per_ph
             weighted, _, n = objective.loss_sums(runner, *batch, attn)
         loss = weighted / n.clamp(min=1)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(runner.parameters(), settings.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(runner.parameters(), settings.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())  # a sync each step, as train.py's logging
+        loss, norm = torch.stack([loss.detach(), norm]).tolist()  # one sync each step, as train.py's logging
+        losses.append(loss)
+        norms.append(norm)
         seconds["annealing" if step < per_phase else "full"].append(synced(device) - start)
-    return losses, seconds
+    return losses, norms, seconds
 
 
-def train_row(name, compiled, device, args, eager_loss):
-    """One shape, eager or compiled -> its row."""
+def train_row(name, compiled, device, args, eager):
+    """One shape, eager or compiled -> its row. eager: the eager row, whose first step the compiled one's must match
+    (the same weights and batch): its loss, a coarse check (random weights predict near-uniformly whatever they
+    attend to), and its gradient norm, which the masks and the backward pass move."""
     cfg_options, B, L = (TINY_SHAPES if args.tiny else SHAPES)[name]
     cfg = ModelConfig(block_size=L, **cfg_options)
     dtype, autocast = cli.precision(args.dtype, device)
@@ -241,18 +253,18 @@ def train_row(name, compiled, device, args, eager_loss):
     runner = train.wrap(model, settings, device, world=1)
     optimizer = train.make_optimizer(runner, settings, device)
     t0 = time.perf_counter()
-    losses, seconds = train_steps(runner, settings, optimizer, cfg, B, L, device, autocast, warm + timed)
+    losses, norms, seconds = train_steps(runner, settings, optimizer, cfg, B, L, device, autocast, warm + timed)
     spent = time.perf_counter() - t0
     ms = {phase: 1000 * statistics.median(s[warm:]) for phase, s in seconds.items()}
     tokens_per_s = B * L / ms["full"] * 1000
     numbers = dict(
         shape=name, engine="compiled" if compiled else "eager", params=params, batch=B, length=L,
         dtype=str(dtype).removeprefix("torch."), ms_annealing=ms["annealing"], ms_full=ms["full"],
-        tokens_per_s=tokens_per_s, first_loss=losses[0], seconds=spent,
+        tokens_per_s=tokens_per_s, first_loss=losses[0], first_norm=norms[0], seconds=spent,
     )  # fmt: skip
     masks = "FlexAttention" if device.type == "cuda" else "boolean mask"
     figures = f"{ms['full']:.1f} ms/step ({tokens_per_s:,.0f} tokens/s"
-    problems = [] if all(map(math.isfinite, losses)) else ["a loss is not finite"]
+    problems = [] if all(map(math.isfinite, losses + norms)) else ["a loss or a gradient norm is not finite"]
     if device.type == "cuda":  # the MFU of the full-attention steps, against the datasheet's peak
         numbers["mfu"] = flops_per_token(model, L, 0.5) * tokens_per_s / peak_flops(device, dtype)
         numbers["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -265,14 +277,19 @@ def train_row(name, compiled, device, args, eager_loss):
         figures += f" ({'; '.join(reasons)})" if reasons else ""
         problems += [f"{breaks} graph breaks"] * (breaks > 0)
         problems += [f"{eager_frames} frames run eagerly"] * (eager_frames > 0)
-        if eager_loss is not None:
-            numbers["loss_vs_eager"] = abs(losses[0] - eager_loss)
-            tolerance = COMPILED_LOSS_TOL[dtype]
+        if eager is not None:
+            numbers["loss_vs_eager"] = abs(losses[0] - eager["first_loss"])
+            numbers["norm_vs_eager"] = abs(norms[0] - eager["first_norm"]) / eager["first_norm"]
+            tolerances = COMPILED_LOSS_TOL[dtype], COMPILED_NORM_RTOL[dtype]
+            figures += f"; first step against eager: loss {losses[0]:.4f}, abs Δ {numbers['loss_vs_eager']:.1e} "
             figures += (
-                f"; first loss {losses[0]:.4f}, max abs Δ vs eager {numbers['loss_vs_eager']:.1e} (≤ {tolerance:.0e})"
+                f"(≤ {tolerances[0]:.0e}), gradient norm {norms[0]:.4f}, relative Δ {numbers['norm_vs_eager']:.1e}"
             )
-            if not numbers["loss_vs_eager"] <= tolerance:
-                problems.append("compiled loss differs from eager's")
+            figures += f" (≤ {tolerances[1]:.0e})"
+            if not numbers["loss_vs_eager"] <= tolerances[0]:
+                problems.append("the compiled loss differs from eager's")
+            if not numbers["norm_vs_eager"] <= tolerances[1]:
+                problems.append("the compiled gradient norm differs from eager's")
     case = f"{name} ({params / 1e6:,.1f}M, B {B} × L {L}, {numbers['dtype']}), {numbers['engine']}"
     return row("train", case, figures, "FAIL: " + "; ".join(problems) if problems else "PASS", **numbers)
 
@@ -280,12 +297,12 @@ def train_row(name, compiled, device, args, eager_loss):
 def train_rows(device, args):
     rows = []
     for name in SHAPES:
-        eager_loss = None
+        eager = None
         for compiled in (False, True):
             say(f"train: {name}, {'compiled' if compiled else 'eager'}")
             try:
-                rows.append(train_row(name, compiled, device, args, eager_loss))
-                eager_loss = rows[-1]["first_loss"] if not compiled else eager_loss
+                rows.append(train_row(name, compiled, device, args, eager))
+                eager = rows[-1] if not compiled else eager
             except Exception as e:
                 rows.append(failed("train", f"{name}, {'compiled' if compiled else 'eager'}", e))
             gc.collect()
@@ -436,7 +453,7 @@ def ddp_worker(args):
     runner = train.wrap(model, settings, device, world)
     optimizer = train.make_optimizer(runner, settings, device)
     warm, timed = (1, 2) if args.tiny else (2, 5)
-    _, seconds = train_steps(runner, settings, optimizer, cfg, B, L, device, autocast, warm + timed, rank)
+    _, _, seconds = train_steps(runner, settings, optimizer, cfg, B, L, device, autocast, warm + timed, rank)
     flat = torch.cat([p.detach().float().flatten() for p in model.parameters()])
     high, low = flat.clone(), flat.clone()
     dist.all_reduce(high, op=dist.ReduceOp.MAX)

@@ -24,7 +24,9 @@ def test_gpu_check_runs_tiny_on_the_cpu(tmp_path):
     for shape in ("GPT-2-small", "LLaMA-3.2-1B"):
         compiled = train[shape, "compiled"]
         assert (compiled["graph_breaks"], compiled["eager_frames"], compiled["graphs"]) == (0, 0, 2), compiled
-        assert compiled["loss_vs_eager"] <= 1e-5 and compiled["dtype"] == "float32"
+        assert (
+            compiled["loss_vs_eager"] <= 1e-5 and compiled["norm_vs_eager"] <= 1e-4 and compiled["dtype"] == "float32"
+        )
         assert train[shape, "eager"]["tokens_per_s"] > 0 and "mfu" not in compiled  # no datasheet peak for a CPU
     # decode: every engine at batch 1 and 8, each against AR at its batch
     decode = [r for r in rows if r["check"] == "decode"]
