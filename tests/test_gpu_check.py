@@ -1,5 +1,6 @@
 """lab/gpu_check.py on this CPU, tiny: every row it prints on a GPU, none FAIL (tests/test_gpu.py runs it whole on a
-GPU). Its compiled rows are the only CPU runs of train.py's and sample.py's torch.compile paths in the suite."""
+GPU). The one command must run before a GPU session spends its minutes on it; tests/test_gpu_path.py checks the
+compiled and bf16 paths themselves in detail."""
 
 import json
 
