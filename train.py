@@ -369,7 +369,7 @@ def load_model(init_dir, args, resumed, device):
 
 
 def wrap(model, args, device, world):
-    """FSDP2 (each block, then the root) or DDP when there are several processes; then compile."""
+    """FSDP2 (each block, then the root) or DDP when there are several processes; compiled inside DDP (nanoGPT)."""
     model.checkpointing = args.activation_checkpointing
     if args.fsdp:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -379,10 +379,10 @@ def wrap(model, args, device, world):
         for block in model.layers:
             fully_shard(block, mp_policy=policy)
         model = fully_shard(model, mp_policy=policy)
-    elif world > 1:
-        device_ids = [device.index] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    return compile_model(model) if args.compile else model
+    model = compile_model(model) if args.compile else model  # DDP's own forward would break the graph; FSDP2's not
+    if world == 1 or args.fsdp:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=None if device.type == "cpu" else [device.index])
 
 
 def make_optimizer(model, args, device):

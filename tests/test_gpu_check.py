@@ -34,9 +34,10 @@ def test_gpu_check_runs_tiny_on_the_cpu(tmp_path):
     assert len({r["engine"] for r in decode}) == 5 and sorted(r["batch"] for r in decode) == [1] * 5 + [8] * 5
     assert all(r["tokens_per_s"] > 0 for r in decode)
     assert [r["vs_ar"] for r in decode if r["engine"].startswith("AR")] == [1, 1]
-    # ddp: two gloo processes, their parameters equal after the steps
+    # ddp: two gloo processes, their parameters equal after the steps; compiled inside DDP, nothing broken
     ddp = rows[-1]
     assert (ddp["world"], ddp["backend"], ddp["spread"], ddp["graphs"]) == (2, "gloo", 0, 2), ddp
+    assert (ddp["graph_breaks"], ddp["eager_frames"]) == (0, 0), ddp
 
 
 @pytest.mark.slow

@@ -201,7 +201,8 @@ def test_ddp_and_fsdp_match_one_process(stories_ckpt, stories_data, tmp_path):
         "train.py",
         *map(str, common),
     ]
-    for name, extra in [("ddp", []), ("fsdp", ["--fsdp"])]:  # no --grad-accum: it defaults to the 2 processes
+    runs = [("ddp", []), ("fsdp", ["--fsdp"]), ("ddp-compiled", ["--compile"])]  # compiled: inside DDP (train.wrap)
+    for name, extra in runs:  # no --grad-accum: it defaults to the 2 processes
         proc = subprocess.run(
             [*torchrun, "--out-dir", str(tmp_path / name), *extra],
             cwd=ROOT,
