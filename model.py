@@ -426,8 +426,8 @@ compiled = functools.cache(torch.compile)  # each function compiled once
 
 
 def compile_model(model, **options):
-    """torch.compile with no graph break and no recompile per step: x[where] (a size that depends on the data) is
-    traced into the graph, and sizes equal by chance (a block and a prefix) are not assumed equal ("duck" shapes)."""
+    """torch.compile with no graph break or recompile per step, by two process-wide settings: x[where] (a size that
+    depends on the data) is traced into the graph; sizes equal by chance are not assumed equal (no "duck" shapes)."""
     torch._dynamo.config.capture_dynamic_output_shape_ops = True
     torch.fx.experimental._config.use_duck_shape = False
     return torch.compile(model, **options)

@@ -334,8 +334,9 @@ def hf_twin(model):
     return hf.to(model.tok_emb.weight.device)
 
 
-def check_against_transformers(src, kind, out):
-    """Run the source in transformers and the conversion in causal mode; print the max abs logit difference.
+def check_against_transformers(reference, kind, ckpt):
+    """Run `reference` (the Hugging Face side: a source, or an export) in transformers and our checkpoint `ckpt`
+    causally; print the max abs logit difference.
 
     A llama2.c file has no transformers counterpart: transformers' LLaMA gets the converted weights,
     which checks the architecture; the tests check the import itself by the real model's greedy story."""
@@ -345,21 +346,21 @@ def check_against_transformers(src, kind, out):
         print("--check skipped: transformers is not installed", file=sys.stderr)
         return
     if kind == "llama2c":  # no HF directory to load: transformers' LLaMA with the converted weights
-        ref = hf_twin(load_checkpoint(out)[0])
+        ref = hf_twin(load_checkpoint(ckpt)[0])
     elif kind == "diffugpt":  # DiffuGPT's keys wrap a GPT2Model: unwrap them into GPT2LMHeadModel
         from safetensors.torch import load_file
 
-        hf_cfg = transformers.GPT2Config.from_pretrained(src)
-        files = sorted(src.glob("*.safetensors"))
+        hf_cfg = transformers.GPT2Config.from_pretrained(reference)
+        files = sorted(reference.glob("*.safetensors"))
         state = {k.removeprefix("denoise_model."): v for f in files for k, v in load_file(f).items()}
         state["wte.weight"] = state.pop("embed_tokens.weight")
         hf_cfg.vocab_size = state["wte.weight"].shape[0]
         ref = transformers.GPT2LMHeadModel(hf_cfg)
         ref.transformer.load_state_dict(state, strict=False)
     else:
-        ref = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+        ref = transformers.AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32)
     ref.eval()
-    ours, _ = load_checkpoint(out)
+    ours, _ = load_checkpoint(ckpt)
     vocab = ref.config.vocab_size
     idx = torch.randint(0, vocab, (2, min(64, ours.cfg.block_size)), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -386,21 +387,23 @@ def write_hf(ckpt, out, shard_size=SHARD_SIZE, overwrite=False):
     cfg = model_config(meta["model"])
     if overwrite and out.exists() and not is_export(out):
         raise UserError(f"{out} is not an export written by convert.py --to hf: refusing to replace it")
-    try:
-        state = load_file(ckpt / WEIGHTS_FILE)  # in its own dtype: the export is the checkpoint, bit for bit
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{ckpt / WEIGHTS_FILE} is missing, corrupted or truncated: {e}") from None
-    check_shapes(state, cfg, ckpt / WEIGHTS_FILE)
-    config = hf_config(cfg) | {
-        "torch_dtype": str(state["tok_emb.weight"].dtype).removeprefix("torch."),
-        "bos_token_id": meta.get("bos_token_id"),
-        "eos_token_id": meta["eos_token_id"],
-        "mask_token_id": meta["mask_token_id"],
-        "diffusion": {key: meta[key] for key in DIFFUSION_FACTS if key in meta},
-    }
+    if cfg.arch == "gpt2" and (cfg.n_kv_head != cfg.n_head or cfg.head_dim * cfg.n_head != cfg.n_embd):
+        raise UserError(f"{ckpt}: GPT2LMHeadModel has neither grouped heads nor a head_dim of its own")
     with atomic_dir(out, overwrite=overwrite, last_file="config.json") as tmp:
-        mask = write_tokenizer(ckpt, meta, tmp)
+        mask = write_tokenizer(ckpt, meta, tmp)  # first: a tokenizer it cannot write is refused before the weights
+        try:
+            state = load_file(ckpt / WEIGHTS_FILE)  # in its own dtype: the export is the checkpoint, bit for bit
+        except (SafetensorError, OSError, ValueError) as e:
+            raise UserError(f"{ckpt / WEIGHTS_FILE} is missing, corrupted or truncated: {e}") from None
+        check_shapes(state, cfg, ckpt / WEIGHTS_FILE)
         n_files = write_weights(tmp, to_hf(cfg, state.items()), shard_size)
+        config = hf_config(cfg) | {
+            "dtype": str(state["tok_emb.weight"].dtype).removeprefix("torch."),  # transformers 5's key (torch_dtype)
+            "bos_token_id": meta.get("bos_token_id"),
+            "eos_token_id": meta["eos_token_id"],
+            "mask_token_id": meta["mask_token_id"],
+            "diffusion": {key: meta[key] for key in DIFFUSION_FACTS if key in meta},
+        }
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return f"{config['architectures'][0]}, {n_files} weight file(s), mask token {mask!r} = {meta['mask_token_id']}"
 
@@ -478,7 +481,8 @@ def write_tokenizer(ckpt, meta, directory):
     flags = {"lstrip": False, "rstrip": False, "single_word": False, "normalized": False, "special": True}
     added = {t["id"]: flags | {k: t[k] for k in ("content", *flags) if k in t} for t in declared}
     added |= {i: flags | {"content": token} for i, token in new.items()}
-    special = {"bos_token": names.get(bos), "eos_token": names.get(eos), "mask_token": mask}
+    unk = None if kind == "gpt2-bpe" else tokenizer_json["model"].get("unk_token")  # SentencePiece's <unk>
+    special = {"bos_token": names.get(bos), "eos_token": names.get(eos), "unk_token": unk, "mask_token": mask}
     config = {
         "tokenizer_class": "GPT2Tokenizer" if kind == "gpt2-bpe" else "PreTrainedTokenizerFast",
         **special,
