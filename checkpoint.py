@@ -126,20 +126,23 @@ def read_meta(path):
     for key in ("arch", "vocab_size", "block_size", "n_layer", "n_head", "n_embd"):  # no silent defaults
         if key not in meta["model"]:
             raise UserError(f"{path / CONFIG_FILE}: the model config lacks {key!r}")
-    for key, (ok, want) in FACTS.items():
-        if key in meta and not ok(meta[key]):
-            raise UserError(f"{path / CONFIG_FILE}: {key} is {repr(meta[key])[:60]}, not {want}")
-    if (block := meta.get("diffusion_block") or 0) >= meta["model"]["block_size"]:  # train.py writes null for that
-        raise UserError(
-            f"{path / CONFIG_FILE}: diffusion_block {block} is not below block_size {meta['model']['block_size']}"
-        )
-    for key in ("mask_token_id", "bos_token_id", "eos_token_id"):  # ids the embedding table must hold
-        if meta.get(key) is not None and not 0 <= meta[key] < meta["model"]["vocab_size"]:
-            raise UserError(f"{path / CONFIG_FILE}: {key} {meta[key]} is outside the vocabulary")
+    check_facts(meta, meta["model"], path / CONFIG_FILE)
     for name in meta["tokenizer"].get("files", []):
         if not (path / name).is_file():
             raise UserError(f"checkpoint {path} lacks its tokenizer file {name}")
     return meta
+
+
+def check_facts(facts, model, where):
+    """config.json's facts by their rules (FACTS), and what the model (its config dict) must hold of them."""
+    for key, (ok, want) in FACTS.items():
+        if key in facts and not ok(facts[key]):
+            raise UserError(f"{where}: {key} is {repr(facts[key])[:60]}, not {want}")
+    if (block := facts.get("diffusion_block") or 0) >= model["block_size"]:  # train.py writes null for that
+        raise UserError(f"{where}: diffusion_block {block} is not below block_size {model['block_size']}")
+    for key in ("mask_token_id", "bos_token_id", "eos_token_id"):  # ids the embedding table must hold
+        if facts.get(key) is not None and not 0 <= facts[key] < model["vocab_size"]:
+            raise UserError(f"{where}: {key} {facts[key]} is outside the vocabulary")
 
 
 def load_torch_file(file):

@@ -14,7 +14,15 @@ import sys
 
 import torch
 
-from checkpoint import FACTS, WEIGHTS_FILE, check_shapes, load_checkpoint, load_torch_file, model_config, read_meta
+from checkpoint import (
+    WEIGHTS_FILE,
+    check_facts,
+    check_shapes,
+    load_checkpoint,
+    load_torch_file,
+    model_config,
+    read_meta,
+)
 from data.download import WEIGHT_FILES
 from support.cli import UserError
 from support.files import atomic_dir
@@ -238,11 +246,7 @@ def exported_facts(hf, cfg, where):
     if not isinstance(facts, dict) or "objective" not in facts or set(facts) - set(DIFFUSION_FACTS):
         raise UserError(f"{where}: diffusion must be an object of {', '.join(DIFFUSION_FACTS)} with an objective")
     facts = {**facts, "mask_token_id": hf.get("mask_token_id")}
-    for key, value in facts.items():
-        if not FACTS[key][0](value):
-            raise UserError(f"{where}: {key} is {repr(value)[:60]}, not {FACTS[key][1]}")
-    if not 0 <= facts["mask_token_id"] < cfg.vocab_size or (facts.get("diffusion_block") or 0) >= cfg.block_size:
-        raise UserError(f"{where}: mask_token_id or diffusion_block lies outside the model")
+    check_facts(facts, {"block_size": cfg.block_size, "vocab_size": cfg.vocab_size}, where)
     return facts.pop("objective"), facts.pop("mask_token_id"), facts
 
 
