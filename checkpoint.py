@@ -177,19 +177,9 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32):
 
     The weights go straight to `device` in `dtype`, one tensor at a time: a 7B model on a GPU never
     has an fp32 copy in CPU memory."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     meta = read_meta(path)
     cfg = model_config(meta["model"])
-    file = Path(path) / WEIGHTS_FILE
-    if not file.is_file():
-        raise UserError(f"checkpoint {path} has no {WEIGHTS_FILE}")
-    try:
-        state = load_file(file, device=str(device))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{file} is corrupted or truncated: {e}") from None
-    check_shapes(state, cfg, file)
+    state, file = read_weights(path, cfg, device), Path(path) / WEIGHTS_FILE
     finite = torch.stack([v.isfinite().all() for v in state.values()]).tolist()  # one device sync
     if not all(finite):
         bad = [k for k, ok in zip(state, finite) if not ok]
@@ -201,6 +191,22 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32):
     if cfg.tie_embeddings:  # assign=True replaced the shared Parameter: tie again
         model.lm_head.weight = model.tok_emb.weight
     return model.to(device=device, dtype=dtype).eval(), meta
+
+
+def read_weights(path, cfg, device="cpu"):
+    """A checkpoint's tensors in their own dtype, on `device`, their names and shapes checked against cfg."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    file = Path(path) / WEIGHTS_FILE
+    if not file.is_file():
+        raise UserError(f"checkpoint {path} has no {WEIGHTS_FILE}")
+    try:
+        state = load_file(file, device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{file} is corrupted or truncated: {e}") from None
+    check_shapes(state, cfg, file)
+    return state
 
 
 # train.py: the options a resumed run may change (where and how it runs, not what it computes), and those not

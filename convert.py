@@ -170,7 +170,7 @@ def main(argv=None):
             "bos_token_id": bos,
             "eos_token_id": eos,
             "tokenizer": spec,
-            **(source.facts if (args.objective or source.objective) == source.objective else {}),  # an export's
+            **(source.facts if args.objective in (None, source.objective) else {}),  # an export's, unless overridden
             "source": {
                 "from": hub_id or str(src.resolve()),
                 "format": label,

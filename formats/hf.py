@@ -14,15 +14,7 @@ import sys
 
 import torch
 
-from checkpoint import (
-    WEIGHTS_FILE,
-    check_facts,
-    check_shapes,
-    load_checkpoint,
-    load_torch_file,
-    model_config,
-    read_meta,
-)
+from checkpoint import check_facts, load_checkpoint, load_torch_file, model_config, read_meta, read_weights
 from data.download import WEIGHT_FILES
 from support.cli import UserError
 from support.files import atomic_dir
@@ -384,9 +376,6 @@ def write_hf(ckpt, out, shard_size=SHARD_SIZE, overwrite=False):
     with the diffusion facts added (the "diffusion" object, "mask_token_id"), the weights under HF's names in
     safetensors (sharded past shard_size bytes, as transformers shards), and tokenizer files AutoTokenizer reads,
     the mask token named in them. Returns a summary line. With overwrite, only an earlier export is replaced."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     meta = read_meta(ckpt)
     cfg = model_config(meta["model"])
     if overwrite and out.exists() and not is_export(out):
@@ -395,11 +384,7 @@ def write_hf(ckpt, out, shard_size=SHARD_SIZE, overwrite=False):
         raise UserError(f"{ckpt}: GPT2LMHeadModel has neither grouped heads nor a head_dim of its own")
     with atomic_dir(out, overwrite=overwrite, last_file="config.json") as tmp:
         mask = write_tokenizer(ckpt, meta, tmp)  # first: a tokenizer it cannot write is refused before the weights
-        try:
-            state = load_file(ckpt / WEIGHTS_FILE)  # in its own dtype: the export is the checkpoint, bit for bit
-        except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f"{ckpt / WEIGHTS_FILE} is missing, corrupted or truncated: {e}") from None
-        check_shapes(state, cfg, ckpt / WEIGHTS_FILE)
+        state = read_weights(ckpt, cfg)  # in its own dtype: the export is the checkpoint, bit for bit
         n_files = write_weights(tmp, to_hf(cfg, state.items()), shard_size)
         config = hf_config(cfg) | {
             "dtype": str(state["tok_emb.weight"].dtype).removeprefix("torch."),  # transformers 5's key (torch_dtype)

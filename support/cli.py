@@ -59,9 +59,10 @@ BYTE_UNITS = {"": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib":
 def byte_size(text):
     """An argparse type for a size in bytes: 5GB, 500MB, 2GiB or a plain number, as transformers writes them."""
     size = re.fullmatch(r"(\d+(?:\.\d+)?) *([kmg]i?b)?", text.strip().lower())
-    if not size or float(size[1]) * BYTE_UNITS[size[2] or ""] < 1:
+    n = float(size[1]) * BYTE_UNITS[size[2] or ""] if size else 0
+    if n < 1:
         raise argparse.ArgumentTypeError(f"must be a size such as 5GB, 500MB or 2GiB, got {text}")
-    return int(float(size[1]) * BYTE_UNITS[size[2] or ""])
+    return int(n)
 
 
 def output_file(text):
